@@ -217,3 +217,22 @@ def i3d(weights: str | Path | None = None, num_classes: int | None = None, in_ch
         model.replace_logits(num_classes)
         model.categories = None
     return model
+
+
+# DeepMind's published demo output on the cricket sample (v_CricketShot_g04_c01, the .npy input):
+# logit norm and the top 5 as (probability, logit, label). The flow/joint ones need the flow weights.
+OFFICIAL_DEMO_OUTPUTS: dict[str, tuple[float, list[tuple[float, float, str]]]] = {
+    "rgb_imagenet": (87.108871, [(0.9999968, 25.856646, "playing cricket"), (1.335354e-06, 12.330335, "playing kickball"),
+                                 (4.553142e-07, 11.254371, "catching or throwing baseball"),
+                                 (3.1434254e-07, 10.883866, "shooting goal (soccer)"),
+                                 (1.9243305e-07, 10.393131, "catching or throwing softball")]),
+    "flow_imagenet": (63.252754, [(0.9477566, 15.957031, "playing cricket"), (0.04068217, 12.808723, "hurling (sport)"),
+                                  (0.004154162, 10.527044, "playing tennis"),
+                                  (0.0024740736, 10.0088, "playing squash or racquetball"),
+                                  (0.0013800215, 9.425033, "hitting baseball")]),
+    "joint_imagenet": (138.468658, [(1.0, 41.813675, "playing cricket"), (1.4971563e-09, 21.493977, "hurling (sport)"),
+                                    (3.8431164e-10, 20.134108, "catching or throwing baseball"),
+                                    (1.5492331e-10, 19.225584, "catching or throwing softball"),
+                                    (1.13601656e-10, 18.915352, "hitting baseball")]),
+}
+SAMPLE_URL = "https://github.com/google-deepmind/kinetics-i3d/raw/master/data/v_CricketShot_g04_c01_{modality}.npy"

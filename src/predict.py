@@ -1,0 +1,152 @@
+"""Turning an input (video, frame folder, GIF, .npy) into a model-ready clip, and logits into top-k rows."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from src.weights import RGB_RECIPE, Recipe
+
+log = logging.getLogger(__name__)
+
+
+class InputError(ValueError):
+    """An input file that cannot be used, with a one-line reason naming it."""
+
+
+@dataclass
+class Prediction:
+    """One row of a top-k answer."""
+
+    label: str
+    index: int
+    prob: float
+    logit: float
+
+
+def load_npy_clip(path: Path, channels: int) -> np.ndarray:
+    """A .npy clip already in model range, (T, H, W, C) or (1, T, H, W, C), checked and returned as float32."""
+    try:
+        clip = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{path}: not a readable .npy array ({exc})") from None
+    if clip.ndim == 5 and clip.shape[0] == 1:
+        clip = clip[0]
+    if clip.ndim != 4 or clip.shape[-1] != channels or min(clip.shape) == 0:
+        raise InputError(f"{path}: shape {clip.shape}, expected (T, H, W, {channels}) or (1, T, H, W, {channels})")
+    clip = clip.astype(np.float32, copy=False)
+    low, high = float(clip.min()), float(clip.max())
+    if low < -1.001 or high > 1.001 or not np.isfinite(clip).all():
+        raise InputError(f"{path}: values span [{low:g}, {high:g}], expected model range [-1, 1] "
+                         "(scale RGB pixels with x / 255 * 2 - 1)")
+    return clip
+
+
+def central_frames(clip: np.ndarray, frames: int | None) -> np.ndarray:
+    """The `frames` central frames of a (T, ...) clip (all of it when shorter or None)."""
+    if frames is None or frames >= len(clip):
+        return clip
+    start = (len(clip) - frames) // 2
+    return clip[start:start + frames]
+
+
+def load_clip(path: str | Path, recipe: Recipe = RGB_RECIPE, frames: int | None = None,
+              force_resize: bool = False) -> np.ndarray:
+    """A float32 (T, H, W, C) clip in [-1, 1] by the recipe: RGB, or TV-L1 flow when `recipe.flow` is set.
+
+    Frames that are already crop x crop (such as the official demo GIF) are taken as pre-cropped
+    unless `force_resize`; everything else is resized to the recipe's short side and centre-cropped.
+    """
+    path = Path(path)
+    channels = 2 if recipe.flow else 3
+    if path.suffix.lower() == ".npy":
+        return central_frames(load_npy_clip(path, channels), frames)
+    from src.transforms import center_crop, resize_short_side, to_model_range
+    from src.video import read_frames
+
+    rgb, info = read_frames(path, fps=recipe.fps)
+    for warning in info.warnings:
+        log.warning("%s: %s", path, warning)
+    if len(rgb) == 0:
+        raise InputError(f"{path}: no frames could be decoded")
+    if recipe.flow:
+        # Flow needs neighbours, so take one frame more than asked before computing it.
+        rgb = central_frames(rgb, None if frames is None else frames + 1)
+    else:
+        rgb = central_frames(rgb, frames)
+    if force_resize or rgb.shape[1:3] != (recipe.crop, recipe.crop):
+        rgb = resize_short_side(rgb, recipe.resize_short_side)
+    if not recipe.flow:
+        return to_model_range(center_crop(rgb, recipe.crop))
+    if len(rgb) < 2:
+        raise InputError(f"{path}: flow needs at least 2 frames, got {len(rgb)}")
+    from src.flow import FlowExtractor, rgb_to_gray
+    return center_crop(FlowExtractor("tvl1")(rgb_to_gray(rgb)), recipe.crop)
+
+
+def clip_to_tensor(clip: np.ndarray) -> torch.Tensor:
+    """(T, H, W, C) numpy clip -> (1, C, T, H, W) float32 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(clip)).permute(3, 0, 1, 2).unsqueeze(0).float()
+
+
+def top_k(logits: torch.Tensor | np.ndarray, categories: list[str], k: int = 5) -> list[Prediction]:
+    """The k most probable classes of one clip's logits."""
+    logits = torch.as_tensor(np.asarray(logits, dtype=np.float64)).flatten()
+    probs = logits.softmax(0)
+    order = logits.argsort(descending=True)[:k]
+    return [Prediction(categories[i], int(i), float(probs[i]), float(logits[i])) for i in order]
+
+
+def default_categories(num_classes: int) -> list[str]:
+    """Kinetics labels for 400/600-way heads, else class_0, class_1, ..."""
+    from src.paths import LABELS_DIR
+    from src.weights import read_labels
+
+    if num_classes in (400, 600):
+        return read_labels(LABELS_DIR / f"kinetics{num_classes}.txt")
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+def format_official(logits: np.ndarray, predictions: list[Prediction]) -> str:
+    """DeepMind's demo output: the logit norm, then 'prob logit label' lines."""
+    lines = [f"Norm of logits: {np.linalg.norm(np.asarray(logits, dtype=np.float64)):f}", "",
+             "Top classes and probabilities"]
+    lines += [f"{p.prob:.6g} {p.logit:.6f} {p.label}" for p in predictions]
+    return "\n".join(lines)
+
+
+def format_table(predictions: list[Prediction]) -> str:
+    """A readable table of ranked predictions."""
+    width = max([len(p.label) for p in predictions] + [5])
+    rows = [f"{'rank':>4}  {'prob':>8}  {'logit':>9}  {'class':<{width}}"]
+    rows += [f"{i:>4}  {p.prob:>8.4f}  {p.logit:>9.4f}  {p.label}" for i, p in enumerate(predictions, 1)]
+    return "\n".join(rows)
+
+
+def format_json(predictions: list[Prediction]) -> str:
+    """`{"predictions": [{"label", "index", "prob", "logit"}, ...]}`."""
+    return json.dumps({"predictions": [p.__dict__ for p in predictions]}, indent=2)
+
+
+def load_official_sample(path: str | Path, modality: str) -> np.ndarray:
+    """DeepMind's cricket sample as a (T, H, W, C) clip: the official .npy, or the GIF made from it.
+
+    The GIFs hold the RGB input as (x + 1) / 2 and the flow input as (x + 0.5) with a zero third
+    channel, so they decode back to the model input up to palette loss (flow beyond +-0.5 is clipped).
+    """
+    path = Path(path)
+    channels = 3 if modality == "rgb" else 2
+    if path.suffix.lower() == ".npy":
+        return load_npy_clip(path, channels)
+    from PIL import Image, ImageSequence
+
+    try:
+        with Image.open(path) as gif:
+            pixels = np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(gif)]).astype(np.float32)
+    except OSError as exc:
+        raise InputError(f"{path}: not a readable GIF ({exc})") from None
+    return pixels / 255 * 2 - 1 if modality == "rgb" else pixels[..., :2] / 255 - 0.5

