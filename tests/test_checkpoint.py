@@ -6,6 +6,7 @@ import importlib.util
 import os
 import pickle
 import shutil
+import struct
 import warnings
 from pathlib import Path
 
@@ -117,6 +118,59 @@ def test_channel_table_matches_official_shard_size(shared: Path) -> None:
     total = sum(4 * int(np.prod(s)) for s in expected_tf_shapes(3, 400).values())
     assert total == RGB_SCRATCH_SHARD_SIZE
     assert sum(e.size for e in read_index(index_path(shared, "rgb_scratch")).values()) == RGB_SCRATCH_SHARD_SIZE
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def build_leveldb_table(pairs: list[tuple[bytes, bytes]], block_size: int, restart_interval: int) -> bytes:
+    """A LevelDB table of `pairs` (sorted) with small blocks, for exercising multi-block reading."""
+    out = bytearray()
+
+    def block(entries: list[tuple[bytes, bytes]]) -> bytes:
+        buf, restarts, prev = bytearray(), [], b""
+        for i, (k, v) in enumerate(entries):
+            shared = 0
+            if i % restart_interval == 0:
+                restarts.append(len(buf))
+            else:
+                while shared < min(len(k), len(prev)) and k[shared] == prev[shared]:
+                    shared += 1
+            buf += _varint(shared) + _varint(len(k) - shared) + _varint(len(v)) + k[shared:] + v
+            prev = k
+        return bytes(buf + b"".join(struct.pack("<I", r) for r in restarts) + struct.pack("<I", len(restarts)))
+
+    def emit(contents: bytes) -> bytes:
+        handle = _varint(len(out)) + _varint(len(contents))
+        out.extend(contents + b"\0" + struct.pack("<I", masked_crc(contents + b"\0")))
+        return handle
+
+    index, chunk = [], []
+    for pair in pairs:
+        chunk.append(pair)
+        if sum(len(k) + len(v) for k, v in chunk) >= block_size:
+            index.append((chunk[-1][0], emit(block(chunk))))
+            chunk = []
+    if chunk:
+        index.append((chunk[-1][0], emit(block(chunk))))
+    footer = emit(block([])) + emit(block(index))
+    return bytes(out + footer.ljust(40, b"\0") + struct.pack("<Q", 0xDB4775248B80FB57))
+
+
+def test_multi_block_index_reads_the_same(tmp_path: Path, shared: Path) -> None:
+    from src.checkpoint import _read_table
+
+    real = index_path(shared, "rgb_scratch")
+    rebuilt = tmp_path / "model.ckpt.index"
+    rebuilt.write_bytes(build_leveldb_table(_read_table(real), block_size=700, restart_interval=4))
+    assert rebuilt.stat().st_size != real.stat().st_size
+    assert read_index(rebuilt) == read_index(real)
 
 
 # ---------------------------------------------------------------------------------------------- rebuilding the shard
