@@ -70,7 +70,7 @@ def load_clip(path: str | Path, recipe: Recipe = RGB_RECIPE, frames: int | None 
 
     rgb, info = read_frames(path, fps=recipe.fps)
     for warning in info.warnings:
-        log.warning("%s: %s", path, warning)
+        log.warning(warning if str(path) in warning else f"{path}: {warning}")
     if len(rgb) == 0:
         raise InputError(f"{path}: no frames could be decoded")
     if recipe.flow:
