@@ -56,7 +56,7 @@ resuming and clusters:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("raw_dir", nargs="?", type=Path, help="folder of <class>/<video or frame folder> (default: data/videos/raw and data/images/raw)")
     p.add_argument("out_dir", nargs="?", type=Path, help="where arrays, classes.txt and manifest.csv go")

@@ -287,7 +287,7 @@ def process_item(item: Item, paths: dict[str, Path], opts: Options, show_frames:
         row.update(source_fps=f"{info.fps:.3f}", duration_s=f"{info.duration:.3f}", source_frames=str(info.frame_count))
         if len(kept) < opts.min_frames:
             raise VideoError(
-                f"{item.source}: too short, {len(kept)} frame(s) after resampling to {opts.fps or 'native'} fps "
+                f"{item.source}: too short, {len(kept)} frame(s) after resampling to {f'{opts.fps:g}' if opts.fps else 'native'} fps "
                 f"and sample rate {opts.sample_rate}; at least {opts.min_frames} needed"
             )
         frames = np.stack(kept)
