@@ -88,7 +88,7 @@ def split_same_padding(sizes: tuple[int, ...], kernel: tuple[int, ...], stride: 
 class BatchNormNoScale(nn.BatchNorm3d):
     """Batch norm with a learned offset and no learned scale, as Sonnet's `BatchNorm(scale=False)`."""
 
-    def __init__(self, channels: int, eps: float = 1e-3, momentum: float = 0.01):
+    def __init__(self, channels: int, eps: float = 1e-3, momentum: float = 0.1):
         super().__init__(channels, eps=eps, momentum=momentum, affine=False)
         self.bias = nn.Parameter(torch.zeros(channels))  # F.batch_norm accepts weight=None
 
@@ -218,8 +218,20 @@ class I3D(nn.Module):
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Mixed_5c features -> logits: average pool, dropout, 1x1x1 conv, mean over time and space."""
-        x = self.conv3d_0c_1x1(self.dropout(self.avg_pool(features)))
-        return x.mean(dim=(2, 3, 4))
+        return self.forward_blocks(features, BLOCK_NAMES.index("avg_pool"))
+
+    def forward_blocks(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Run blocks [start, stop) of the 20; past the logits conv the result is (N, classes) logits.
+
+        The final `softmax` block is never applied here: training and prediction work on logits.
+        """
+        for name, block in list(self.named_children())[start:stop]:
+            if name == "softmax":
+                break
+            x = block(x)
+            if name == "conv3d_0c_1x1":
+                x = x.mean(dim=(2, 3, 4))
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

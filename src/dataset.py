@@ -1,0 +1,201 @@
+"""Reading the pre-processed layout: DATA/classes.txt and DATA/<split>/<class>/<item>/{rgb,flow}-SampleRate_<n>.npy.
+
+Training clips are a random temporal window of `clip_len` frames (short items loop-padded), a random
+crop and a horizontal flip (which negates the flow's x channel); validation clips are the centre
+window and centre crop. A clip is (C, T, H, W) float32 in [-1, 1]; joint items give (rgb, flow).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from src.transforms import decode_array
+
+MODALITY_CHANNELS = {"rgb": 3, "flow": 2}
+
+
+class DatasetError(ValueError):
+    """The dataset folder is not usable; the message names the file or folder."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One pre-processed video: its folder, label and the array file of each modality."""
+
+    folder: Path
+    label: int
+    files: dict[str, Path]
+
+
+def streams(modality: str) -> tuple[str, ...]:
+    """The array modalities a training modality reads: rgb, flow, or both for joint."""
+    return ("rgb", "flow") if modality == "joint" else (modality,)
+
+
+def read_classes(data_dir: Path) -> list[str]:
+    """Class names from DATA/classes.txt (line number = label), or the train folder names when absent."""
+    data_dir = Path(data_dir)
+    path = data_dir / "classes.txt"
+    if path.exists():
+        classes = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    elif (data_dir / "train").is_dir():
+        classes = sorted(p.name for p in (data_dir / "train").iterdir() if p.is_dir() and not p.name.startswith("."))
+    else:
+        raise DatasetError(f"{data_dir}: no classes.txt and no train/ folder; run pre-process.py first")
+    if not classes:
+        raise DatasetError(f"{path}: no classes listed")
+    return classes
+
+
+def _find_array(folder: Path, modality: str, sample_rate: int | None) -> Path | None:
+    pattern = re.compile(rf"{modality}(?:-SampleRate_(\d+))?\.npy$")
+    found = sorted((p for p in folder.iterdir() if pattern.fullmatch(p.name)), key=lambda p: p.name)
+    if sample_rate is not None:
+        found = [p for p in found if (pattern.fullmatch(p.name).group(1) or "1") == str(sample_rate)]
+    return found[0] if found else None
+
+
+def scan_split(data_dir: Path, split: str, classes: list[str], modality: str,
+               sample_rate: int | None = None) -> list[Item]:
+    """Every item of one split that has the arrays `modality` needs, with clear errors for a bad layout."""
+    root = Path(data_dir) / split
+    if not root.is_dir():
+        raise DatasetError(f"{root}: missing split folder (expected {split}/<class>/<item>/rgb-SampleRate_1.npy)")
+    present = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = sorted(set(present) - set(classes))
+    if unknown:
+        raise DatasetError(f"{root}: classes {unknown} are not in {Path(data_dir) / 'classes.txt'} ({classes})")
+    items = []
+    for label, name in enumerate(classes):
+        class_dir = root / name
+        found = []
+        if class_dir.is_dir():
+            for folder in sorted(p for p in class_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                files = {m: _find_array(folder, m, sample_rate) for m in streams(modality)}
+                if all(files.values()):
+                    found.append(Item(folder, label, files))
+        if not found and split == "train":
+            raise DatasetError(f"{class_dir}: class {name!r} has no {'+'.join(streams(modality))} arrays "
+                               "(empty class); add videos or remove it from classes.txt")
+        items.extend(found)
+    return items
+
+
+def check_array(path: Path, arr: np.ndarray, modality: str) -> None:
+    """Raise DatasetError unless `arr` is a (T, H, W, C) clip of the modality's channel count."""
+    channels = MODALITY_CHANNELS[modality]
+    if arr.ndim != 4 or arr.shape[-1] != channels or min(arr.shape) == 0:
+        raise DatasetError(f"{path}: shape {arr.shape}, expected (T, H, W, {channels}) for {modality}")
+
+
+def window(length: int, clip_len: int, start: int) -> np.ndarray:
+    """Frame indices of a clip starting at `start`, looping over the item when it is shorter."""
+    return (start + np.arange(clip_len)) % length
+
+
+@dataclass(frozen=True)
+class View:
+    """Where a clip is taken from an item: temporal start, crop corner (fractions of the slack) and flip."""
+
+    start: float
+    top: float
+    left: float
+    flip: bool
+
+    @staticmethod
+    def centre() -> "View":
+        """The validation view: centre window, centre crop, no flip."""
+        return View(0.5, 0.5, 0.5, False)
+
+    @staticmethod
+    def random(rng: np.random.Generator, flip: bool = True) -> "View":
+        """A training view drawn from `rng`; `flip=False` never mirrors (for direction-sensitive classes)."""
+        start, top, left, coin = rng.random(4)
+        return View(float(start), float(top), float(left), flip and bool(coin < 0.5))
+
+
+class ClipDataset(Dataset):
+    """Clips of pre-processed items; `view_for(index, epoch)` decides each clip's window, crop and flip.
+
+    views=None: a fresh random view per epoch (train) or the centre view (eval);
+    views=V: one of V fixed random views per item, chosen by epoch, so a feature cache can hold them all.
+    """
+
+    def __init__(self, items: list[Item], modality: str, clip_len: int = 64, crop: int = 224, train: bool = True,
+                 views: int | None = None, seed: int = 0, cache=None, split: str = "train", flip: bool = True):
+        self.items, self.modality, self.clip_len, self.crop, self.flip = items, modality, clip_len, crop, flip
+        self.train, self.views, self.seed, self.epoch = train, views, seed, 0
+        self.cache, self.split = cache, split  # a FeatureCache: cached items skip loading their clip
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the views of this epoch (random views differ per epoch; fixed views cycle)."""
+        self.epoch = epoch
+
+    def view_index(self, index: int) -> int:
+        """Which of the fixed views an item shows this epoch: they take turns, so V epochs fill a cache."""
+        if not self.train or not self.views:
+            return 0
+        return self.epoch % self.views
+
+    def view_for(self, index: int) -> View:
+        """The view of item `index` in the current epoch."""
+        if not self.train:
+            return View.centre()
+        key = [self.seed, index, self.view_index(index)] if self.views else [self.seed, index, 10**6 + self.epoch]
+        return View.random(np.random.default_rng(key), self.flip)
+
+    def load(self, item: Item, modality: str, view: View) -> torch.Tensor:
+        """One modality's clip of an item as (C, T, H, W) float32."""
+        path = item.files[modality]
+        try:
+            stored = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"{path}: cannot be read as a .npy array ({exc})") from None
+        check_array(path, stored, modality)
+        t, h, w = stored.shape[:3]
+        if min(h, w) < self.crop:
+            raise DatasetError(f"{path}: frames {w}x{h} are smaller than the {self.crop} crop")
+        start = int(view.start * (t - self.clip_len)) if t > self.clip_len else 0
+        top, left = int(round(view.top * (h - self.crop))), int(round(view.left * (w - self.crop)))
+        frames = window(t, self.clip_len, start)
+        clip = decode_array(np.asarray(stored[frames, top:top + self.crop, left:left + self.crop]))
+        if view.flip:
+            clip = clip[:, :, ::-1]
+            if modality == "flow":
+                clip = clip * np.array([-1.0, 1.0], np.float32)  # mirrored motion: x flow changes sign
+        return torch.from_numpy(np.ascontiguousarray(clip)).permute(3, 0, 1, 2)
+
+    def __getitem__(self, index: int) -> tuple[int, int, list[tuple[str, torch.Tensor]], int]:
+        """(index, view, [("clip" | "features", tensor) per stream], label)."""
+        item, view = self.items[index], self.view_index(index)
+        inputs = []
+        for stream in streams(self.modality):
+            cached = self.cache.get(self.split, stream, index, view) if self.cache is not None else None
+            inputs.append(("features", cached) if cached is not None else
+                          ("clip", self.load(item, stream, self.view_for(index))))
+        return index, view, inputs, item.label
+
+
+def collate(batch: list) -> tuple[list[int], list[int], list[list[tuple[str, torch.Tensor]]], torch.Tensor]:
+    """Keep per-sample inputs as lists: a batch may mix raw clips and cached features."""
+    indices, views, inputs, labels = zip(*batch)
+    return list(indices), list(views), list(inputs), torch.tensor(labels)
+
+
+def class_counts(items: list[Item], num_classes: int) -> np.ndarray:
+    """How many items each class has."""
+    return np.bincount([it.label for it in items], minlength=num_classes)
+
+
+def balanced_weights(items: list[Item], num_classes: int) -> torch.Tensor:
+    """Per-item sampling weights that make every class equally likely."""
+    counts = class_counts(items, num_classes)
+    return torch.tensor([1.0 / counts[it.label] for it in items], dtype=torch.double)

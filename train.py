@@ -1,0 +1,77 @@
+"""Fine-tune Kinetics-pretrained I3D on your own pre-processed videos, the first 15 of 20 blocks frozen.
+
+Examples:
+    python train.py                                              # data/videos/pre-processed -> runs/<date>-rgb
+    python train.py --data data/videos/pre-processed --epochs 20 --lr 0.01 --batch-size 8
+    python train.py --modality joint --freeze 15 --cache-views 4 # RGB + flow streams, logits summed
+    python train.py --resume runs/20261125-101500-rgb             # continue exactly where it stopped
+    torchrun --nproc_per_node 2 train.py --data ...              # DistributedDataParallel (gloo on CPU)
+
+With K blocks frozen their output never changes, so it is cached (RUN/cache) and, once every view
+is cached (after --cache-views epochs), an epoch runs only the last 20-K blocks: many times faster.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import fields
+
+from src.dataset import DatasetError
+from src.training import Config, TrainingError, train
+from src.weights import WeightsUnavailable
+
+HELP = {
+    "data": "pre-processed dataset (classes.txt, train/, val/)", "out": "run folder (default: runs/<date>-<modality>)",
+    "weights": "RGB weights: registry name or file", "flow_weights": "flow weights (default: flow_scratch if "
+    "obtainable, else cross-modality initialisation from --weights)", "modality": "rgb, flow or joint",
+    "freeze": "freeze the first K of the 20 blocks (their batch norm stays in eval mode)",
+    "clip_len": "frames per training clip (shorter items loop)", "crop": "spatial crop size",
+    "sample_rate": "use the arrays of this --sample-rate (default: the only/lowest one)",
+    "batch_size": "clips per step", "epochs": "epochs to train", "optimizer": "sgd (momentum) or adamw",
+    "lr": "peak learning rate", "momentum": "SGD momentum", "weight_decay": "weight decay",
+    "schedule": "cosine or step decay after warm-up", "warmup_epochs": "linear warm-up length in epochs",
+    "step_epochs": "step schedule: decay every N epochs", "step_gamma": "step schedule: decay factor",
+    "label_smoothing": "cross-entropy label smoothing", "dropout": "dropout before the classifier",
+    "bn_momentum": "batch-norm running-statistics momentum of the trainable blocks",
+    "accum_steps": "accumulate gradients over N batches", "clip_grad": "clip the gradient norm (0: off)",
+    "amp": "mixed precision: bf16 on CPU, fp16 on CUDA", "seed": "random seed (same seed, same run)",
+    "device": "auto, cpu, cuda, cuda:1, mps", "workers": "data-loading processes",
+    "balanced": "class-balanced sampling for unbalanced folders",
+    "no_flip": "no horizontal flips (when classes depend on left/right direction)",
+    "cache_features": "cache the frozen blocks' output: auto (whenever blocks are frozen), on or off",
+    "cache_views": "fixed augmented views per training item when caching", "cache_dtype": "float16 or float32",
+    "patience": "early stopping: epochs without val improvement (0: off)",
+}
+CHOICES = {"modality": ("rgb", "flow", "joint"), "optimizer": ("sgd", "adamw"), "schedule": ("cosine", "step"),
+           "cache_features": ("auto", "on", "off"), "cache_dtype": ("float16", "float32")}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = Config()
+    for f in fields(Config):
+        if f.name == "classes":
+            continue
+        flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=HELP[f.name])
+            continue
+        kind = type(default) if default is not None else (int if f.name == "sample_rate" else str)
+        parser.add_argument(flag, type=kind, default=default, choices=CHOICES.get(f.name),
+                            help=f"{HELP[f.name]} (default: %(default)s)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last.pt")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = Config(**{f.name: getattr(args, f.name) for f in fields(Config) if f.name != "classes"})
+    try:
+        train(cfg, resume=args.resume, overwrite=args.overwrite)
+    except (TrainingError, DatasetError, WeightsUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
