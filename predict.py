@@ -1,23 +1,43 @@
-"""Classify a video, a folder of frames, a GIF or a model-ready .npy clip with I3D.
+"""Classify a video, a folder of frames, a GIF or a model-ready .npy clip with I3D: pretrained
+Kinetics weights, or a model you fine-tuned with train.py (its own classes and input recipe).
 
 Examples:
     python predict.py ../shared/data/videos/arm_wrestling.mp4
     python predict.py clip.mp4 --weights rgb_scratch --top-k 10 --frames 64 --json
     python predict.py clip.npy --weights model/model_rgb.pth --logits-out logits.npy
+    python predict.py clip.mp4 --checkpoint runs/20261125-101500-rgb
+    python predict.py long.mp4 --checkpoint runs/... --timeline --window 64 --stride 32 --timeline-out t.csv
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import logging
 import sys
+from pathlib import Path
 
 import numpy as np
-import torch
 
+from src.dataset import DatasetError
 from src.device import pick_device
-from src.predict import (InputError, clip_to_tensor, default_categories, format_json, format_table, load_clip,
-                         top_k)
-from src.weights import RGB_RECIPE, FLOW_RECIPE, WeightsUnavailable, i3d
+from src.predict import (InputError, format_json, format_table, predictor_from_run, predictor_from_weights,
+                         timeline, top_k)
+from src.training import TrainingError
+from src.weights import WeightsUnavailable
+
+
+def write_timeline(rows: list[dict], out: str | None) -> None:
+    """Timeline rows as JSON or CSV (by extension), or a table on stdout."""
+    if out and out.endswith(".csv"):
+        with open(out, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    elif out:
+        Path(out).write_text(json.dumps({"timeline": rows}, indent=2))
+    for r in rows:
+        print(f"{r['start_s']:8.2f}-{r['end_s']:<8.2f} {r['prob']:.3f}  {r['label']}")
 
 
 def main() -> int:
@@ -26,35 +46,42 @@ def main() -> int:
                                       "shaped (T, H, W, C) or (1, T, H, W, C) (used as-is)")
     parser.add_argument("--weights", default="rgb_scratch",
                         help="registry name (rgb_scratch, rgb_imagenet, ...) or a weights file (default: %(default)s)")
+    parser.add_argument("--checkpoint", metavar="RUN_DIR", help="a fine-tuned train.py run (overrides --weights)")
     parser.add_argument("--top-k", type=int, default=5, help="how many classes to show (default: %(default)s)")
     parser.add_argument("--frames", type=int, default=None, help="use only the N central frames (default: all)")
     parser.add_argument("--resize", action="store_true",
-                        help="resize + centre-crop even frames that are already 224x224 (taken as pre-cropped otherwise)")
+                        help="resize + centre-crop even frames that are already crop-sized (taken as pre-cropped)")
     parser.add_argument("--json", action="store_true", help='print {"predictions": [{label, index, prob, logit}]}')
     parser.add_argument("--logits-out", metavar="FILE.npy", help="also save the raw logits")
+    parser.add_argument("--timeline", action="store_true", help="label a long video window by window")
+    parser.add_argument("--window", type=int, default=64, help="timeline window in frames (default: %(default)s)")
+    parser.add_argument("--stride", type=int, default=32, help="timeline stride in frames (default: %(default)s)")
+    parser.add_argument("--timeline-out", metavar="FILE", help="write the timeline as .json or .csv")
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
+    device = pick_device(args.device)
     try:
-        model = i3d(weights=args.weights).eval()
-        recipe = FLOW_RECIPE if model.in_channels == 2 else RGB_RECIPE
-        clip = load_clip(args.input, recipe, frames=args.frames, force_resize=args.resize)
-    except (InputError, WeightsUnavailable, FileNotFoundError, KeyError, ValueError) as exc:
+        predictor = (predictor_from_run(args.checkpoint, device) if args.checkpoint
+                     else predictor_from_weights(args.weights, device))
+        clips = predictor.load(args.input, None if args.timeline else args.frames, args.resize)
+    except (InputError, WeightsUnavailable, FileNotFoundError, KeyError, ValueError, TrainingError,
+            DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    device = pick_device(args.device)
-    with torch.inference_mode():
-        logits = model.to(device)(clip_to_tensor(clip).to(device))[0].float().cpu().numpy()
-    categories = model.categories or default_categories(len(logits))
-    predictions = top_k(logits, categories, args.top_k)
+    if args.timeline:
+        write_timeline(timeline(predictor, clips, args.window, args.stride, device), args.timeline_out)
+        return 0
+    logits = predictor.logits(clips, device)
+    predictions = top_k(logits, predictor.categories, args.top_k)
     if args.logits_out:
         np.save(args.logits_out, logits)
     if args.json:
         print(format_json(predictions))
     else:
-        name = model.weights.name if model.weights else args.weights
-        print(f"{args.input}: {len(clip)} frames of {clip.shape[2]}x{clip.shape[1]}, weights {name}")
+        clip = next(iter(clips.values()))
+        print(f"{args.input}: {len(clip)} frames of {clip.shape[2]}x{clip.shape[1]}, weights {predictor.name}")
         print(format_table(predictions))
     return 0
 

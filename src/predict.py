@@ -150,3 +150,64 @@ def load_official_sample(path: str | Path, modality: str) -> np.ndarray:
     except OSError as exc:
         raise InputError(f"{path}: not a readable GIF ({exc})") from None
     return pixels / 255 * 2 - 1 if modality == "rgb" else pixels[..., :2] / 255 - 0.5
+
+
+@dataclass
+class Predictor:
+    """The streams of a model (pretrained or fine-tuned) with their input recipes and class names."""
+
+    models: dict[str, torch.nn.Module]
+    recipes: dict[str, Recipe]
+    categories: list[str]
+    name: str
+
+    def logits(self, clips: dict[str, np.ndarray], device: torch.device) -> np.ndarray:
+        """Summed logits of all streams for one clip per stream (late fusion, as the official joint model)."""
+        with torch.inference_mode():
+            total = sum(model(clip_to_tensor(clips[s]).to(device))[0].float().cpu()
+                        for s, model in self.models.items())
+        return total.numpy()
+
+    def load(self, path: str | Path, frames: int | None = None, force_resize: bool = False) -> dict[str, np.ndarray]:
+        """Each stream's clip of an input, by that stream's recipe."""
+        return {s: load_clip(path, self.recipes[s], frames, force_resize) for s in self.models}
+
+
+def predictor_from_weights(weights: str, device: torch.device) -> Predictor:
+    """A Predictor of pretrained (registry or file) weights."""
+    from src.weights import FLOW_RECIPE, i3d
+
+    model = i3d(weights=weights).eval().to(device)
+    stream = "flow" if model.in_channels == 2 else "rgb"
+    name = model.weights.name if model.weights else str(weights)
+    return Predictor({stream: model}, {stream: FLOW_RECIPE if stream == "flow" else RGB_RECIPE},
+                     model.categories or default_categories(model.num_classes), name)
+
+
+def predictor_from_run(run_dir: str | Path, device: torch.device) -> Predictor:
+    """A Predictor of a fine-tuned train.py run: its streams, classes and training recipe."""
+    from dataclasses import replace
+
+    from src.training import load_run
+    from src.weights import FLOW_RECIPE
+
+    cfg, models = load_run(run_dir, device)
+    recipes = {s: replace(FLOW_RECIPE if s == "flow" else RGB_RECIPE, crop=cfg.crop,
+                          resize_short_side=cfg.input_size or RGB_RECIPE.resize_short_side) for s in models}
+    return Predictor(dict(models.items()), recipes, cfg.classes, f"{run_dir} ({cfg.modality})")
+
+
+def timeline(predictor: Predictor, clips: dict[str, np.ndarray], window: int, stride: int, device: torch.device,
+             fps: float = 25.0) -> list[dict]:
+    """Top class of each window of `window` frames, every `stride` frames, over a long clip."""
+    length = min(len(c) for c in clips.values())
+    starts = list(range(0, max(length - window, 0) + 1, stride))
+    rows = []
+    for start in starts:
+        part = {s: c[start:start + window] for s, c in clips.items()}
+        best = top_k(predictor.logits(part, device), predictor.categories, 1)[0]
+        end = min(start + window, length)
+        rows.append({"start_frame": start, "end_frame": end, "start_s": round(start / fps, 3),
+                     "end_s": round(end / fps, 3), "label": best.label, "index": best.index,
+                     "prob": best.prob, "logit": best.logit})
+    return rows

@@ -77,6 +77,7 @@ class Config:
     cache_dtype: str = "float16"
     patience: int = 0
     classes: list[str] = field(default_factory=list)
+    input_size: int | None = None  # short side of the stored frames, so prediction resizes like pre-processing
 
 
 # ---------------------------------------------------------------- the model: streams with frozen blocks
@@ -340,6 +341,16 @@ def new_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.modality}"
 
 
+def preprocessed_size(data: Path, example: Path) -> int:
+    """The short side pre-process.py resized to (its manifest's `size`), else the stored frames' short side."""
+    for manifest in sorted(data.glob("manifest*.csv")):
+        with open(manifest, newline="") as f:
+            sizes = {row.get("size") for row in csv.DictReader(f)} - {None, ""}
+        if len(sizes) == 1:
+            return int(sizes.pop())
+    return int(min(np.load(example, mmap_mode="r", allow_pickle=False).shape[1:3]))
+
+
 def use_cache(cfg: Config) -> bool:
     """Whether frozen features are cached: 'auto' caches whenever blocks are frozen."""
     if cfg.cache_features == "off" or cfg.freeze == 0:
@@ -377,6 +388,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     if missing_val and master:
         log.warning("val has no items of %s: their accuracy cannot be measured", missing_val)
     cfg.classes = classes
+    cfg.input_size = preprocessed_size(data, train_items[0].files[streams(cfg.modality)[0]])
     if master:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
@@ -523,3 +535,57 @@ def tensorboard_writer(run_dir: Path):
     except ImportError:
         return None
     return SummaryWriter(run_dir / "tensorboard")
+
+
+# ---------------------------------------------------------------- using a finished run
+
+def load_run(run_dir: str | Path, device: torch.device | None = None) -> tuple[Config, nn.ModuleDict]:
+    """A run's config and its best model streams (eval mode), from config.json and best.safetensors."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    for name in ("config.json", "best.safetensors"):
+        if not (run_dir / name).exists():
+            raise TrainingError(f"{run_dir}: no {name}; is this a train.py run folder (finished at least one epoch)?")
+    cfg = Config(**json.loads((run_dir / "config.json").read_text()))
+    state = load_file(run_dir / "best.safetensors")
+    models = nn.ModuleDict({s: I3D(len(cfg.classes), 3 if s == "rgb" else 2, cfg.dropout) for s in streams(cfg.modality)})
+    if len(models) == 1:
+        next(iter(models.values())).load_state_dict(state)
+    else:
+        models.load_state_dict({k: v for k, v in state.items()}, strict=False)
+    return cfg, models.to(device or torch.device("cpu")).eval()
+
+
+def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val", clips: int = 1, crops: int = 1,
+                 device: torch.device | None = None) -> tuple[EvalResult, list[str]]:
+    """Multi-clip x multi-crop testing of a run's best model: softmax scores averaged over the views."""
+    device = device or pick_device()
+    cfg, models = load_run(run_dir, device)
+    data_dir = Path(data or cfg.data)
+    classes = read_classes(data_dir)
+    if classes != cfg.classes:
+        raise TrainingError(f"{data_dir / 'classes.txt'} lists {classes}, but the run was trained on {cfg.classes}")
+    items = scan_split(data_dir, split, classes, cfg.modality, cfg.sample_rate)
+    if not items:
+        raise TrainingError(f"{data_dir / split}: no items to evaluate")
+    dataset = ClipDataset(items, cfg.modality, cfg.clip_len, cfg.crop, train=False)
+    starts = [0.5] if clips == 1 else [i / (clips - 1) for i in range(clips)]
+    corners = [(0.5, 0.5)] if crops == 1 else [(0.0, 0.0), (0.5, 0.5), (1.0, 1.0)]
+    from src.dataset import View
+    scores, labels, loss_sum = [], [], 0.0
+    with torch.inference_mode():
+        for item in tqdm(items, desc=f"evaluating {split}"):
+            probs, logits_sum = 0, 0
+            for start in starts:
+                for top, left in corners:
+                    view = View(start, top, left, False)
+                    logits = sum(model(dataset.load(item, stream, view)[None].to(device))
+                                 for stream, model in models.items()).float().cpu()[0]
+                    probs = probs + logits.softmax(0)
+                    logits_sum = logits_sum + logits
+            n = len(starts) * len(corners)
+            scores.append(probs / n)
+            loss_sum += F.cross_entropy((logits_sum / n)[None], torch.tensor([item.label])).item()
+            labels.append(item.label)
+    return summarize(torch.stack(scores), torch.tensor(labels), len(classes), loss_sum), classes

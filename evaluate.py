@@ -1,0 +1,55 @@
+"""Test a fine-tuned run: multi-clip x multi-crop (softmax scores averaged), top-1, top-5, mean class
+accuracy and the confusion matrix, printed as a table and written as JSON (and a PNG).
+
+Examples:
+    python evaluate.py runs/20261125-101500-rgb
+    python evaluate.py runs/20261125-101500-rgb --clips 5 --crops 3 --split test
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from src.dataset import DatasetError
+from src.device import pick_device
+from src.training import TrainingError, evaluate_run, plot_confusion
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", help="a train.py run folder (config.json, best.safetensors)")
+    parser.add_argument("--data", help="pre-processed dataset (default: the run's)")
+    parser.add_argument("--split", default="val", help="split to test (default: %(default)s)")
+    parser.add_argument("--clips", type=int, default=1, help="clips per video, evenly spaced in time (default: 1)")
+    parser.add_argument("--crops", type=int, choices=(1, 3), default=1, help="1 centre crop or 3 crops along the frame")
+    parser.add_argument("--out", help="JSON file (default: RUN_DIR/evaluation-<split>.json)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        result, classes = evaluate_run(args.run_dir, args.data, args.split, args.clips, args.crops,
+                                       pick_device(args.device))
+    except (TrainingError, DatasetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    out = Path(args.out or Path(args.run_dir) / f"evaluation-{args.split}.json")
+    report = {"split": args.split, "clips": args.clips, "crops": args.crops, "items": int(result.confusion.sum()),
+              "top1": result.top1, "top5": result.top5, "mean_class_accuracy": result.mean_class_acc,
+              "loss": result.loss, "per_class": dict(zip(classes, result.per_class)),
+              "classes": classes, "confusion_matrix": result.confusion.tolist()}
+    out.write_text(json.dumps(report, indent=2))
+    plot_confusion(result.confusion, classes, out.with_suffix(".png"))
+    width = max(len(c) for c in classes + ["mean class accuracy"])
+    print(f"{'top-1':<{width}}  {result.top1:.4f}\n{'top-5':<{width}}  {result.top5:.4f}\n"
+          f"{'mean class accuracy':<{width}}  {result.mean_class_acc:.4f}")
+    for name, acc in zip(classes, result.per_class):
+        print(f"{name:<{width}}  {acc:.4f}")
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
