@@ -43,6 +43,7 @@ HELP = {
     "cache_views": "fixed augmented views per training item when caching", "cache_dtype": "float16 or float32",
     "patience": "early stopping: epochs without val improvement (0: off)",
 }
+RECORDED = ("classes", "input_size")  # filled in from the dataset, not options
 CHOICES = {"modality": ("rgb", "flow", "joint"), "optimizer": ("sgd", "adamw"), "schedule": ("cosine", "step"),
            "cache_features": ("auto", "on", "off"), "cache_dtype": ("float16", "float32")}
 
@@ -51,7 +52,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = Config()
     for f in fields(Config):
-        if f.name == "classes":
+        if f.name in RECORDED:
             continue
         flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
         if isinstance(default, bool):
@@ -64,7 +65,7 @@ def main() -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = Config(**{f.name: getattr(args, f.name) for f in fields(Config) if f.name != "classes"})
+    cfg = Config(**{f.name: getattr(args, f.name) for f in fields(Config) if f.name not in RECORDED})
     try:
         train(cfg, resume=args.resume, overwrite=args.overwrite)
     except (TrainingError, DatasetError, WeightsUnavailable) as exc:

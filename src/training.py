@@ -455,6 +455,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     for epoch in range(start_epoch, cfg.epochs):
         started = time.time()
         train_set.set_epoch(epoch)
+        generator.manual_seed(cfg.seed + epoch)  # the epoch's shuffle depends on nothing else: exact resume
         if world > 1:
             sampler.set_epoch(epoch)
         for model in models.values():
