@@ -259,7 +259,7 @@ class FastI3D(nn.Module):
                 break
         return x
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: the features may feed a trained head (frozen-backbone training)
     def forward_features(self, x: torch.Tensor, endpoint: str = "Mixed_5c") -> torch.Tensor:
         """Features at one of DeepMind's endpoints, (N, C, T, H, W) float32 (channels_last_3d strides)."""
         if endpoint not in ENDPOINTS:
@@ -267,7 +267,7 @@ class FastI3D(nn.Module):
         self._check_input(x)
         return self._features(x, endpoint[0].lower() + endpoint[1:]).float()
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Mixed_5c features -> logits, in fp32 (the pool and a 1024 x classes matrix are cheap)."""
         pooled = self.avg_pool(features.float())  # (N, 1024, T', H', W')
