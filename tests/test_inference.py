@@ -1,0 +1,172 @@
+"""The fast inference path against the plain model and the ../shared reference, and what it runs."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from src.clips import load_clip
+from src.inference import FastI3D, auto_precision, cpu_has_bf16, optimize_for_inference
+from src.model import ENDPOINTS, I3D, split_same_padding
+from src.weights import i3d
+
+CL = torch.channels_last_3d
+
+
+@pytest.fixture(scope="module")
+def scratch() -> I3D:
+    """The Kinetics-400 rgb_scratch model in eval mode."""
+    return i3d(weights="rgb_scratch").eval()
+
+
+def random_model(seed: int = 0, in_channels: int = 3) -> I3D:
+    """A random I3D whose batch-norm statistics are far from identity, so folding them matters."""
+    torch.manual_seed(seed)
+    model = I3D(num_classes=7, in_channels=in_channels)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.2, 3.0)
+            module.bias.data.uniform_(-0.3, 0.3)
+    return model.eval()
+
+
+def test_fp32_matches_shared_reference_on_cricket(scratch: I3D, shared) -> None:
+    clip = load_clip(shared / "samples" / "v_CricketShot_g04_c01_rgb.gif")
+    assert clip.shape == (1, 3, 79, 224, 224)
+    fast = optimize_for_inference(scratch, precision="fp32")
+    with torch.inference_mode():
+        plain = scratch(clip)
+    logits = fast(clip)
+    assert (logits - plain).abs().max().item() < 1e-3
+    assert logits.norm().item() == pytest.approx(83.2416, abs=2e-3)  # ../shared/README.md reference
+    assert scratch.categories[logits.argmax().item()] == "playing cricket"
+    assert logits.max().item() == pytest.approx(17.6404, abs=2e-3)
+    assert "fp32 fast path" in str(fast.path)
+
+
+@pytest.mark.parametrize("size", [(5, 37, 45), (9, 64, 50), (16, 112, 112)])
+def test_fp32_features_match_plain_model_at_every_endpoint(size: tuple[int, int, int]) -> None:
+    # odd and even sizes exercise the extra-padding cases (explicit pad, ceil_mode pools)
+    model = random_model()
+    fast = optimize_for_inference(model, precision="fp32")
+    x = torch.randn(2, 3, *size)
+    with torch.inference_mode():
+        for endpoint in ENDPOINTS:
+            want = model.forward_features(x, endpoint)
+            got = fast.forward_features(x, endpoint)
+            assert got.shape == want.shape, endpoint
+            scale = want.abs().max().item() + 1e-6
+            assert (got - want).abs().max().item() / scale < 1e-4, endpoint
+        assert (fast(x) - model(x)).abs().max().item() < 1e-4
+
+
+def test_flow_model_and_model_left_unchanged() -> None:
+    model = random_model(1, in_channels=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = optimize_for_inference(model, precision="fp32")
+    x = torch.randn(1, 2, 8, 64, 64)
+    with torch.inference_mode():
+        assert (fast(x) - model(x)).abs().max().item() < 1e-4
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="endpoint"):
+        fast.forward_features(x, "Mixed_9z")
+    with pytest.raises(ValueError, match="channels"):
+        fast(torch.randn(1, 3, 8, 64, 64))
+
+
+def test_precision_choices() -> None:
+    model = random_model()
+    with pytest.raises(ValueError, match="precision"):
+        optimize_for_inference(model, precision="int8")
+    with pytest.raises(ValueError, match="CUDA"):
+        optimize_for_inference(model, precision="fp16")
+    chosen, reason = auto_precision("cpu")
+    assert chosen in ("fp32", "bf16") and reason
+    assert auto_precision("cpu") == (chosen, reason)  # decided once per process
+    if not cpu_has_bf16():
+        assert chosen == "fp32"
+    fast = optimize_for_inference(model, precision="auto")
+    assert isinstance(fast, FastI3D) and fast.path.precision == chosen
+
+
+class _Recorder(TorchDispatchMode):
+    """Records every operator with the memory format of its first tensor argument."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, tuple[int, ...], bool]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if first is not None:
+            self.calls.append((str(func), tuple(first.shape), first.is_contiguous(memory_format=CL)))
+        return func(*args, **(kwargs or {}))
+
+
+def _expected_conv_pads(size: tuple[int, int, int]) -> int:
+    """Convolutions whose TF 'SAME' padding is odd somewhere (only those need an explicit pad)."""
+    model = I3D()
+    count, shapes = 0, {}
+
+    def hook(module, inputs, _output):
+        shapes[module] = tuple(inputs[0].shape[2:])
+    handles = [m.register_forward_hook(hook) for m in model.modules() if hasattr(m, "conv")]
+    with torch.inference_mode():
+        model.forward_features(torch.zeros(1, 3, *size))
+    for handle in handles:
+        handle.remove()
+    for module, shape in shapes.items():
+        _, extra = split_same_padding(shape, module.kernel, module.stride)
+        count += any(extra)
+    return count
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
+def test_profile_all_convs_onednn_pools_channels_last_no_avoidable_pads() -> None:
+    size = (8, 64, 64)
+    fast = optimize_for_inference(random_model(), precision="fp32")
+    x = torch.randn(1, 3, *size)
+    fast(x)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fast(x)
+    names = [event.name for event in prof.events()]
+    convs = [n for n in names if "conv" in n.lower()]
+    assert convs and all(n in ("mkldnn::_convolution_pointwise",) for n in convs), sorted(set(convs))
+    assert not any("slow_conv" in n or "thnn" in n for n in names)
+    # 57 convs in the plain network: 3 per Inception block are merged into one, so 57 - 9*2 = 39
+    assert names.count("mkldnn::_convolution_pointwise") == 39
+    pads = names.count("aten::constant_pad_nd")
+    assert pads == _expected_conv_pads(size) == 1  # the first 7x7x7 stride-2 conv; pools use ceil_mode
+    assert "aten::batch_norm" not in names and "aten::relu" not in names and "aten::relu_" not in names
+
+    with _Recorder() as recorder, torch.inference_mode():
+        fast(x)
+    pools = [c for c in recorder.calls if "max_pool3d" in c[0]]
+    assert len(pools) == 4 + 9  # 4 stand-alone pools, one per Inception block
+    assert all(channels_last for _, _, channels_last in pools), pools
+    conv_inputs = [c for c in recorder.calls if "_convolution_pointwise" in c[0]]
+    assert all(channels_last for _, _, channels_last in conv_inputs)
+
+
+def _parity(model: I3D, clip: torch.Tensor, precision: str) -> tuple[float, int, int]:
+    fast = optimize_for_inference(model, precision=precision)
+    with torch.inference_mode():
+        plain = model(clip)
+    logits = fast(clip)
+    return (logits - plain).abs().max().item(), plain.argmax().item(), logits.argmax().item()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["samples/v_CricketShot_g04_c01_rgb.gif", "videos/arm_wrestling.mp4",
+                                  "videos/cleaning_pool.mp4"])
+def test_bf16_keeps_top1_on_real_clips(scratch: I3D, shared, name: str) -> None:
+    clip = load_clip(shared / name, frames=None if name.endswith(".gif") else 64)
+    delta, want, got = _parity(scratch, clip, "bf16")
+    print(f"bf16 {name}: max |delta logit| {delta:.4f}, top-1 {scratch.categories[want]!r} -> "
+          f"{scratch.categories[got]!r}")
+    assert got == want
+    assert delta < 0.5 and math.isfinite(delta)
