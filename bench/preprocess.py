@@ -19,24 +19,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from src.arrays import save_array_atomic  # noqa: E402
+from src.device import cpu_flags  # noqa: E402
 from src.flow import ALGORITHMS, FlowExtractor, rgb_to_gray, set_threads  # noqa: E402
 from src.preprocess import Options, run  # noqa: E402
 from src.transforms import encode_array, resize_short_side, to_model_range  # noqa: E402
 from src.video import read_frames  # noqa: E402
 
 VIDEOS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "videos"
-
-
-def cpu_flags() -> str:
-    """The SIMD/matrix flags of this CPU that matter for OpenCV and numpy."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    wanted = ["avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    return f"{model}; " + " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in wanted)
 
 
 def timed(fn, *args) -> tuple[float, object]:
