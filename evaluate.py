@@ -27,11 +27,14 @@ def main() -> int:
     parser.add_argument("--crops", type=int, choices=(1, 3), default=1, help="1 centre crop or 3 crops along the frame")
     parser.add_argument("--out", help="JSON file (default: RUN_DIR/evaluation-<split>.json)")
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help="fast inference path; auto uses bf16/fp16 only where it is faster (default: %(default)s)")
+    parser.add_argument("--plain", action="store_true", help="run the plain float32 model instead of the fast path")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         result, classes = evaluate_run(args.run_dir, args.data, args.split, args.clips, args.crops,
-                                       pick_device(args.device))
+                                       pick_device(args.device), None if args.plain else args.precision)
     except (TrainingError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

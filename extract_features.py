@@ -15,6 +15,7 @@ import torch
 
 from src.arrays import save_array_atomic
 from src.device import pick_device
+from src.inference import optimize_for_inference
 from src.model import ENDPOINTS
 from src.predict import InputError, clip_to_tensor, load_clip
 from src.weights import FLOW_RECIPE, RGB_RECIPE, WeightsUnavailable, i3d
@@ -30,6 +31,9 @@ def main() -> int:
     parser.add_argument("--resize", action="store_true", help="resize + crop even frames already 224x224")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="fp32",
+                        help="fast inference path; features are float32 either way (default: %(default)s)")
+    parser.add_argument("--plain", action="store_true", help="run the plain float32 model instead of the fast path")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
@@ -45,8 +49,9 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     device = pick_device(args.device)
+    runner = model.to(device) if args.plain else optimize_for_inference(model, device, args.precision)
     with torch.inference_mode():
-        features = model.to(device).forward_features(clip_to_tensor(clip).to(device), args.endpoint)[0]
+        features = runner.forward_features(clip_to_tensor(clip).to(device), args.endpoint)[0]
     save_array_atomic(out, features.float().cpu().numpy())
     print(f"{out}: {args.endpoint} of shape (C, T, H, W) = {tuple(features.shape)}")
     return 0

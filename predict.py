@@ -21,8 +21,8 @@ import numpy as np
 
 from src.dataset import DatasetError
 from src.device import pick_device
-from src.predict import (InputError, format_json, format_table, predictor_from_run, predictor_from_weights,
-                         timeline, top_k)
+from src.predict import (InputError, exported_predictor, format_json, format_table, predictor_from_run,
+                         predictor_from_weights, timeline, top_k)
 from src.training import TrainingError
 from src.weights import WeightsUnavailable
 
@@ -58,13 +58,22 @@ def main() -> int:
     parser.add_argument("--stride", type=int, default=32, help="timeline stride in frames (default: %(default)s)")
     parser.add_argument("--timeline-out", metavar="FILE", help="write the timeline as .json or .csv")
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help="fast inference path: auto picks bf16/fp16 only where this hardware makes it faster "
+                             "(bf16 CPUs, CUDA), else the fp32 fast path (default: %(default)s)")
+    parser.add_argument("--plain", action="store_true", help="run the plain float32 model instead of the fast path")
+    parser.add_argument("--model", metavar="FILE", help="run an exported model (.onnx or TorchScript .pt) "
+                                                          "with --weights' labels and recipe")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
     device = pick_device(args.device)
     try:
-        predictor = (predictor_from_run(args.checkpoint, device) if args.checkpoint
-                     else predictor_from_weights(args.weights, device))
+        precision = None if args.plain else args.precision
+        predictor = (predictor_from_run(args.checkpoint, device, precision) if args.checkpoint
+                     else predictor_from_weights(args.weights, device, precision))
+        if args.model:
+            predictor = exported_predictor(args.model, predictor)
         clips = predictor.load(args.input, None if args.timeline else args.frames, args.resize)
     except (InputError, WeightsUnavailable, FileNotFoundError, KeyError, ValueError, TrainingError,
             DatasetError) as exc:
@@ -81,7 +90,8 @@ def main() -> int:
         print(format_json(predictions))
     else:
         clip = next(iter(clips.values()))
-        print(f"{args.input}: {len(clip)} frames of {clip.shape[2]}x{clip.shape[1]}, weights {predictor.name}")
+        print(f"{args.input}: {len(clip)} frames of {clip.shape[2]}x{clip.shape[1]}, weights {predictor.name}; "
+              f"{predictor.path}")
         print(format_table(predictions))
     return 0
 

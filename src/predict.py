@@ -160,6 +160,7 @@ class Predictor:
     recipes: dict[str, Recipe]
     categories: list[str]
     name: str
+    path: str = ""  # which inference path runs, in words
 
     def logits(self, clips: dict[str, np.ndarray], device: torch.device) -> np.ndarray:
         """Summed logits of all streams for one clip per stream (late fusion, as the official joint model)."""
@@ -173,28 +174,41 @@ class Predictor:
         return {s: load_clip(path, self.recipes[s], frames, force_resize) for s in self.models}
 
 
-def predictor_from_weights(weights: str, device: torch.device) -> Predictor:
-    """A Predictor of pretrained (registry or file) weights."""
+def accelerate(models: dict[str, torch.nn.Module], device: torch.device, precision: str | None
+               ) -> tuple[dict[str, torch.nn.Module], str]:
+    """The fast inference path of each stream (None: the plain eager model), and a line saying which ran."""
+    if precision is None:
+        return {s: m.to(device).eval() for s, m in models.items()}, "plain float32 model (eager)"
+    from src.inference import optimize_for_inference
+
+    fast = {s: optimize_for_inference(m, device, precision) for s, m in models.items()}
+    return fast, str(next(iter(fast.values())).path)
+
+
+def predictor_from_weights(weights: str, device: torch.device, precision: str | None = "auto") -> Predictor:
+    """A Predictor of pretrained (registry or file) weights; `precision` as in src.inference (None: plain)."""
     from src.weights import FLOW_RECIPE, i3d
 
-    model = i3d(weights=weights).eval().to(device)
+    model = i3d(weights=weights).eval()
     stream = "flow" if model.in_channels == 2 else "rgb"
     name = model.weights.name if model.weights else str(weights)
-    return Predictor({stream: model}, {stream: FLOW_RECIPE if stream == "flow" else RGB_RECIPE},
-                     model.categories or default_categories(model.num_classes), name)
+    models, path = accelerate({stream: model}, device, precision)
+    return Predictor(models, {stream: FLOW_RECIPE if stream == "flow" else RGB_RECIPE},
+                     model.categories or default_categories(model.num_classes), name, path)
 
 
-def predictor_from_run(run_dir: str | Path, device: torch.device) -> Predictor:
+def predictor_from_run(run_dir: str | Path, device: torch.device, precision: str | None = "auto") -> Predictor:
     """A Predictor of a fine-tuned train.py run: its streams, classes and training recipe."""
     from dataclasses import replace
 
     from src.training import load_run
     from src.weights import FLOW_RECIPE
 
-    cfg, models = load_run(run_dir, device)
+    cfg, models = load_run(run_dir)
     recipes = {s: replace(FLOW_RECIPE if s == "flow" else RGB_RECIPE, crop=cfg.crop,
                           resize_short_side=cfg.input_size or RGB_RECIPE.resize_short_side) for s in models}
-    return Predictor(dict(models.items()), recipes, cfg.classes, f"{run_dir} ({cfg.modality})")
+    fast, path = accelerate(dict(models.items()), device, precision)
+    return Predictor(fast, recipes, cfg.classes, f"{run_dir} ({cfg.modality})", path)
 
 
 def timeline(predictor: Predictor, clips: dict[str, np.ndarray], window: int, stride: int, device: torch.device,
@@ -211,3 +225,26 @@ def timeline(predictor: Predictor, clips: dict[str, np.ndarray], window: int, st
                      "end_s": round(end / fps, 3), "label": best.label, "index": best.index,
                      "prob": best.prob, "logit": best.logit})
     return rows
+
+
+class _Exported(torch.nn.Module):
+    """An exported model (ONNX / TorchScript) behind the model interface: clip -> logits."""
+
+    def __init__(self, path: str | Path):
+        super().__init__()
+        self.path = str(path)
+
+    def forward(self, clip: torch.Tensor) -> torch.Tensor:
+        from src.inference import run_exported
+        return run_exported(self.path, clip.float().cpu())
+
+
+def exported_predictor(path: str | Path, like: Predictor) -> Predictor:
+    """A Predictor running an exported single-stream model with `like`'s classes and recipe."""
+    if len(like.models) != 1:
+        raise InputError(f"{path}: exported models are single-stream; {like.name} has {len(like.models)} streams")
+    if not Path(path).exists():
+        raise InputError(f"{path}: no such exported model; create one with `python export.py`")
+    stream = next(iter(like.models))
+    return Predictor({stream: _Exported(path)}, like.recipes, like.categories, f"{path} (exported)",
+                     f"exported model {Path(path).suffix}")

@@ -559,10 +559,18 @@ def load_run(run_dir: str | Path, device: torch.device | None = None) -> tuple[C
 
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val", clips: int = 1, crops: int = 1,
-                 device: torch.device | None = None) -> tuple[EvalResult, list[str]]:
-    """Multi-clip x multi-crop testing of a run's best model: softmax scores averaged over the views."""
+                 device: torch.device | None = None, precision: str | None = "auto"
+                 ) -> tuple[EvalResult, list[str]]:
+    """Multi-clip x multi-crop testing of a run's best model: softmax scores averaged over the views.
+
+    `precision` picks the fast inference path (src.inference; None runs the plain model).
+    """
+    from src.predict import accelerate
+
     device = device or pick_device()
-    cfg, models = load_run(run_dir, device)
+    cfg, plain = load_run(run_dir)
+    models, path = accelerate(dict(plain.items()), device, precision)
+    log.info("inference: %s", path)
     data_dir = Path(data or cfg.data)
     classes = read_classes(data_dir)
     if classes != cfg.classes:
