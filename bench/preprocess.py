@@ -1,0 +1,117 @@
+"""Pre-processing speed per stage (frames/s) and the --workers 2 over 1 speed-up, on ../shared/data/videos.
+
+Example (from the repository root):
+    python3 bench/preprocess.py                       # full-size stages, small pipeline runs
+    python3 bench/preprocess.py --tvl1-pairs 2 --pipeline-size 32
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from src.arrays import save_array_atomic  # noqa: E402
+from src.flow import ALGORITHMS, FlowExtractor, rgb_to_gray, set_threads  # noqa: E402
+from src.preprocess import Options, run  # noqa: E402
+from src.transforms import encode_array, resize_short_side, to_model_range  # noqa: E402
+from src.video import read_frames  # noqa: E402
+
+VIDEOS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "videos"
+
+
+def cpu_flags() -> str:
+    """The SIMD/matrix flags of this CPU that matter for OpenCV and numpy."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    wanted = ["avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    return f"{model}; " + " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in wanted)
+
+
+def timed(fn, *args) -> tuple[float, object]:
+    """Seconds one call takes, and its result."""
+    start = time.perf_counter()
+    result = fn(*args)
+    return time.perf_counter() - start, result
+
+
+def main() -> None:
+    """Measure and print the table."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--videos", type=Path, default=VIDEOS, help="folder of clips (default ../shared/data/videos)")
+    p.add_argument("--tvl1-pairs", type=int, default=4, help="frame pairs timed for TV-L1 at full size (default 4)")
+    p.add_argument("--pairs", type=int, default=50, help="frame pairs timed for Farneback and DIS (default 50)")
+    p.add_argument("--pipeline-size", type=int, default=64, help="--size of the workers 1 vs 2 runs (default 64)")
+    p.add_argument("--pipeline-fps", type=float, default=5, help="--fps of the workers 1 vs 2 runs (default 5)")
+    args = p.parse_args()
+    cores = os.cpu_count() or 1
+    set_threads(cores)
+    rows: list[tuple[str, int, float, str]] = []
+
+    clips = sorted(args.videos.glob("*.mp4")) + sorted(args.videos.glob("*.mov"))
+    decoded = []
+    total_t, total_n = 0.0, 0
+    for clip in clips:
+        seconds, (frames, info) = timed(read_frames, clip, 25.0)
+        total_t += seconds
+        total_n += info.frame_count
+        decoded.append(frames)
+    rows.append(("decode + resample to 25 fps", total_n, total_n / total_t, f"{len(clips)} clips, source frames"))
+
+    to_resize = [f for f in decoded if min(f.shape[1:3]) != 256]
+    n = sum(len(f) for f in to_resize)
+    seconds = sum(timed(resize_short_side, f, 256)[0] for f in to_resize)
+    rows.append(("resize short side 256", n, n / seconds, "1280x720, 568x320, 50x50 sources"))
+
+    arm = decoded[[c.name for c in clips].index("arm_wrestling.mp4")]
+    with tempfile.TemporaryDirectory() as tmp:
+        for dtype in ("float32", "uint8"):
+            seconds, _ = timed(lambda: save_array_atomic(Path(tmp) / f"rgb-{dtype}.npy", encode_array(to_model_range(arm), dtype)))
+            rows.append((f"RGB scale + write ({dtype})", len(arm), len(arm) / seconds, "256x340"))
+
+    gray = rgb_to_gray(arm)
+    for algorithm in ALGORITHMS:
+        thread_counts = [cores, 1] if algorithm == "tvl1" and cores > 1 else [cores]
+        for threads in thread_counts:
+            set_threads(threads)
+            extractor = FlowExtractor(algorithm)
+            pairs = args.tvl1_pairs if algorithm == "tvl1" else args.pairs
+            extractor.pair(gray[0], gray[1])  # warm-up: allocations, thread pool
+            seconds, _ = timed(extractor, gray[1 : pairs + 2])
+            rows.append((f"flow {algorithm}, {threads} thread(s)", pairs, pairs / seconds, "256x340 pairs"))
+    set_threads(cores)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw"
+        for i, name in enumerate(["arm_wrestling.mp4", "cleaning_pool.mp4"] * 2):
+            (raw / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+            shutil.copy(args.videos / name, raw / f"c{i % 2}" / f"{i}_{name}")
+        times = {}
+        for workers in (1, 2):
+            opts = Options(fps=args.pipeline_fps, size=args.pipeline_size, workers=workers, val_ratio=0)
+            times[workers], _ = timed(run, raw, Path(tmp) / f"out{workers}", opts, lambda m: None)
+        frames = 4 * round(10 * args.pipeline_fps)
+        for workers, seconds in times.items():
+            rows.append((f"pipeline TV-L1, --workers {workers}", frames, frames / seconds,
+                         f"4 clips, --size {args.pipeline_size} --fps {args.pipeline_fps:g}"))
+
+    print(f"CPU: {cpu_flags()}; {cores} cores; OpenCV threads {cores}")
+    print(f"{'stage':38} {'frames':>7} {'frames/s':>10}  note")
+    for stage, count, fps, note in rows:
+        print(f"{stage:38} {count:>7} {fps:>10.2f}  {note}")
+    print(f"speed-up --workers 2 over 1: {times[1] / times[2]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""The batch pipeline on real clips: layout, recipe values, storage, split, resume, failures, shards, CLI."""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from src.arrays import load_array, save_array_atomic
+from src.preprocess import Item, Options, PreprocessError, assign_splits, discover, run
+from src.transforms import decode_array, encode_array
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = dict(size=64, flow="dis", workers=1, disk_check=True)
+
+
+def _raw(tmp_path: Path, shared: Path, layout: dict[str, list[str]]) -> Path:
+    raw = tmp_path / "raw"
+    for cls, files in layout.items():
+        (raw / cls).mkdir(parents=True)
+        for f in files:
+            src, _, dest = f.partition(":")
+            shutil.copy(shared / "videos" / src, raw / cls / (dest or src))
+    return raw
+
+
+def _manifest(path: Path) -> dict[str, dict[str, str]]:
+    with open(path, newline="") as f:
+        return {row["name"]: row for row in csv.DictReader(f)}
+
+
+def _outputs(out: Path) -> list[Path]:
+    return sorted(p for p in out.rglob("*") if p.is_file())
+
+
+def test_layout_shapes_and_values(shared, tmp_path):
+    raw = _raw(tmp_path, shared, {"wrestling": ["arm_wrestling.mp4", "video_0.mov"], "pool": ["video_90.mov", "unordered.mov"]})
+    out = tmp_path / "out"
+    assert run(raw, out, Options(val_ratio=0.5, **FAST), log=lambda m: None) == 0
+    assert (out / "classes.txt").read_text() == "pool\nwrestling\n"
+    rows = _manifest(out / "manifest.csv")
+    assert set(rows) == {"arm_wrestling", "video_0", "video_90", "unordered"}
+    arm = rows["arm_wrestling"]
+    folder = out / arm["split"] / "wrestling" / "arm_wrestling"
+    rgb, flow = np.load(folder / "rgb-SampleRate_1.npy"), np.load(folder / "flow-SampleRate_1.npy")
+    assert rgb.shape == (250, 64, 85, 3) and flow.shape == (249, 64, 85, 2)
+    assert rgb.dtype == np.float32 and -1 <= rgb.min() and rgb.max() <= 1 and np.abs(flow).max() <= 1
+    assert arm["frames_written"] == "250" and arm["rgb_shape"] == "250x64x85x3" and arm["source_fps"] == "28.000"
+    # First frame, computed here straight from OpenCV: bilinear resize to short side 64, x/255*2-1.
+    cap = cv2.VideoCapture(str(shared / "videos" / "arm_wrestling.mp4"))
+    first = cv2.cvtColor(cap.read()[1], cv2.COLOR_BGR2RGB)
+    expected = cv2.resize(first, (85, 64), interpolation=cv2.INTER_LINEAR) / 255 * 2 - 1
+    np.testing.assert_allclose(rgb[0], expected, atol=1e-6)
+    upright = np.load(out / rows["video_90"]["split"] / "pool" / "video_90" / "rgb-SampleRate_1.npy")
+    assert upright.shape == (3, round(568 * 64 / 320), 64, 3)  # portrait: 320 wide x 568 high, short side 64
+    assert not list(out.rglob("*.part"))
+
+
+def test_crop_sample_rate_uint8(shared, tmp_path):
+    raw = _raw(tmp_path, shared, {"a": ["arm_wrestling.mp4"], "b": ["cleaning_pool.mp4"]})
+    out = tmp_path / "out"
+    opts = Options(crop=56, sample_rate=2, dtype="uint8", modalities=("rgb", "flow"), **FAST)
+    assert run(raw, out, opts, log=lambda m: None) == 0
+    folder = out / "train" / "a" / "arm_wrestling"
+    stored = np.load(folder / "rgb-SampleRate_2.npy")
+    assert stored.dtype == np.uint8 and stored.shape == (125, 56, 56, 3)
+    assert np.load(folder / "flow-SampleRate_2.npy").shape == (124, 56, 56, 2)
+    rgb = load_array(folder / "rgb-SampleRate_2.npy")
+    assert rgb.dtype == np.float32 and rgb.min() >= -1 and rgb.max() <= 1
+    cap = cv2.VideoCapture(str(shared / "videos" / "arm_wrestling.mp4"))
+    frames = [cap.read()[1] for _ in range(3)]
+    # Kept frame 1 is 25-fps frame 2, i.e. source frame 2 (2 * 28 / 25 = 2.24 rounds to 2).
+    small = cv2.resize(cv2.cvtColor(frames[2], cv2.COLOR_BGR2RGB), (85, 64), interpolation=cv2.INTER_LINEAR)
+    top, left = (64 - 56) // 2, (85 - 56) // 2
+    np.testing.assert_allclose(rgb[1], small[top : top + 56, left : left + 56] / 255 * 2 - 1, atol=1e-6)
+
+
+def test_uint8_storage_round_trip():
+    pixels = np.arange(256, dtype=np.uint8)
+    x = pixels / 255 * 2 - 1
+    assert np.array_equal(encode_array(x, "uint8"), pixels)  # RGB is lossless
+    assert np.array_equal(encode_array(x.astype(np.float32), "uint8"), pixels)
+    np.testing.assert_allclose(decode_array(pixels), x, atol=1e-7)
+    flow = np.random.default_rng(0).uniform(-1, 1, 100_000).astype(np.float32)
+    err = np.abs(decode_array(encode_array(flow, "uint8")) - flow)
+    assert err.max() <= 1 / 255 + 1e-6 and err.max() > 0.9 / 255  # half a step of 2/255
+    assert np.abs(decode_array(encode_array(flow, "float16")) - flow).max() <= 2**-11
+    with pytest.raises(ValueError, match="dtype"):
+        encode_array(flow, "int8")
+
+
+def test_save_array_atomic_and_load(tmp_path):
+    target = tmp_path / "a" / "rgb-SampleRate_1.npy"
+    save_array_atomic(target, np.full((2, 3), 255, np.uint8))
+    assert np.array_equal(load_array(target), np.ones((2, 3), np.float32)) and os.listdir(target.parent) == [target.name]
+    (tmp_path / "bad.npy").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="bad.npy"):
+        load_array(tmp_path / "bad.npy")
+
+
+def _fake_items(counts: dict[str, int]) -> list[Item]:
+    return [Item(Path(f"/raw/{c}/clip{i}.mp4"), c, f"clip{i}") for c, n in counts.items() for i in range(n)]
+
+
+def test_split_is_deterministic_and_stratified():
+    counts = {"a": 10, "b": 5, "c": 1, "d": 2}
+    first, second, other = _fake_items(counts), _fake_items(counts), _fake_items(counts)
+    assign_splits(first, 0.2, seed=7)
+    assign_splits(list(reversed(second)), 0.2, seed=7)  # order of discovery must not matter
+    assign_splits(other, 0.2, seed=8)
+    assert [i.split for i in first] == [i.split for i in second]
+    assert [i.split for i in first] != [i.split for i in other]
+    val = {c: sum(1 for i in first if i.cls == c and i.split == "val") for c in counts}
+    assert val == {"a": 2, "b": 1, "c": 0, "d": 0}  # round(n * 0.2), one train item always kept
+    big = _fake_items({"a": 3})
+    assign_splits(big, 0.9, seed=0)
+    assert sum(i.split == "train" for i in big) == 1
+
+
+def test_existing_split_is_kept_and_media_filtered(shared, tmp_path):
+    raw = tmp_path / "raw"
+    for split, cls, clip in [("train", "x", "video_0.mov"), ("val", "x", "unordered.mov"), ("test", "y", "video_90.mov"), ("train", "y", "video_0.mov")]:
+        (raw / split / cls).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shared / "videos" / clip, raw / split / cls / clip)
+    (raw / "train" / "x" / "notes.txt").write_text("hello")
+    (raw / "train" / "x" / ".hidden.mp4").write_bytes(b"")
+    (raw / "train" / "x" / "empty_folder").mkdir()
+    found = discover(raw)
+    assert {(i.split, i.cls, i.name) for i in found.items} == {
+        ("train", "x", "video_0"), ("val", "x", "unordered"), ("test", "y", "video_90"), ("train", "y", "video_0")}
+    assert found.presplit and found.classes == ["x", "y"]
+    notes = "\n".join(found.notes)
+    assert "notes.txt" in notes and ".hidden.mp4" in notes and "empty_folder" in notes
+    out = tmp_path / "out"
+    assert run(raw, out, Options(**FAST), log=lambda m: None) == 0
+    assert (out / "test" / "y" / "video_90" / "rgb-SampleRate_1.npy").exists()
+    (raw / "val").rename(raw / "validation")
+    with pytest.raises(PreprocessError, match="no val/"):
+        discover(raw)
+
+
+def test_frame_folders_in_natural_order(shared, tmp_path):
+    cap = cv2.VideoCapture(str(shared / "videos" / "arm_wrestling.mp4"))
+    series = tmp_path / "raw" / "cls" / "Series1"
+    series.mkdir(parents=True)
+    frames = []
+    for i in range(12):
+        frame = cap.read()[1][::4, ::4]  # 64 high, 85 wide: already the output size
+        frames.append(frame)
+        cv2.imwrite(str(series / f"pic{i + 1}.{'png' if i % 2 else 'bmp'}"), frame)
+    shutil.copy(shared / "videos" / "video_0.mov", tmp_path / "raw" / "cls" / "clip.mov")
+    out = tmp_path / "out"
+    assert run(tmp_path / "raw", out, Options(val_ratio=0, **FAST), log=lambda m: None) == 0
+    rgb = load_array(out / "train" / "cls" / "Series1" / "rgb-SampleRate_1.npy")
+    assert rgb.shape == (12, 64, 85, 3)
+    expected = np.stack([cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in frames]) / 255 * 2 - 1
+    np.testing.assert_allclose(rgb, expected, atol=1e-6)  # pic2 before pic10
+
+
+def test_corrupted_and_unreadable_inputs_are_reported(shared, tmp_path, capsys):
+    raw = _raw(tmp_path, shared, {"a": ["corrupted.mp4", "video_0.mov"], "b": ["video_90.mov"]})
+    (raw / "b" / "broken.avi").write_bytes(b"\x00" * 5000)
+    (raw / "b" / "empty.mp4").write_bytes(b"")
+    out = tmp_path / "out"
+    failed = run(raw, out, Options(val_ratio=0, **FAST), log=print)
+    assert failed == 2
+    rows = _manifest(out / "manifest.csv")
+    assert rows["corrupted"]["status"] == "done" and "28 of the 50" in rows["corrupted"]["message"]
+    assert rows["corrupted"]["frames_written"] == "70"
+    for name in ("broken", "empty"):
+        assert rows[name]["status"] == "failed" and f"{name}." in rows[name]["message"]
+        assert not (out / "train" / "b" / name).exists()
+    assert rows["video_0"]["status"] == rows["video_90"]["status"] == "done"
+    printed = capsys.readouterr()
+    assert "FAILED" in printed.out + printed.err and "broken.avi" in printed.out + printed.err
+
+
+def test_too_short_item_fails_cleanly(shared, tmp_path):
+    raw = _raw(tmp_path, shared, {"a": ["video_0.mov", "arm_wrestling.mp4"]})
+    out = tmp_path / "out"
+    assert run(raw, out, Options(val_ratio=0, fps=5, **FAST), log=lambda m: None) == 1
+    assert "too short" in _manifest(out / "manifest.csv")["video_0"]["message"]
+
+
+def test_resume_skips_finished_and_removes_stale_temp_files(shared, tmp_path):
+    raw = _raw(tmp_path, shared, {"a": ["video_0.mov", "unordered.mov"], "b": ["video_90.mov"]})
+    out = tmp_path / "out"
+    opts = Options(val_ratio=0, **FAST)
+    assert run(raw, out, opts, log=lambda m: None) == 0
+    done = out / "train" / "a" / "video_0" / "rgb-SampleRate_1.npy"
+    stamp = done.stat().st_mtime_ns
+    # Simulate a run killed while writing: one item lost its flow, a stale temp file is left over.
+    unfinished = out / "train" / "b" / "video_90"
+    (unfinished / "flow-SampleRate_1.npy").unlink()
+    (unfinished / "flow-SampleRate_1.npy.part").write_bytes(b"half written")
+    (out / "train" / "a" / "video_0" / "rgb-SampleRate_1.npy.part").write_bytes(b"stale")
+    messages: list[str] = []
+    assert run(raw, out, opts, log=messages.append) == 0
+    assert any("2 already done, 1 to do" in m for m in messages)
+    assert done.stat().st_mtime_ns == stamp
+    assert np.load(unfinished / "flow-SampleRate_1.npy").shape == (2, round(568 * 64 / 320), 64, 2)
+    assert not list(out.rglob("*.part"))
+    assert len(_manifest(out / "manifest.csv")) == 3
+    assert run(raw, out, Options(val_ratio=0, overwrite=True, **FAST), log=lambda m: None) == 0
+    assert done.stat().st_mtime_ns != stamp
+
+
+@pytest.mark.slow
+def test_resume_after_killed_process(shared, tmp_path):
+    raw = _raw(tmp_path, shared, {"a": ["arm_wrestling.mp4:a1.mp4", "arm_wrestling.mp4:a2.mp4"], "b": ["cleaning_pool.mp4:b1.mp4"]})
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "pre-process.py"), str(raw), str(out), "--size", "32", "--fps", "2",
+           "--val-ratio", "0", "--workers", "1"]  # TV-L1: slow enough to be killed mid-item
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(list(out.rglob("flow-SampleRate_1.npy"))) < 1:
+            time.sleep(0.1)
+        finished = list(out.rglob("flow-SampleRate_1.npy"))
+        assert finished, "the first item never finished"
+        time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    first_dir = finished[0].parent
+    stamps = {p: p.stat().st_mtime_ns for p in first_dir.iterdir()}
+    messages: list[str] = []
+    assert run(raw, out, Options(fps=2, size=32, val_ratio=0, workers=1), log=messages.append) == 0
+    assert {p: p.stat().st_mtime_ns for p in first_dir.iterdir()} == stamps
+    assert any("1 already done, 2 to do" in m or "2 already done, 1 to do" in m for m in messages)
+    assert len(list(out.rglob("*.npy"))) == 6 and not list(out.rglob("*.part"))
+
+
+def _splits(manifest: Path) -> dict[tuple[str, str], str]:
+    with open(manifest, newline="") as f:
+        return {(r["class"], r["name"]): r["split"] for r in csv.DictReader(f)}
+
+
+def test_shards_partition_items(shared, tmp_path):
+    clips = ["video_0.mov:c1.mov", "video_90.mov:c2.mov", "unordered.mov:c3.mov", "video_0.mov:c4.mov"]
+    raw = _raw(tmp_path, shared, {"a": clips, "b": clips[:3]})
+    out = tmp_path / "out"
+    opts = dict(FAST, modalities=("rgb",))
+    splits = {}
+    for i in (1, 2, 3):
+        assert run(raw, out, Options(shard=(i, 3), **opts), log=lambda m: None) == 0
+        splits[i] = _splits(out / f"manifest-shard{i}of3.csv")
+    keys = [set(s) for s in splits.values()]
+    assert sum(len(k) for k in keys) == 7 and len(set.union(*keys)) == 7
+    assert len(list(out.rglob("rgb-SampleRate_1.npy"))) == 7
+    assert (out / "classes.txt").read_text() == "a\nb\n" and not (out / "manifest.csv").exists()
+    whole = tmp_path / "whole"
+    run(raw, whole, Options(**opts), log=lambda m: None)
+    merged = {k: v for s in splits.values() for k, v in s.items()}
+    assert merged == _splits(whole / "manifest.csv")
+
+
+def test_bad_jobs_are_refused(shared, tmp_path):
+    raw = _raw(tmp_path, shared, {"a": ["video_0.mov"]})
+    with pytest.raises(PreprocessError, match="inside"):
+        run(raw, raw / "out", Options(**FAST), log=lambda m: None)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "classes.txt").write_text("something else\n")
+    with pytest.raises(PreprocessError, match="classes.txt"):
+        run(raw, out, Options(**FAST), log=lambda m: None)
+    with pytest.raises(PreprocessError, match="crop"):
+        run(raw, out, Options(crop=300, **FAST), log=lambda m: None)
+
+
+def test_cli_help_default_layout_and_tvl1(shared, tmp_path):
+    script = str(REPO / "pre-process.py")
+    help_text = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, check=True).stdout
+    assert "--val-ratio" in help_text and "pre-process.py my_raw my_out" in help_text and "0.078" in help_text
+    empty = subprocess.run([sys.executable, script], cwd=tmp_path, capture_output=True, text=True)
+    assert empty.returncode == 2 and "data/videos/raw" in empty.stderr
+    raw = tmp_path / "data" / "videos" / "raw" / "keys"
+    raw.mkdir(parents=True)
+    for clip in ("video_0.mov", "video_90.mov"):
+        shutil.copy(shared / "videos" / clip, raw / clip)
+    done = subprocess.run([sys.executable, script, "--size", "32", "--workers", "2"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "data" / "videos" / "pre-processed"
+    rows = _manifest(out / "manifest.csv")
+    assert {r["flow_algorithm"] for r in rows.values()} == {"tvl1"}
+    flow = np.load(out / "train" / "keys" / "video_0" / "flow-SampleRate_1.npy")
+    assert flow.shape == (2, 32, 57, 2) and np.abs(flow).max() <= 1
