@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from src.clips import load_clip
+from src.predict import load_clip_tensor
 from src.export import FORMATS, check_export, export_model, load_for_export
 
 DEFAULT_CLIP = Path(__file__).resolve().parent.parent / "shared" / "data" / "samples" / "v_CricketShot_g04_c01_rgb.gif"
@@ -39,7 +39,7 @@ def main() -> None:
     path = export_model(model, args.out, args.format, args.frames)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB, {args.format}, dynamic batch/time/height/width)")
     if str(args.check_clip):
-        clip = load_clip(args.check_clip, args.check_frames)
+        clip = load_clip_tensor(args.check_clip, args.check_frames)
         if clip.shape[1] != model.in_channels:
             print(f"skipping the check: {args.check_clip} has {clip.shape[1]} channels, the model takes "
                   f"{model.in_channels}")

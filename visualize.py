@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from src.clips import load_clip
+from src.predict import load_clip_tensor
 from src.model import ENDPOINTS
 from src.visualize import activation_frames, filter_frames, resolve_class, saliency_frames, save_gif
 from src.weights import i3d
@@ -42,7 +42,7 @@ def main() -> None:
     else:
         if args.input is None:
             parser.error(f"{args.what} needs an INPUT clip")
-        clip = load_clip(args.input, args.frames)
+        clip = load_clip_tensor(args.input, args.frames)
         if args.what == "activations":
             frames = activation_frames(model, clip, args.endpoint or "Mixed_3c", args.channels, args.size)
         else:

@@ -14,12 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from src.arrays import save_array_atomic  # noqa: E402
-from src.device import cpu_flags  # noqa: E402
+from src.device import machine_description  # noqa: E402
 from src.flow import ALGORITHMS, FlowExtractor, rgb_to_gray, set_threads  # noqa: E402
 from src.preprocess import Options, run  # noqa: E402
 from src.transforms import encode_array, resize_short_side, to_model_range  # noqa: E402
@@ -95,7 +94,7 @@ def main() -> None:
             rows.append((f"pipeline TV-L1, --workers {workers}", frames, frames / seconds,
                          f"4 clips, --size {args.pipeline_size} --fps {args.pipeline_fps:g}"))
 
-    print(f"CPU: {cpu_flags()}; {cores} cores; OpenCV threads {cores}")
+    print(f"CPU: {machine_description()}; {cores} cores; OpenCV threads {cores}")
     print(f"{'stage':38} {'frames':>7} {'frames/s':>10}  note")
     for stage, count, fps, note in rows:
         print(f"{stage:38} {count:>7} {fps:>10.2f}  {note}")

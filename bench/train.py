@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from src.arrays import save_array_atomic  # noqa: E402
-from src.device import cpu_flags  # noqa: E402
+from src.device import machine_description  # noqa: E402
 from src.training import Config, train  # noqa: E402
 from src.transforms import encode_array, resize_short_side, to_model_range  # noqa: E402
 from src.video import read_frames  # noqa: E402
@@ -57,7 +57,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=4, help="(default: %(default)s)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    print(f"CPU: {cpu_flags()}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    print(f"CPU: {machine_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as tmp:
         data = make_dataset(Path(tmp) / "data", args.items, args.clip_len)

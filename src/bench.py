@@ -6,7 +6,6 @@ reported as medians, so a shared, noisy machine slows all of them alike.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -16,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from src.flops import forward_flops
-from src.inference import auto_precision, cpu_flags, optimize_for_inference
+from src.device import machine_description
+from src.inference import auto_precision, optimize_for_inference
 from src.model import I3D
 
 CL = torch.channels_last_3d
@@ -30,20 +30,6 @@ def load_average() -> str:
     except OSError:
         load = "?"
     return f"load {load} on {os.cpu_count()} cores, {torch.get_num_threads()} threads"
-
-
-def machine_description() -> str:
-    """CPU model, SIMD flags and torch's chosen CPU capability, in one line."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{model}; flags: {' '.join(cpu_flags())}; torch {torch.__version__} "
-            f"capability {torch.backends.cpu.get_cpu_capability()}")
 
 
 def _sync(device: torch.device) -> None:

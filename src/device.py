@@ -15,15 +15,30 @@ def pick_device(name: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def cpu_flags() -> str:
-    """The CPU model and the SIMD/matrix flags that decide convolution speed (for benchmark reports)."""
+def cpu_flags() -> list[str]:
+    """The CPU's SIMD flags that decide convolution speed (from /proc/cpuinfo where available)."""
+    import re
     from pathlib import Path
 
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return "unknown CPU"
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    wanted = ["avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    return f"{model}; " + " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in wanted)
+        return [torch.backends.cpu.get_cpu_capability()]
+    match = re.search(r"^flags\s*:(.*)$", text, re.M)
+    flags = set(match.group(1).split()) if match else set()
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
+    return [f for f in wanted if f in flags]
+
+
+def machine_description() -> str:
+    """CPU model, SIMD flags and torch's chosen CPU capability, in one line (for benchmark reports)."""
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return (f"{model}; flags: {' '.join(cpu_flags())}; torch {torch.__version__} "
+            f"capability {torch.backends.cpu.get_cpu_capability()}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import functools
 import math
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,23 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from src.device import cpu_flags
 from src.model import ENDPOINTS, I3D, InceptionBlock, LogitsPool, MaxPool3dSame, Unit3D, split_same_padding
 
 CL = torch.channels_last_3d
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def cpu_flags() -> list[str]:
-    """The CPU's SIMD feature flags relevant to convolutions (from /proc/cpuinfo where available)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return [torch.backends.cpu.get_cpu_capability()]
-    match = re.search(r"^flags\s*:(.*)$", text, re.M)
-    flags = set(match.group(1).split()) if match else set()
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
-    return [f for f in wanted if f in flags]
 
 
 def cpu_has_bf16() -> bool:

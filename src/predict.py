@@ -248,3 +248,8 @@ def exported_predictor(path: str | Path, like: Predictor) -> Predictor:
     stream = next(iter(like.models))
     return Predictor({stream: _Exported(path)}, like.recipes, like.categories, f"{path} (exported)",
                      f"exported model {Path(path).suffix}")
+
+
+def load_clip_tensor(path: str | Path, frames: int | None = None) -> torch.Tensor:
+    """An input as a (1, 3, T, H, W) RGB tensor by the official recipe (`load_clip`, then `clip_to_tensor`)."""
+    return clip_to_tensor(load_clip(path, RGB_RECIPE, frames))

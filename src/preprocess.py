@@ -11,7 +11,6 @@ files or `.part` files that the next run deletes; items whose arrays all exist a
 from __future__ import annotations
 
 import csv
-import math
 import os
 import random
 import shutil

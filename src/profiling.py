@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from src.bench import load_average, machine_description
+from src.bench import load_average
+from src.device import machine_description
 from src.flops import conv_macs_per_block
 from src.model import BLOCK_NAMES, I3D
 

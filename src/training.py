@@ -28,7 +28,7 @@ from src.dataset import ClipDataset, balanced_weights, collate, read_classes, sc
 from src.device import pick_device
 from src.features import FeatureCache
 from src.model import BLOCK_NAMES, I3D
-from src.weights import CHECKPOINTS, WeightsUnavailable, i3d, save_state_dict
+from src.weights import WeightsUnavailable, i3d, save_state_dict
 
 log = logging.getLogger("train")
 LOGITS_BLOCK = BLOCK_NAMES.index("conv3d_0c_1x1")

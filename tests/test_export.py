@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.clips import load_clip
+from src.predict import load_clip_tensor
 from src.export import ExportI3D, export_model, load_for_export
 from src.inference import load_exported, run_exported
 from src.model import I3D
@@ -44,7 +44,7 @@ def test_export_real_clip_dynamic_time(scratch: I3D, shared, tmp_path: Path, fmt
         pytest.importorskip("onnxruntime")
     path = export_model(scratch, tmp_path / f"i3d{suffix}", fmt, frames=16)
     assert (tmp_path / f"i3d{suffix}.classes.txt").read_text().splitlines()[0] == scratch.categories[0]
-    clip = load_clip(shared / "videos" / "arm_wrestling.mp4", frames=64)
+    clip = load_clip_tensor(shared / "videos" / "arm_wrestling.mp4", frames=64)
     for frames in (24, 33):  # neither the traced length nor of its parity
         x = clip[:, :, :frames]
         with torch.no_grad():

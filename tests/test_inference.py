@@ -9,7 +9,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from src.clips import load_clip
+from src.predict import load_clip_tensor
 from src.inference import FastI3D, auto_precision, cpu_has_bf16, optimize_for_inference
 from src.model import ENDPOINTS, I3D, split_same_padding
 from src.weights import i3d
@@ -36,7 +36,7 @@ def random_model(seed: int = 0, in_channels: int = 3) -> I3D:
 
 
 def test_fp32_matches_shared_reference_on_cricket(scratch: I3D, shared) -> None:
-    clip = load_clip(shared / "samples" / "v_CricketShot_g04_c01_rgb.gif")
+    clip = load_clip_tensor(shared / "samples" / "v_CricketShot_g04_c01_rgb.gif")
     assert clip.shape == (1, 3, 79, 224, 224)
     fast = optimize_for_inference(scratch, precision="fp32")
     with torch.inference_mode():
@@ -171,7 +171,7 @@ def _parity(model: I3D, clip: torch.Tensor, precision: str) -> tuple[float, int,
 @pytest.mark.parametrize("name", ["samples/v_CricketShot_g04_c01_rgb.gif", "videos/arm_wrestling.mp4",
                                   "videos/cleaning_pool.mp4"])
 def test_bf16_keeps_top1_on_real_clips(scratch: I3D, shared, name: str) -> None:
-    clip = load_clip(shared / name, frames=None if name.endswith(".gif") else 64)
+    clip = load_clip_tensor(shared / name, frames=None if name.endswith(".gif") else 64)
     delta, want, got = _parity(scratch, clip, "bf16")
     print(f"bf16 {name}: max |delta logit| {delta:.4f}, top-1 {scratch.categories[want]!r} -> "
           f"{scratch.categories[got]!r}")

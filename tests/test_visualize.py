@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image, ImageSequence
 
-from src.clips import load_clip
+from src.predict import load_clip_tensor
 from src.model import I3D
 from src.visualize import activation_frames, filter_frames, grad_cam, resolve_class, save_gif
 from src.weights import i3d
@@ -39,7 +39,7 @@ def test_filters_gif_rgb_and_flow(scratch: I3D, tmp_path: Path) -> None:
 
 
 def test_activations_gif(scratch: I3D, shared, tmp_path: Path) -> None:
-    clip = load_clip(shared / "videos" / "arm_wrestling.mp4", frames=8)
+    clip = load_clip_tensor(shared / "videos" / "arm_wrestling.mp4", frames=8)
     frames = activation_frames(scratch, clip, "Mixed_3b", channels=9, size=96)
     path = save_gif(frames, tmp_path / "a.gif")
     read = gif_frames(path)
@@ -51,7 +51,7 @@ def test_activations_gif(scratch: I3D, shared, tmp_path: Path) -> None:
 
 
 def test_saliency_depends_on_class(scratch: I3D, shared) -> None:
-    clip = load_clip(shared / "videos" / "arm_wrestling.mp4", frames=16)
+    clip = load_clip_tensor(shared / "videos" / "arm_wrestling.mp4", frames=16)
     cam_pred, target, logits = grad_cam(scratch, clip)
     assert scratch.categories[target] == "arm wrestling"
     other = resolve_class("cleaning pool", scratch.categories)
