@@ -30,11 +30,14 @@ def main() -> int:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                         help="fast inference path; auto uses bf16/fp16 only where it is faster (default: %(default)s)")
     parser.add_argument("--plain", action="store_true", help="run the plain float32 model instead of the fast path")
+    parser.add_argument("--compile", action="store_true",
+                        help="also wrap the fast path in torch.compile: slow to start, pays off over many clips")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         result, classes = evaluate_run(args.run_dir, args.data, args.split, args.clips, args.crops,
-                                       pick_device(args.device), None if args.plain else args.precision)
+                                       pick_device(args.device), None if args.plain else args.precision,
+                                       args.compile)
     except (TrainingError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

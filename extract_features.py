@@ -34,6 +34,8 @@ def main() -> int:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="fp32",
                         help="fast inference path; features are float32 either way (default: %(default)s)")
     parser.add_argument("--plain", action="store_true", help="run the plain float32 model instead of the fast path")
+    parser.add_argument("--compile", action="store_true",
+                        help="also wrap the fast path in torch.compile: slow to start, pays off over many clips")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
@@ -49,7 +51,7 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     device = pick_device(args.device)
-    runner = model.to(device) if args.plain else optimize_for_inference(model, device, args.precision)
+    runner = model.to(device) if args.plain else optimize_for_inference(model, device, args.precision, args.compile)
     with torch.inference_mode():
         features = runner.forward_features(clip_to_tensor(clip).to(device), args.endpoint)[0]
     save_array_atomic(out, features.float().cpu().numpy())

@@ -62,6 +62,8 @@ def main() -> int:
                         help="fast inference path: auto picks bf16/fp16 only where this hardware makes it faster "
                              "(bf16 CPUs, CUDA), else the fp32 fast path (default: %(default)s)")
     parser.add_argument("--plain", action="store_true", help="run the plain float32 model instead of the fast path")
+    parser.add_argument("--compile", action="store_true",
+                        help="also wrap the fast path in torch.compile: slow to start, pays off over many clips")
     parser.add_argument("--model", metavar="FILE", help="run an exported model (.onnx or TorchScript .pt) "
                                                           "with --weights' labels and recipe")
     args = parser.parse_args()
@@ -70,8 +72,8 @@ def main() -> int:
     device = pick_device(args.device)
     try:
         precision = None if args.plain else args.precision
-        predictor = (predictor_from_run(args.checkpoint, device, precision) if args.checkpoint
-                     else predictor_from_weights(args.weights, device, precision))
+        predictor = (predictor_from_run(args.checkpoint, device, precision, args.compile) if args.checkpoint
+                     else predictor_from_weights(args.weights, device, precision, args.compile))
         if args.model:
             predictor = exported_predictor(args.model, predictor)
         clips = predictor.load(args.input, None if args.timeline else args.frames, args.resize)

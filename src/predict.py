@@ -174,30 +174,32 @@ class Predictor:
         return {s: load_clip(path, self.recipes[s], frames, force_resize) for s in self.models}
 
 
-def accelerate(models: dict[str, torch.nn.Module], device: torch.device, precision: str | None
-               ) -> tuple[dict[str, torch.nn.Module], str]:
+def accelerate(models: dict[str, torch.nn.Module], device: torch.device, precision: str | None,
+               compile: bool = False) -> tuple[dict[str, torch.nn.Module], str]:
     """The fast inference path of each stream (None: the plain eager model), and a line saying which ran."""
     if precision is None:
         return {s: m.to(device).eval() for s, m in models.items()}, "plain float32 model (eager)"
     from src.inference import optimize_for_inference
 
-    fast = {s: optimize_for_inference(m, device, precision) for s, m in models.items()}
+    fast = {s: optimize_for_inference(m, device, precision, compile) for s, m in models.items()}
     return fast, str(next(iter(fast.values())).path)
 
 
-def predictor_from_weights(weights: str, device: torch.device, precision: str | None = "auto") -> Predictor:
+def predictor_from_weights(weights: str, device: torch.device, precision: str | None = "auto",
+                           compile: bool = False) -> Predictor:
     """A Predictor of pretrained (registry or file) weights; `precision` as in src.inference (None: plain)."""
     from src.weights import FLOW_RECIPE, i3d
 
     model = i3d(weights=weights).eval()
     stream = "flow" if model.in_channels == 2 else "rgb"
     name = model.weights.name if model.weights else str(weights)
-    models, path = accelerate({stream: model}, device, precision)
+    models, path = accelerate({stream: model}, device, precision, compile)
     return Predictor(models, {stream: FLOW_RECIPE if stream == "flow" else RGB_RECIPE},
                      model.categories or default_categories(model.num_classes), name, path)
 
 
-def predictor_from_run(run_dir: str | Path, device: torch.device, precision: str | None = "auto") -> Predictor:
+def predictor_from_run(run_dir: str | Path, device: torch.device, precision: str | None = "auto",
+                       compile: bool = False) -> Predictor:
     """A Predictor of a fine-tuned train.py run: its streams, classes and training recipe."""
     from dataclasses import replace
 
@@ -207,7 +209,7 @@ def predictor_from_run(run_dir: str | Path, device: torch.device, precision: str
     cfg, models = load_run(run_dir)
     recipes = {s: replace(FLOW_RECIPE if s == "flow" else RGB_RECIPE, crop=cfg.crop,
                           resize_short_side=cfg.input_size or RGB_RECIPE.resize_short_side) for s in models}
-    fast, path = accelerate(dict(models.items()), device, precision)
+    fast, path = accelerate(dict(models.items()), device, precision, compile)
     return Predictor(fast, recipes, cfg.classes, f"{run_dir} ({cfg.modality})", path)
 
 

@@ -559,7 +559,7 @@ def load_run(run_dir: str | Path, device: torch.device | None = None) -> tuple[C
 
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val", clips: int = 1, crops: int = 1,
-                 device: torch.device | None = None, precision: str | None = "auto"
+                 device: torch.device | None = None, precision: str | None = "auto", compile: bool = False
                  ) -> tuple[EvalResult, list[str]]:
     """Multi-clip x multi-crop testing of a run's best model: softmax scores averaged over the views.
 
@@ -569,7 +569,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val
 
     device = device or pick_device()
     cfg, plain = load_run(run_dir)
-    models, path = accelerate(dict(plain.items()), device, precision)
+    models, path = accelerate(dict(plain.items()), device, precision, compile)
     log.info("inference: %s", path)
     data_dir = Path(data or cfg.data)
     classes = read_classes(data_dir)

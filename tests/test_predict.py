@@ -36,13 +36,15 @@ def test_predict_top1_on_kinetics_clips(shared, clip, label):
 
 
 @pytest.mark.slow
-def test_predict_gif_reproduces_reference_and_saves_logits(shared, tmp_path):
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "torch.compile"])
+def test_predict_gif_reproduces_reference_and_saves_logits(shared, tmp_path, compile):
     out = tmp_path / "logits.npy"
     result = run("predict.py", str(shared / "samples" / "v_CricketShot_g04_c01_rgb.gif"), "--logits-out", str(out),
-                 "--precision", "fp32")  # the fp32 fast path: float precision, unlike bf16
+                 "--precision", "fp32", *(["--compile"] if compile else []))  # fp32: float precision, unlike bf16
     assert result.returncode == 0, result.stderr
     assert "playing cricket" in result.stdout.splitlines()[2]
     assert "fp32 fast path" in result.stdout.splitlines()[0]
+    assert ("torch.compile" in result.stdout.splitlines()[0]) == compile
     logits = np.load(out)
     assert logits.shape == (400,)
     labels = (shared / "kinetics" / "label_map.txt").read_text().splitlines()
