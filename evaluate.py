@@ -15,6 +15,7 @@ from pathlib import Path
 
 from src.dataset import DatasetError
 from src.device import pick_device
+from src.inference import add_inference_arguments, chosen_precision
 from src.training import TrainingError, evaluate_run, plot_confusion
 
 
@@ -26,18 +27,12 @@ def main() -> int:
     parser.add_argument("--clips", type=int, default=1, help="clips per video, evenly spaced in time (default: 1)")
     parser.add_argument("--crops", type=int, choices=(1, 3), default=1, help="1 centre crop or 3 crops along the frame")
     parser.add_argument("--out", help="JSON file (default: RUN_DIR/evaluation-<split>.json)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                        help="fast inference path; auto uses bf16/fp16 only where it is faster (default: %(default)s)")
-    parser.add_argument("--plain", action="store_true", help="run the plain float32 model instead of the fast path")
-    parser.add_argument("--compile", action="store_true",
-                        help="also wrap the fast path in torch.compile: slow to start, pays off over many clips")
+    add_inference_arguments(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         result, classes = evaluate_run(args.run_dir, args.data, args.split, args.clips, args.crops,
-                                       pick_device(args.device), None if args.plain else args.precision,
-                                       args.compile)
+                                       pick_device(args.device), chosen_precision(args), args.compile)
     except (TrainingError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

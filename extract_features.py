@@ -15,7 +15,7 @@ import torch
 
 from src.arrays import save_array_atomic
 from src.device import pick_device
-from src.inference import optimize_for_inference
+from src.inference import add_inference_arguments, optimize_for_inference
 from src.model import ENDPOINTS
 from src.predict import InputError, clip_to_tensor, load_clip
 from src.weights import FLOW_RECIPE, RGB_RECIPE, WeightsUnavailable, i3d
@@ -30,12 +30,7 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=None, help="use only the N central frames (default: all)")
     parser.add_argument("--resize", action="store_true", help="resize + crop even frames already 224x224")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="fp32",
-                        help="fast inference path; features are float32 either way (default: %(default)s)")
-    parser.add_argument("--plain", action="store_true", help="run the plain float32 model instead of the fast path")
-    parser.add_argument("--compile", action="store_true",
-                        help="also wrap the fast path in torch.compile: slow to start, pays off over many clips")
+    add_inference_arguments(parser, precision="fp32")  # features are float32 either way
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 

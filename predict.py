@@ -21,6 +21,7 @@ import numpy as np
 
 from src.dataset import DatasetError
 from src.device import pick_device
+from src.inference import add_inference_arguments, chosen_precision
 from src.predict import (InputError, exported_predictor, format_json, format_table, predictor_from_run,
                          predictor_from_weights, timeline, top_k)
 from src.training import TrainingError
@@ -57,13 +58,7 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=64, help="timeline window in frames (default: %(default)s)")
     parser.add_argument("--stride", type=int, default=32, help="timeline stride in frames (default: %(default)s)")
     parser.add_argument("--timeline-out", metavar="FILE", help="write the timeline as .json or .csv")
-    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                        help="fast inference path: auto picks bf16/fp16 only where this hardware makes it faster "
-                             "(bf16 CPUs, CUDA), else the fp32 fast path (default: %(default)s)")
-    parser.add_argument("--plain", action="store_true", help="run the plain float32 model instead of the fast path")
-    parser.add_argument("--compile", action="store_true",
-                        help="also wrap the fast path in torch.compile: slow to start, pays off over many clips")
+    add_inference_arguments(parser)
     parser.add_argument("--model", metavar="FILE", help="run an exported model (.onnx or TorchScript .pt) "
                                                           "with --weights' labels and recipe")
     args = parser.parse_args()
@@ -71,7 +66,7 @@ def main() -> int:
 
     device = pick_device(args.device)
     try:
-        precision = None if args.plain else args.precision
+        precision = chosen_precision(args)
         predictor = (predictor_from_run(args.checkpoint, device, precision, args.compile) if args.checkpoint
                      else predictor_from_weights(args.weights, device, precision, args.compile))
         if args.model:

@@ -8,6 +8,7 @@ bf16/fp16 weights and activations. The plain model is left untouched.
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import functools
 import math
@@ -25,6 +26,22 @@ from src.model import ENDPOINTS, I3D, InceptionBlock, LogitsPool, MaxPool3dSame,
 CL = torch.channels_last_3d
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser, precision: str = "auto") -> None:
+    """The --device, --precision, --plain and --compile options shared by the inference scripts."""
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=precision,
+                        help="fast inference path: auto picks bf16/fp16 only where this hardware makes it faster "
+                             "(bf16 CPUs, CUDA), else the fp32 fast path (default: %(default)s)")
+    parser.add_argument("--plain", action="store_true", help="run the plain float32 model instead of the fast path")
+    parser.add_argument("--compile", action="store_true",
+                        help="also wrap the fast path in torch.compile: slow to start, pays off over many clips")
+
+
+def chosen_precision(args: argparse.Namespace) -> str | None:
+    """The precision asked for by add_inference_arguments' options; None for the plain model."""
+    return None if args.plain else args.precision
 
 
 def cpu_has_bf16() -> bool:
