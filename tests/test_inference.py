@@ -174,10 +174,11 @@ def _parity(model: I3D, clip: torch.Tensor, precision: str) -> tuple[float, int,
 def test_bf16_keeps_top1_on_real_clips(scratch: I3D, shared, name: str) -> None:
     # every clip in ../shared/data/{samples,videos} but corrupted.mp4; the flow GIF runs through a flow
     # stream made from rgb_scratch (no flow checkpoint can be fetched here), so only parity is meaningful
-    model = i3d(weights="rgb_scratch", in_channels=2).eval() if "flow" in name else scratch
     if "flow" in name:
+        model = i3d(weights="rgb_scratch", in_channels=2).eval()
         clip = clip_to_tensor(load_clip(shared / name, FLOW_RECIPE))
     else:
+        model = scratch
         clip = load_clip_tensor(shared / name, frames=None if name.endswith(".gif") else 64)
     delta, want, got = _parity(model, clip, "bf16")
     print(f"bf16 {name}: max |delta logit| {delta:.4f}, top-1 {want} -> {got}")
