@@ -77,7 +77,8 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.timeline:
-        write_timeline(timeline(predictor, clips, args.window, args.stride, device), args.timeline_out)
+        rows = timeline(predictor, clips, args.window, args.stride, device, predictor.frame_rate(args.input))
+        write_timeline(rows, args.timeline_out)
         return 0
     logits = predictor.logits(clips, device)
     predictions = top_k(logits, predictor.categories, args.top_k)

@@ -43,7 +43,7 @@ HELP = {
     "cache_views": "fixed augmented views per training item when caching", "cache_dtype": "float16 or float32",
     "patience": "early stopping: epochs without val improvement (0: off)",
 }
-RECORDED = ("classes", "input_size")  # filled in from the dataset, not options
+RECORDED = ("classes", "input_size", "input_fps", "input_sample_rate", "flow_algorithm")  # from the dataset, not options
 CHOICES = {"modality": ("rgb", "flow", "joint"), "optimizer": ("sgd", "adamw"), "schedule": ("cosine", "step"),
            "cache_features": ("auto", "on", "off"), "cache_dtype": ("float16", "float32")}
 

@@ -56,7 +56,7 @@ def central_frames(clip: np.ndarray, frames: int | None) -> np.ndarray:
 
 def load_clip(path: str | Path, recipe: Recipe = RGB_RECIPE, frames: int | None = None,
               force_resize: bool = False) -> np.ndarray:
-    """A float32 (T, H, W, C) clip in [-1, 1] by the recipe: RGB, or TV-L1 flow when `recipe.flow` is set.
+    """A float32 (T, H, W, C) clip in [-1, 1] by the recipe: RGB, or optical flow when `recipe.flow` is set.
 
     Frames that are already crop x crop (such as the official demo GIF) are taken as pre-cropped
     unless `force_resize`; everything else is resized to the recipe's short side and centre-cropped.
@@ -69,6 +69,7 @@ def load_clip(path: str | Path, recipe: Recipe = RGB_RECIPE, frames: int | None 
     from src.video import read_frames
 
     rgb, info = read_frames(path, fps=recipe.fps)
+    rgb = rgb[::recipe.sample_rate]  # as pre-process.py --sample-rate: flow is then between kept frames
     for warning in info.warnings:
         log.warning(warning if str(path) in warning else f"{path}: {warning}")
     if len(rgb) == 0:
@@ -85,7 +86,7 @@ def load_clip(path: str | Path, recipe: Recipe = RGB_RECIPE, frames: int | None 
     if len(rgb) < 2:
         raise InputError(f"{path}: flow needs at least 2 frames, got {len(rgb)}")
     from src.flow import FlowExtractor, rgb_to_gray
-    return center_crop(FlowExtractor("tvl1")(rgb_to_gray(rgb)), recipe.crop)
+    return center_crop(FlowExtractor(recipe.flow_algorithm)(rgb_to_gray(rgb)), recipe.crop)
 
 
 def clip_to_tensor(clip: np.ndarray) -> torch.Tensor:
@@ -173,6 +174,15 @@ class Predictor:
         """Each stream's clip of an input, by that stream's recipe."""
         return {s: load_clip(path, self.recipes[s], frames, force_resize) for s in self.models}
 
+    def frame_rate(self, path: str | Path) -> float:
+        """Frames per second of the clips `load` makes of an input (for timelines in seconds)."""
+        recipe = next(iter(self.recipes.values()))
+        fps = recipe.fps
+        if not fps and Path(path).suffix.lower() != ".npy":  # the source's own rate was kept
+            from src.video import probe
+            fps = probe(Path(path)).fps
+        return (fps or 25.0) / recipe.sample_rate
+
 
 def accelerate(models: dict[str, torch.nn.Module], device: torch.device, precision: str | None,
                compile: bool = False) -> tuple[dict[str, torch.nn.Module], str]:
@@ -204,11 +214,12 @@ def predictor_from_run(run_dir: str | Path, device: torch.device, precision: str
     from dataclasses import replace
 
     from src.training import load_run
-    from src.weights import FLOW_RECIPE
+    from src.weights import flow_recipe
 
     cfg, models = load_run(run_dir)
-    recipes = {s: replace(FLOW_RECIPE if s == "flow" else RGB_RECIPE, crop=cfg.crop,
-                          resize_short_side=cfg.input_size or RGB_RECIPE.resize_short_side) for s in models}
+    recipes = {s: replace(flow_recipe(cfg.flow_algorithm) if s == "flow" else RGB_RECIPE, crop=cfg.crop,
+                          resize_short_side=cfg.input_size or RGB_RECIPE.resize_short_side, fps=cfg.input_fps,
+                          sample_rate=cfg.input_sample_rate) for s in models}
     fast, path = accelerate(dict(models.items()), device, precision, compile)
     return Predictor(fast, recipes, cfg.classes, f"{run_dir} ({cfg.modality})", path)
 

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -77,7 +78,11 @@ class Config:
     cache_dtype: str = "float16"
     patience: int = 0
     classes: list[str] = field(default_factory=list)
-    input_size: int | None = None  # short side of the stored frames, so prediction resizes like pre-processing
+    # how pre-process.py made the arrays (from its manifest), so prediction prepares inputs the same way
+    input_size: int | None = None  # short side of the stored frames
+    input_fps: float | None = 25.0  # None: the sources' own rate
+    input_sample_rate: int = 1
+    flow_algorithm: str = "tvl1"
 
 
 # ---------------------------------------------------------------- the model: streams with frozen blocks
@@ -341,14 +346,29 @@ def new_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.modality}"
 
 
-def preprocessed_size(data: Path, example: Path) -> int:
-    """The short side pre-process.py resized to (its manifest's `size`), else the stored frames' short side."""
+def record_recipe(cfg: Config, data: Path, example: Path) -> None:
+    """Fill cfg's input_* fields and flow_algorithm from pre-process.py's manifest (or the arrays themselves).
+
+    A column counts only where every row agrees; otherwise the array's short side, the sample rate in
+    its file name (`rgb-SampleRate_<n>.npy`) and the official 25 fps / TV-L1 stand.
+    """
+    rows: list[dict[str, str]] = []
     for manifest in sorted(data.glob("manifest*.csv")):
         with open(manifest, newline="") as f:
-            sizes = {row.get("size") for row in csv.DictReader(f)} - {None, ""}
-        if len(sizes) == 1:
-            return int(sizes.pop())
-    return int(min(np.load(example, mmap_mode="r", allow_pickle=False).shape[1:3]))
+            rows += list(csv.DictReader(f))
+
+    def agreed(column: str, skip: tuple[str, ...] = ()) -> str | None:
+        values = {row.get(column) for row in rows} - {None, *skip}
+        return values.pop() if len(values) == 1 else None
+
+    size = agreed("size", ("",))
+    cfg.input_size = int(size) if size else int(min(np.load(example, mmap_mode="r", allow_pickle=False).shape[1:3]))
+    fps = agreed("fps")  # "" is pre-process.py's native rate (--fps 0)
+    if fps is not None:
+        cfg.input_fps = float(fps) if fps else None
+    rate = re.search(r"SampleRate_(\d+)", example.name)
+    cfg.input_sample_rate = int(rate.group(1)) if rate else 1
+    cfg.flow_algorithm = agreed("flow_algorithm", ("", "none")) or "tvl1"
 
 
 def use_cache(cfg: Config) -> bool:
@@ -388,7 +408,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     if missing_val and master:
         log.warning("val has no items of %s: their accuracy cannot be measured", missing_val)
     cfg.classes = classes
-    cfg.input_size = preprocessed_size(data, train_items[0].files[streams(cfg.modality)[0]])
+    record_recipe(cfg, data, train_items[0].files[streams(cfg.modality)[0]])
     if master:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))

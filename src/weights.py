@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -23,21 +23,32 @@ INDEX, DATA = "model.ckpt.index", "model.ckpt.data-00000-of-00001"
 class Recipe:
     """How a checkpoint's input must be prepared (DeepMind's preprocessing for Kinetics)."""
 
-    fps: float = 25.0
+    fps: float | None = 25.0  # None: the source's own rate
     resize_short_side: int = 256
     crop: int = 224
     value_range: tuple[float, float] = (-1.0, 1.0)
     flow: str | None = None  # None for RGB; the flow algorithm and scaling for flow streams
+    flow_algorithm: str = "tvl1"  # src.flow.ALGORITHMS; fine-tuned runs may have used another
+    sample_rate: int = 1  # keep every n-th frame after resampling (pre-process.py --sample-rate)
 
     def describe(self) -> str:
         """One line for logs and --help."""
         what = f"flow ({self.flow})" if self.flow else "RGB x/255*2-1"
-        return (f"{self.fps:g} fps, short side {self.resize_short_side} bilinear, centre {self.crop} crop, "
+        rate = f"{self.fps:g} fps" if self.fps else "native fps"
+        every = f", every {self.sample_rate}th frame" if self.sample_rate > 1 else ""
+        return (f"{rate}{every}, short side {self.resize_short_side} bilinear, centre {self.crop} crop, "
                 f"{what} in [{self.value_range[0]:g}, {self.value_range[1]:g}]")
 
 
 RGB_RECIPE = Recipe()
 FLOW_RECIPE = Recipe(flow="TV-L1 on grayscale, clipped to [-20, 20], divided by 20")
+
+
+def flow_recipe(algorithm: str) -> Recipe:
+    """The flow recipe with another optical-flow algorithm (same grayscale input, clipping and scaling)."""
+    names = {"tvl1": "TV-L1", "farneback": "Farneback", "dis": "DIS"}
+    return replace(FLOW_RECIPE, flow_algorithm=algorithm,
+                   flow=f"{names.get(algorithm, algorithm)} on grayscale, clipped to [-20, 20], divided by 20")
 
 
 @dataclass(frozen=True)

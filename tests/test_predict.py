@@ -98,3 +98,70 @@ def test_predict_npy_is_used_as_is_and_matches_extract_features(tmp_path):
     np.testing.assert_allclose(features, expected, atol=1e-4)
     again = run("extract_features.py", str(tmp_path / "clip.npy"), "--out", str(tmp_path / "f.npy"))
     assert again.returncode == 1 and "--overwrite" in again.stderr
+
+
+# ----- a fine-tuned run: pre-process.py -> train -> predict.py --checkpoint / --timeline, evaluate.py
+
+@pytest.fixture(scope="module")
+def finetuned_run(shared, tmp_path_factory):
+    """A joint run trained on the shared Kinetics clips pre-processed with DIS flow and --sample-rate 2."""
+    import shutil
+
+    from src.training import Config, train
+    root = tmp_path_factory.mktemp("finetune")
+    for split in ("train", "val"):
+        for cls, clip in (("pool", "cleaning_pool.mp4"), ("wrestling", "arm_wrestling.mp4")):
+            (root / "raw" / split / cls).mkdir(parents=True)
+            shutil.copy(shared / "videos" / clip, root / "raw" / split / cls / clip)
+    done = run("pre-process.py", str(root / "raw"), str(root / "data"), "--flow", "dis", "--sample-rate", "2",
+               "--crop", "224", "--workers", "1")
+    assert done.returncode == 0, done.stderr
+    run_dir = train(Config(data=str(root / "data"), out=str(root / "run"), modality="joint", epochs=2, clip_len=16,
+                           crop=112, batch_size=2, cache_views=1, no_flip=True))
+    return root, run_dir
+
+
+@pytest.mark.slow
+def test_run_records_the_preprocessing_recipe_and_predict_follows_it(finetuned_run, shared):
+    from src.arrays import load_array
+    from src.predict import predictor_from_run
+    from src.transforms import center_crop
+    root, run_dir = finetuned_run
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert (cfg["input_size"], cfg["input_fps"], cfg["input_sample_rate"], cfg["flow_algorithm"]) == (256, 25, 2, "dis")
+    import torch
+    predictor = predictor_from_run(run_dir, torch.device("cpu"), precision=None)
+    assert predictor.recipes["flow"].flow_algorithm == "dis" and predictor.recipes["rgb"].sample_rate == 2
+    clips = predictor.load(shared / "videos" / "arm_wrestling.mp4")
+    stored = root / "data" / "val" / "wrestling" / "arm_wrestling"
+    rgb, flow = (load_array(stored / f"{m}-SampleRate_2.npy") for m in ("rgb", "flow"))
+    assert rgb.shape == (125, 224, 224, 3) and flow.shape == (124, 224, 224, 2)  # 250 frames at 25 fps, every 2nd
+    # the same frames, flow algorithm and crop as the training data (the run's 112 crop of the stored 224)
+    np.testing.assert_allclose(clips["rgb"], center_crop(rgb, 112), atol=1e-6)
+    np.testing.assert_allclose(clips["flow"], center_crop(flow, 112), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_predict_and_evaluate_a_finetuned_run(finetuned_run, shared, tmp_path):
+    root, run_dir = finetuned_run
+    result = run("predict.py", str(shared / "videos" / "cleaning_pool.mp4"), "--checkpoint", str(run_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    top = json.loads(result.stdout)["predictions"]
+    assert {p["label"] for p in top} == {"pool", "wrestling"} and sum(p["prob"] for p in top) == pytest.approx(1, abs=1e-4)
+    out = tmp_path / "timeline.csv"
+    result = run("predict.py", str(shared / "videos" / "arm_wrestling.mp4"), "--checkpoint", str(run_dir),
+                 "--timeline", "--window", "32", "--stride", "16", "--timeline-out", str(out))
+    assert result.returncode == 0, result.stderr
+    import csv
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 6  # windows starting at 0, 16, ..., 80 of the 125 kept frames
+    # every 2nd frame at 25 fps: a frame is 0.08 s, so the window starting at frame 16 spans 1.28-3.84 s
+    assert (float(rows[1]["start_s"]), float(rows[1]["end_s"])) == (1.28, 3.84)
+    assert {r["label"] for r in rows} <= {"pool", "wrestling"}
+    result = run("evaluate.py", str(run_dir), "--clips", "2", "--crops", "3", "--out", str(tmp_path / "eval.json"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["items"] == 2 and sum(map(sum, report["confusion_matrix"])) == 2
+    assert report["top5"] == 1.0  # two classes: both are in the top 5
+    assert 0 <= report["top1"] <= 1 and report["classes"] == ["pool", "wrestling"]
+    assert (tmp_path / "eval.png").exists()
