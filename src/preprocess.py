@@ -221,13 +221,36 @@ def _shape_text(shape: tuple[int, ...] | None) -> str:
     return "x".join(str(s) for s in shape) if shape else ""
 
 
-def _base_row(item: Item, opts: Options) -> dict[str, str]:
+def _recipe_columns(opts: Options) -> dict[str, str]:
     return {
-        "source": str(item.source), "class": item.cls, "split": str(item.split), "name": item.name,
         "dtype": opts.dtype, "flow_algorithm": opts.flow if "flow" in opts.modalities else "none",
         "fps": "" if opts.fps is None else f"{opts.fps:g}", "sample_rate": str(opts.sample_rate),
         "size": str(opts.size), "crop": str(opts.crop or ""),
     }
+
+
+def _base_row(item: Item, opts: Options) -> dict[str, str]:
+    return {"source": str(item.source), "class": item.cls, "split": str(item.split), "name": item.name,
+            **_recipe_columns(opts)}
+
+
+# manifest column -> the option that sets it; the sample rate is not here: it names the files, so rates coexist
+RECIPE_OPTIONS = {"fps": "--fps", "size": "--size", "crop": "--crop", "dtype": "--dtype", "flow_algorithm": "--flow"}
+
+
+def recipe_conflict(previous: dict[str, dict[str, str]], opts: Options) -> str | None:
+    """How the finished arrays of an earlier run differ from what `opts` would write (None if they agree)."""
+    want = _recipe_columns(opts)
+    for row in previous.values():
+        if row.get("status") != "done" or row.get("sample_rate") != want["sample_rate"]:
+            continue
+        for column, option in RECIPE_OPTIONS.items():
+            had, asked = row.get(column, ""), want[column]
+            if column == "flow_algorithm" and "none" in (had, asked):
+                continue  # adding or leaving out the flow modality is fine
+            if had != asked:
+                return f"{option} {had or 'unset'} (now {asked or 'unset'}), e.g. {row['source']}"
+    return None
 
 
 def _encode_frames(frames: np.ndarray, opts: Options) -> np.ndarray:
@@ -411,6 +434,12 @@ def run(raw_dir: Path, out_dir: Path, opts: Options, log=print) -> int:
         log(f"note: ... and {len(found.notes) - 20} more skipped entries")
     if not found.presplit:
         assign_splits(found.items, opts.val_ratio, opts.seed)
+    manifest_path = out_dir / manifest_name(opts.shard)
+    previous = read_manifest(manifest_path)
+    conflict = None if opts.overwrite else recipe_conflict(previous, opts)
+    if conflict:
+        raise PreprocessError(f"{out_dir}: its arrays were made with {conflict}; mixing recipes in one dataset "
+                              "would skip those items silently; use another OUT_DIR or --overwrite")
     out_dir.mkdir(parents=True, exist_ok=True)
     classes_text = "".join(f"{c}\n" for c in found.classes)
     classes_path = out_dir / "classes.txt"
@@ -421,8 +450,6 @@ def run(raw_dir: Path, out_dir: Path, opts: Options, log=print) -> int:
     _write_text_atomic(classes_path, classes_text)
 
     mine = shard_items(found.items, opts.shard)
-    manifest_path = out_dir / manifest_name(opts.shard)
-    previous = read_manifest(manifest_path)
     rows: dict[str, dict[str, str]] = {}
     jobs: list[tuple[Item, dict[str, Path], Options]] = []
     for item in mine:

@@ -293,3 +293,20 @@ def test_cli_help_default_layout_and_tvl1(shared, tmp_path):
     assert {r["flow_algorithm"] for r in rows.values()} == {"tvl1"}
     flow = np.load(out / "train" / "keys" / "video_0" / "flow-SampleRate_1.npy")
     assert flow.shape == (2, 32, 57, 2) and np.abs(flow).max() <= 1
+
+
+def test_rerun_with_another_recipe_is_refused_not_skipped(shared, tmp_path):
+    raw = _raw(tmp_path, shared, {"a": ["video_0.mov"], "b": ["video_90.mov"]})
+    out = tmp_path / "out"
+    assert run(raw, out, Options(val_ratio=0, **FAST), log=lambda m: None) == 0
+    before = {p: p.stat().st_mtime_ns for p in _outputs(out)}
+    with pytest.raises(PreprocessError, match=r"--flow dis \(now farneback\).*--overwrite"):
+        run(raw, out, Options(val_ratio=0, **{**FAST, "flow": "farneback"}), log=lambda m: None)
+    with pytest.raises(PreprocessError, match=r"--size 64 \(now 96\)"):
+        run(raw, out, Options(val_ratio=0, **{**FAST, "size": 96}), log=lambda m: None)
+    assert {p: p.stat().st_mtime_ns for p in _outputs(out)} == before  # nothing touched
+    # another sample rate writes other files beside these, and leaving out flow is no conflict
+    assert run(raw, out, Options(val_ratio=0, sample_rate=2, **FAST), log=lambda m: None) == 0
+    assert run(raw, out, Options(val_ratio=0, modalities=("rgb",), **FAST), log=lambda m: None) == 0
+    assert run(raw, out, Options(val_ratio=0, overwrite=True, **{**FAST, "flow": "farneback"}), log=lambda m: None) == 0
+    assert {r["flow_algorithm"] for r in _manifest(out / "manifest.csv").values()} == {"farneback"}
