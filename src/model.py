@@ -107,7 +107,14 @@ class Unit3D(nn.Module):
         symmetric, extra = split_same_padding(x.shape[2:], self.kernel, self.stride)
         if any(extra):
             x = F.pad(x, extra)
-        x = F.conv3d(x, self.conv.weight, self.conv.bias, self.stride, symmetric)
+        if x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu") and \
+                any(n < k for n, k in zip(x.shape[2:], self.kernel)):
+            # oneDNN's bf16 weight gradient is garbage when the input is shorter than the kernel (torch 2.13
+            # CPU, e.g. T = 2 under 3x3x3: Mixed_5c of a 16-frame clip), so these small convs train in fp32
+            with torch.autocast("cpu", enabled=False):
+                x = F.conv3d(x.float(), self.conv.weight, self.conv.bias, self.stride, symmetric)
+        else:
+            x = F.conv3d(x, self.conv.weight, self.conv.bias, self.stride, symmetric)
         if self.bn is not None:
             x = self.bn(x)
         return F.relu(x) if self.relu else x

@@ -80,3 +80,17 @@ def test_fixed_views_take_turns(tmp_path):
         seen.append((ds.view_index(0), ds.view_for(0)))
     assert [v for v, _ in seen] == [0, 1, 0, 1]
     assert seen[0][1] == seen[2][1] and seen[1][1] == seen[3][1] and seen[0][1] != seen[1][1]
+
+
+def test_balanced_sampling_evens_out_unbalanced_classes():
+    from pathlib import Path
+
+    from torch.utils.data import WeightedRandomSampler
+
+    from src.dataset import Item, balanced_weights
+    items = [Item(Path(f"a{i}"), 0, {}) for i in range(9)] + [Item(Path("b0"), 1, {}), Item(Path("c0"), 2, {})]
+    weights = balanced_weights(items, 3)
+    assert weights[:9].sum() == pytest.approx(1.0) and weights[9] == weights[10] == 1.0  # 1/count each
+    drawn = list(WeightedRandomSampler(weights, 6000, generator=torch.Generator().manual_seed(0)))
+    share = np.bincount([items[i].label for i in drawn], minlength=3) / len(drawn)
+    np.testing.assert_allclose(share, [1 / 3] * 3, atol=0.03)  # 9:1:1 in the folder, even when drawn

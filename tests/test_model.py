@@ -131,3 +131,19 @@ def test_flow_model_takes_two_channels():
     model = I3D(num_classes=400, in_channels=2).eval()
     with torch.no_grad():
         assert model(torch.zeros(1, 2, 8, 112, 112)).shape == (1, 400)
+
+
+@pytest.mark.parametrize("frames", [2, 3, 8])
+def test_bf16_autocast_weight_gradient_is_right_for_short_inputs(frames):
+    # the Mixed_5c convolution of a 16-frame clip sees T = 2 under a 3x3x3 kernel (--amp training)
+    torch.manual_seed(0)
+    unit = Unit3D(48, 128, 3, batch_norm=False, relu=False)
+    x = torch.randn(4, 48, frames, 4, 4)
+    grad_out = torch.randn(4, 128, frames, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = unit(x)
+    out.float().backward(grad_out)
+    # reference: the exact weight gradient of the same conv (padding 1 all round), in float64
+    want = torch.nn.grad.conv3d_weight(x.double(), unit.conv.weight.shape, grad_out.double(), padding=1)
+    assert torch.isfinite(unit.conv.weight.grad).all()
+    assert ((unit.conv.weight.grad.double() - want).abs().max() / want.abs().max()).item() < 0.02

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -143,3 +144,12 @@ def test_ddp_two_cpu_processes(motion_data, tmp_path):
     assert "2 process(es)" in result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["history"]) == 2 and (out / "best.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_amp_and_balanced_sampling_run(motion_data, tmp_path):
+    run = train(Config(data=str(motion_data), out=str(tmp_path / "run"), epochs=2, amp=True, balanced=True, **SMALL))
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    assert len(history) == 2 and all(math.isfinite(h["train_loss"]) and math.isfinite(h["val_loss"]) for h in history)
+    weights = tensors(run / "best.safetensors")
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())  # bf16 only inside
