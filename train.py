@@ -35,7 +35,9 @@ HELP = {
     "label_smoothing": "cross-entropy label smoothing", "dropout": "dropout before the classifier",
     "bn_momentum": "batch-norm running-statistics momentum of the trainable blocks",
     "accum_steps": "accumulate gradients over N batches", "clip_grad": "clip the gradient norm (0: off)",
-    "amp": "mixed precision: bf16 on CPU, fp16 on CUDA", "seed": "random seed (same seed, same run)",
+    "amp": "mixed precision: bf16 on CPU, fp16 on CUDA",
+    "precision": "the frozen blocks' inference path: auto (bf16/fp16 where faster), fp32, bf16, fp16, or plain",
+    "seed": "random seed (same seed, same run)",
     "device": "auto, cpu, cuda, cuda:1, mps", "workers": "data-loading processes",
     "balanced": "class-balanced sampling for unbalanced folders",
     "no_flip": "no horizontal flips (when classes depend on left/right direction)",
@@ -45,7 +47,8 @@ HELP = {
 }
 RECORDED = ("classes", "input_size", "input_fps", "input_sample_rate", "flow_algorithm")  # from the dataset, not options
 CHOICES = {"modality": ("rgb", "flow", "joint"), "optimizer": ("sgd", "adamw"), "schedule": ("cosine", "step"),
-           "cache_features": ("auto", "on", "off"), "cache_dtype": ("float16", "float32")}
+           "cache_features": ("auto", "on", "off"), "cache_dtype": ("float16", "float32"),
+           "precision": ("auto", "fp32", "bf16", "fp16", "plain")}
 
 
 def main() -> int:

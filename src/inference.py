@@ -270,14 +270,16 @@ class FastI3D(nn.Module):
         if endpoint not in ENDPOINTS:
             raise ValueError(f"unknown endpoint {endpoint!r}; choose one of {', '.join(ENDPOINTS)}")
         self._check_input(x)
-        return self._features(x, endpoint[0].lower() + endpoint[1:]).float()
+        with torch.autocast(x.device.type, enabled=False):  # the path sets its own dtypes; autocast would clash
+            return self._features(x, endpoint[0].lower() + endpoint[1:]).float()
 
     @torch.no_grad()
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Mixed_5c features -> logits, in fp32 (the pool and a 1024 x classes matrix are cheap)."""
-        pooled = self.avg_pool(features.float())  # (N, 1024, T', H', W')
-        # the 1x1x1 conv then a mean over positions = a linear layer on the position-mean (it is linear)
-        return F.linear(pooled.mean(dim=(2, 3, 4)), self.logits_weight, self.logits_bias)
+        with torch.autocast(features.device.type, enabled=False):
+            pooled = self.avg_pool(features.float())  # (N, 1024, T', H', W')
+            # the 1x1x1 conv then a mean over positions = a linear layer on the position-mean (it is linear)
+            return F.linear(pooled.mean(dim=(2, 3, 4)), self.logits_weight, self.logits_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

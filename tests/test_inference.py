@@ -184,3 +184,15 @@ def test_bf16_keeps_top1_on_real_clips(scratch: I3D, shared, name: str) -> None:
     print(f"bf16 {name}: max |delta logit| {delta:.4f}, top-1 {want} -> {got}")
     assert got == want
     assert delta < 0.5 and math.isfinite(delta)
+
+
+def test_fast_path_runs_inside_an_autocast_region() -> None:
+    # training validates under --amp's autocast with the frozen blocks on the fast path
+    model = random_model()
+    x = torch.randn(1, 3, 9, 64, 64)
+    fast = optimize_for_inference(model, precision="fp32")
+    want = fast(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fast(x)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want)

@@ -153,3 +153,18 @@ def test_amp_and_balanced_sampling_run(motion_data, tmp_path):
     assert len(history) == 2 and all(math.isfinite(h["train_loss"]) and math.isfinite(h["val_loss"]) for h in history)
     weights = tensors(run / "best.safetensors")
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())  # bf16 only inside
+
+
+def test_frozen_part_on_the_fast_path_matches_the_plain_model(motion_data):
+    from src.training import FrozenPart
+    model = build_streams(Config(data=str(motion_data), freeze=15, **SMALL), 4)["rgb"].eval()
+    x = torch.rand(2, 3, 16, 112, 112) * 2 - 1
+    cpu = torch.device("cpu")
+    plain = FrozenPart(model, 15, cpu, "plain")
+    want = plain(x)
+    assert plain.precision == "plain" and want.shape == (2, 832, 2, 4, 4)  # Mixed_5b
+    fast = FrozenPart(model, 15, cpu, "fp32")
+    assert fast.precision == "fp32" and "fast path" in fast.path
+    torch.testing.assert_close(fast(x), want, rtol=1e-4, atol=1e-4)
+    beyond = FrozenPart(model, 17, cpu, "fp32")  # past Mixed_5c the frozen part is the model's own head
+    assert beyond.precision == "plain" and beyond(x).shape == (2, 1024, 1, 1, 1)
