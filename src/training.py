@@ -438,12 +438,13 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
 
     models = build_streams(cfg, len(classes)).to(device)
     frozen = {stream: FrozenPart(model, cfg.freeze, device, cfg.precision) for stream, model in models.items()}
-    log.info("frozen blocks: %s", next(iter(frozen.values())).path)
+    first = next(iter(frozen.values()))
+    log.info("frozen blocks: %s", first.path)
     cache = None
     if use_cache(cfg):
-        fingerprint = {"frozen_precision": next(iter(frozen.values())).precision,"weights": cfg.weights, "flow_weights": cfg.flow_weights, "freeze": cfg.freeze,
-                       "clip_len": cfg.clip_len, "crop": cfg.crop, "data": str(data.resolve()),
-                       "modality": cfg.modality, "sample_rate": cfg.sample_rate, "views": cfg.cache_views,
+        fingerprint = {"weights": cfg.weights, "flow_weights": cfg.flow_weights, "freeze": cfg.freeze,
+                       "frozen_precision": first.precision, "clip_len": cfg.clip_len, "crop": cfg.crop,
+                       "data": str(data.resolve()), "modality": cfg.modality, "sample_rate": cfg.sample_rate, "views": cfg.cache_views,
                        "seed": cfg.seed, "items": len(train_items) + len(val_items), "flip": not cfg.no_flip}
         cache = FeatureCache(run_dir / "cache", fingerprint, cfg.cache_dtype) if master else None
         if world > 1:
