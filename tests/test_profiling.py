@@ -41,3 +41,15 @@ def test_script_json_and_fast_path() -> None:
                           "--fast"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     report = json.loads(out)
     assert report["model"] == "fast path fp32" and len(report["blocks"]) == 17
+
+
+def test_runs_under_kernprof_line_by_line(tmp_path) -> None:
+    # the original toolkit's usage: kernprof -lv i3d_pt_profiling.py --frame_nb 16 (here fewer frames)
+    out = tmp_path / "profile.lprof"
+    result = subprocess.run([sys.executable, "-m", "kernprof", "-lv", "-o", str(out), "i3d_pt_profiling.py",
+                             "--frame_nb", "9", "--repeats", "1"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for function in ("step", "Unit3D.forward", "MaxPool3dSame.forward", "InceptionBlock.forward"):
+        assert f"Function: {function} at line" in result.stdout
+    assert "F.conv3d(" in result.stdout and "% Time" in result.stdout  # per-line timings of the model's code
+    assert out.stat().st_size > 0
