@@ -85,8 +85,14 @@ def load_clip(path: str | Path, recipe: Recipe = RGB_RECIPE, frames: int | None 
         return to_model_range(center_crop(rgb, recipe.crop))
     if len(rgb) < 2:
         raise InputError(f"{path}: flow needs at least 2 frames, got {len(rgb)}")
+    from tqdm import tqdm
+
     from src.flow import FlowExtractor, rgb_to_gray
-    return center_crop(FlowExtractor(recipe.flow_algorithm)(rgb_to_gray(rgb)), recipe.crop)
+    # TV-L1 takes seconds per frame pair on a CPU: show progress on anything but a short clip
+    with tqdm(total=len(rgb) - 1, desc=f"{path.name}: {recipe.flow_algorithm} flow", unit="pair", leave=False,
+              disable=len(rgb) < 16) as bar:
+        flow = FlowExtractor(recipe.flow_algorithm)(rgb_to_gray(rgb), bar.update)
+    return center_crop(flow, recipe.crop)
 
 
 def clip_to_tensor(clip: np.ndarray) -> torch.Tensor:
