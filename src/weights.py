@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,15 +40,15 @@ class Recipe:
                 f"{what} in [{self.value_range[0]:g}, {self.value_range[1]:g}]")
 
 
-RGB_RECIPE = Recipe()
-FLOW_RECIPE = Recipe(flow="TV-L1 on grayscale, clipped to [-20, 20], divided by 20")
-
-
-def flow_recipe(algorithm: str) -> Recipe:
-    """The flow recipe with another optical-flow algorithm (same grayscale input, clipping and scaling)."""
+def flow_recipe(algorithm: str = "tvl1") -> Recipe:
+    """The flow recipe: an optical-flow algorithm on grayscale frames, clipped to +-20 px and divided by 20."""
     names = {"tvl1": "TV-L1", "farneback": "Farneback", "dis": "DIS"}
-    return replace(FLOW_RECIPE, flow_algorithm=algorithm,
-                   flow=f"{names.get(algorithm, algorithm)} on grayscale, clipped to [-20, 20], divided by 20")
+    return Recipe(flow=f"{names.get(algorithm, algorithm)} on grayscale, clipped to [-20, 20], divided by 20",
+                  flow_algorithm=algorithm)
+
+
+RGB_RECIPE = Recipe()
+FLOW_RECIPE = flow_recipe("tvl1")  # the official one
 
 
 @dataclass(frozen=True)
