@@ -7,9 +7,11 @@ Examples (run from the repository root):
     python3 pre-process.py my_raw my_out --crop 224 --dtype uint8 --workers 8
     python3 pre-process.py my_raw my_out --modalities rgb    # RGB only, no flow
     python3 pre-process.py my_raw my_out --shard 3/16        # job 3 of a 16-job cluster array
+    python3 pre-process.py --from-seed old_data my_out       # old_data/<class>/<series>/test_rgb.npy, test_flow.npy
 
 Output: OUT_DIR/classes.txt, OUT_DIR/<split>/<class>/<item>/{rgb,flow}-SampleRate_<n>.npy and
-OUT_DIR/manifest.csv; see `--help` for the recipe. Exit status 1 if any item failed.
+OUT_DIR/manifest.csv; see `--help` for the recipe. Exit status 1 if any item failed or the job
+could not run (one line on stderr says why).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from src.flow import ALGORITHMS
 from src.preprocess import Options, PreprocessError, parse_shard, run
+from src.seed import import_seed
 from src.transforms import DTYPES
 
 DEFAULT_PAIRS = [(Path("data/videos/raw"), Path("data/videos/pre-processed")),
@@ -49,7 +52,10 @@ layout:
 resuming and clusters:
   every array is written under a temporary name and renamed, so rerunning the same command skips
   finished items and redoes interrupted ones; --overwrite redoes everything. --shard i/n processes
-  every n-th item (same split and classes.txt in every shard) and writes manifest-shard<i>of<n>.csv.
+  every n-th item (same split and classes.txt in every shard) and writes manifest-shard<i>of<n>.csv;
+  each shard, when it ends, merges the shard manifests present into manifest.csv.
+  A run locks OUT_DIR: a second run into it is refused (naming the first one's pid) unless it is
+  another shard i/n of the same n; a killed run's lock is released with it, and its workers end too.
 """
 
 
@@ -75,6 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-frames", type=int, default=2, help="items with fewer frames after sampling fail as too short (default 2)")
     p.add_argument("--overwrite", action="store_true", help="redo finished items and replace a differing classes.txt")
     p.add_argument("--no-disk-check", action="store_true", help="skip the free-space check before starting")
+    p.add_argument("--from-seed", action="store_true",
+                   help="RAW_DIR is the original toolkit's layout <class>/<series>/test_rgb.npy and test_flow.npy: "
+                        "link its arrays into OUT_DIR's layout (split by --val-ratio) instead of decoding videos; "
+                        "--fps, --size, --flow declare the recipe they were made with (default: the official one)")
     return p.parse_args(argv)
 
 
@@ -92,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite, shard=parse_shard(args.shard), min_frames=args.min_frames,
             disk_check=not args.no_disk_check,
         )
+        if args.from_seed:
+            if not (args.raw_dir and args.out_dir):
+                raise PreprocessError("--from-seed needs SEED_DIR and OUT_DIR")
+            return 1 if import_seed(args.raw_dir, args.out_dir, opts) else 0
         if args.raw_dir and args.out_dir:
             pairs = [(args.raw_dir, args.out_dir)]
         elif args.raw_dir:
@@ -104,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         failed = sum(run(raw, out, opts) for raw, out in pairs)
     except PreprocessError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     except KeyboardInterrupt:
         print("interrupted: finished items are kept; rerun the same command to resume", file=sys.stderr)
         return 130

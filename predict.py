@@ -22,8 +22,8 @@ import numpy as np
 from src.dataset import DatasetError
 from src.device import pick_device
 from src.inference import add_inference_arguments, chosen_precision
-from src.predict import (InputError, exported_predictor, format_json, format_table, predictor_from_run,
-                         predictor_from_weights, timeline, top_k)
+from src.predict import (InputError, check_positive, check_writable, exported_predictor, format_json, format_table,
+                         predictor_from_run, predictor_from_weights, timeline, top_k)
 from src.training import TrainingError
 from src.weights import WeightsUnavailable
 
@@ -64,6 +64,17 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
+    try:  # options and output paths first: a mistake should cost nothing, not the whole computation
+        for option in ("top_k", "frames", "window", "stride"):
+            check_positive(getattr(args, option), "--" + option.replace("_", "-"))
+        if args.logits_out:
+            check_writable(args.logits_out if args.logits_out.endswith(".npy") else args.logits_out + ".npy",
+                           "--logits-out")  # np.save adds .npy
+        if args.timeline_out:
+            check_writable(args.timeline_out, "--timeline-out")
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     device = pick_device(args.device)
     try:
         precision = chosen_precision(args)

@@ -45,6 +45,9 @@ def read_classes(data_dir: Path) -> list[str]:
         classes = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     elif (data_dir / "train").is_dir():
         classes = sorted(p.name for p in (data_dir / "train").iterdir() if p.is_dir() and not p.name.startswith("."))
+    elif any(data_dir.glob("*/*/test_rgb.npy")) or any(data_dir.glob("*/*/test_flow.npy")):
+        raise DatasetError(f"{data_dir}: the original toolkit's layout (<class>/<series>/test_rgb.npy); convert it "
+                           f"once with: python3 pre-process.py --from-seed {data_dir} NEW_DATA_DIR")
     else:
         raise DatasetError(f"{data_dir}: no classes.txt and no train/ folder; run pre-process.py first")
     if not classes:
@@ -89,6 +92,8 @@ def scan_split(data_dir: Path, split: str, classes: list[str], modality: str,
 def check_array(path: Path, arr: np.ndarray, modality: str) -> None:
     """Raise DatasetError unless `arr` is a (T, H, W, C) clip of the modality's channel count."""
     channels = MODALITY_CHANNELS[modality]
+    if arr.dtype not in (np.float32, np.float16, np.float64, np.uint8):
+        raise DatasetError(f"{path}: dtype {arr.dtype}, expected float32, float16 or uint8 (as pre-process.py writes)")
     if arr.ndim != 4 or arr.shape[-1] != channels or min(arr.shape) == 0:
         raise DatasetError(f"{path}: shape {arr.shape}, expected (T, H, W, {channels}) for {modality}")
 

@@ -34,6 +34,8 @@ def load_npy_clip(path: Path, channels: int) -> np.ndarray:
         clip = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise InputError(f"{path}: not a readable .npy array ({exc})") from None
+    if clip.dtype.kind not in "fiu":  # complex, bool, strings: no meaningful float clip (NumPy would only warn)
+        raise InputError(f"{path}: dtype {clip.dtype}, expected real numbers (float32 in [-1, 1])")
     if clip.ndim == 5 and clip.shape[0] == 1:
         clip = clip[0]
     if clip.ndim != 4 or clip.shape[-1] != channels or min(clip.shape) == 0:
@@ -44,6 +46,28 @@ def load_npy_clip(path: Path, channels: int) -> np.ndarray:
         raise InputError(f"{path}: values span [{low:g}, {high:g}], expected model range [-1, 1] "
                          "(scale RGB pixels with x / 255 * 2 - 1)")
     return clip
+
+
+def check_writable(path: str | Path, option: str) -> None:
+    """Raise InputError unless `path` can be written, so a bad output path fails before the work, not after."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{option} {path}: is a folder; give a file name")
+    existed = path.exists()
+    try:
+        with open(path, "ab"):  # append mode: an existing file is left as it is
+            pass
+    except OSError as exc:
+        raise InputError(f"{option} {path}: cannot be written ({exc.strerror or exc})") from None
+    finally:
+        if not existed:
+            path.unlink(missing_ok=True)
+
+
+def check_positive(value: int | None, option: str) -> None:
+    """Raise InputError unless an integer option is unset or at least 1."""
+    if value is not None and value < 1:
+        raise InputError(f"{option} must be 1 or more, got {value}")
 
 
 def central_frames(clip: np.ndarray, frames: int | None) -> np.ndarray:

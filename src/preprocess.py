@@ -11,9 +11,16 @@ files or `.part` files that the next run deletes; items whose arrays all exist a
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import random
+import re
+import secrets
 import shutil
+import signal
+import sys
+import tempfile
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -25,6 +32,7 @@ from tqdm import tqdm
 
 from src.arrays import PARTIAL_SUFFIX, save_array_atomic
 from src.flow import FlowExtractor, rgb_to_gray, set_threads
+from src.lock import FolderLock, LockError, folder_mutex
 from src.transforms import DTYPES, center_crop, encode_array, resize_short_side, to_model_range
 from src.video import FrameStream, VideoError, is_frame_folder, is_hidden, is_video_file, natural_key, probe
 
@@ -134,6 +142,7 @@ def _scan_class_root(root: Path, notes: list[str]) -> list[Item]:
             notes.append(f"skipped {class_dir}: a file directly under {root} (expected <class>/<video or frame folder>)")
             continue
         seen: dict[str, Path] = {}
+        count = len(items)
         for entry in sorted(class_dir.iterdir(), key=lambda p: natural_key(p.name)):
             if is_hidden(entry):
                 notes.append(f"skipped hidden {entry}")
@@ -152,6 +161,9 @@ def _scan_class_root(root: Path, notes: list[str]) -> list[Item]:
             else:
                 seen[name] = entry
             items.append(item)
+        if len(items) == count:
+            notes.append(f"skipped empty class folder {class_dir}: no videos or frame folders in it, so class "
+                         f"{class_dir.name!r} is left out")
     return items
 
 
@@ -294,6 +306,7 @@ def process_item(item: Item, paths: dict[str, Path], opts: Options, show_frames:
     row = _base_row(item, opts)
     todo = {m: p for m, p in paths.items() if opts.overwrite or not p.exists()}
     bar = None
+    writing: Path | None = None
     try:
         stream = FrameStream(item.source, opts.fps, opts.folder_fps)
         if show_frames:
@@ -315,13 +328,20 @@ def process_item(item: Item, paths: dict[str, Path], opts: Options, show_frames:
         frames = np.stack(kept)
         del kept
         if "rgb" in todo:
-            save_array_atomic(todo["rgb"], _encode_frames(frames, opts))
+            writing = todo["rgb"]
+            save_array_atomic(writing, _encode_frames(frames, opts))
         if "flow" in todo:
-            save_array_atomic(todo["flow"], _flow_frames(frames, opts, _extractor(opts), bar))
+            flow = _flow_frames(frames, opts, _extractor(opts), bar)
+            writing = todo["flow"]
+            save_array_atomic(writing, flow)
         row.update(status="done", message=" | ".join(info.warnings), frames_written=str(len(frames)))
         row.update(_shapes_on_disk(paths))
     except VideoError as exc:
         row.update(status="failed", message=str(exc))
+    except OSError as exc:
+        full = writing is not None and is_disk_full(exc)
+        row.update(status="failed", message=disk_full_message(writing, exc) if full
+                   else f"{item.source}: unexpected {type(exc).__name__}: {exc}")
     except Exception as exc:  # a bug or an OS problem on one item must not stop the batch
         row.update(status="failed", message=f"{item.source}: unexpected {type(exc).__name__}: {exc}")
     finally:
@@ -343,7 +363,56 @@ def _shapes_on_disk(paths: dict[str, Path]) -> dict[str, str]:
     return row
 
 
-def _worker_init(threads: int) -> None:
+DISK_FULL = "disk full while writing"
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")  # numpy's tofile on a full disk sets no errno
+
+
+def is_disk_full(exc: OSError) -> bool:
+    """Whether a write failed because the disk (or the user's quota) is full."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT) or (exc.errno is None and bool(_SHORT_WRITE.search(str(exc))))
+
+
+def disk_full_message(path: Path | None, exc: OSError) -> str:
+    """One line saying the disk is full, naming the file being written."""
+    where = Path(path).parent if path else Path(".")
+    try:
+        free = f"; {_gb(_free_bytes(where))} free"
+    except OSError:
+        free = ""
+    return f"{DISK_FULL} {path} ({exc}){free}"
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """End this worker process as soon as the process that started it dies (even by kill -9).
+
+    Linux delivers SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG); elsewhere a daemon thread
+    polls the parent pid. Either way a parent that died before the call is caught by the pid check.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(1, signal.SIGKILL, 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
+                if os.getppid() != parent_pid:
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
+
+
+def _worker_init(threads: int, parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     set_threads(threads)
 
 
@@ -351,21 +420,35 @@ def _run_one(args: tuple[Item, dict[str, Path], Options]) -> dict[str, str]:
     return process_item(*args)
 
 
+def _write_atomic(path: Path, write, newline: str | None = None) -> None:
+    """Call write(f) on a temporary file unique to this process, then rename it to `path`."""
+    path = Path(path)
+    # Unique per process (and call): two runs never write, or rename away, each other's temporary file.
+    # Not mkstemp: its 0600 mode would make classes.txt and the manifest private to their writer.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", newline=newline) as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    _write_atomic(path, lambda f: f.write(text))
 
 
 def write_manifest(path: Path, rows: dict[str, dict[str, str]]) -> None:
     """Write the manifest CSV atomically, rows sorted by split, class and name."""
-    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
-    with open(tmp, "w", newline="") as f:
+    def write(f) -> None:
         writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS, extrasaction="ignore")
         writer.writeheader()
         for row in sorted(rows.values(), key=lambda r: (r["split"], r["class"], natural_key(r["name"]), r["source"])):
             writer.writerow({k: row.get(k, "") for k in MANIFEST_FIELDS})
-    os.replace(tmp, path)
+
+    _write_atomic(path, write, newline="")
 
 
 def read_manifest(path: Path) -> dict[str, dict[str, str]]:
@@ -380,6 +463,34 @@ def manifest_name(shard: tuple[int, int]) -> str:
     """manifest.csv, or manifest-shard<i>of<n>.csv for a shard of several."""
     i, n = shard
     return "manifest.csv" if n == 1 else f"manifest-shard{i}of{n}.csv"
+
+
+def merge_shard_manifests(out_dir: Path, n: int) -> Path:
+    """Merge the manifest-shard<i>of<n>.csv present into manifest.csv, under the folder's mutex.
+
+    manifest.csv keeps its rows of items that no shard lists (earlier runs, other RAW_DIR content);
+    each shard's rows replace the rest. Called by every shard when it ends, so the last one to
+    finish leaves manifest.csv complete, and shards running at the same time never lose rows.
+    """
+    out_dir = Path(out_dir)
+    target = out_dir / "manifest.csv"
+    with folder_mutex(out_dir):
+        rows = read_manifest(target)
+        for i in range(1, n + 1):
+            rows.update(read_manifest(out_dir / manifest_name((i, n))))
+        write_manifest(target, rows)
+    return target
+
+
+def _prepare_out_dir(out_dir: Path) -> None:
+    """Create OUT_DIR, or raise PreprocessError in one line when it cannot be created or written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise PreprocessError(f"{out_dir}: OUT_DIR cannot be written ({reason}); choose a folder you can write to") from None
 
 
 def _output_hw(width: int, height: int, opts: Options) -> tuple[int, int]:
@@ -434,20 +545,59 @@ def run(raw_dir: Path, out_dir: Path, opts: Options, log=print) -> int:
         log(f"note: ... and {len(found.notes) - 20} more skipped entries")
     if not found.presplit:
         assign_splits(found.items, opts.val_ratio, opts.seed)
+    _prepare_out_dir(out_dir)
+    lock = FolderLock(out_dir, opts.shard)
+    try:
+        lock.acquire()
+    except LockError as exc:
+        raise PreprocessError(str(exc)) from None
+    try:
+        _remove_stale_temp_files(out_dir)
+        failures = _run_locked(raw_dir, out_dir, opts, log, found)
+    finally:
+        lock.release()
+    if opts.shard[1] > 1:
+        log(f"merged the shard manifests present into {merge_shard_manifests(out_dir, opts.shard[1])}")
+    return failures
+
+
+def _remove_stale_temp_files(out_dir: Path) -> None:
+    """Delete temporary classes.txt / manifest files at OUT_DIR's top left by runs that no longer live."""
+    for tmp in out_dir.glob(f"*{PARTIAL_SUFFIX}"):
+        pid = tmp.name.split(".")[-3] if tmp.name.count(".") >= 3 else ""
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _run_locked(raw_dir: Path, out_dir: Path, opts: Options, log, found: Discovery) -> int:
+    """The body of `run`, once OUT_DIR is locked for this shard."""
     manifest_path = out_dir / manifest_name(opts.shard)
     previous = read_manifest(manifest_path)
     conflict = None if opts.overwrite else recipe_conflict(previous, opts)
     if conflict:
         raise PreprocessError(f"{out_dir}: its arrays were made with {conflict}; mixing recipes in one dataset "
                               "would skip those items silently; use another OUT_DIR or --overwrite")
-    out_dir.mkdir(parents=True, exist_ok=True)
     classes_text = "".join(f"{c}\n" for c in found.classes)
     classes_path = out_dir / "classes.txt"
     if classes_path.exists() and classes_path.read_text() != classes_text and not opts.overwrite:
         raise PreprocessError(
             f"{classes_path} exists with different classes than {raw_dir} holds; use another OUT_DIR or --overwrite"
         )
-    _write_text_atomic(classes_path, classes_text)
+    try:
+        _write_text_atomic(classes_path, classes_text)
+    except OSError as exc:
+        raise PreprocessError(f"{classes_path}: cannot be written ({exc.strerror or exc}); choose an OUT_DIR you can write to") from None
 
     mine = shard_items(found.items, opts.shard)
     rows: dict[str, dict[str, str]] = {}
@@ -493,17 +643,27 @@ def run(raw_dir: Path, out_dir: Path, opts: Options, log=print) -> int:
     workers = min(opts.workers, max(1, len(jobs)))
     bar = tqdm(total=len(jobs), desc="items", unit="item", position=0)
 
+    def save_manifest() -> None:
+        try:
+            write_manifest(manifest_path, {**previous, **rows})
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise PreprocessError(disk_full_message(manifest_path, exc)) from None
+            raise
+
     def record(row: dict[str, str]) -> None:
         nonlocal failures, last_save
         rows[row["source"]] = row
         if row["status"] == "failed":
             failures += 1
             bar.write(f"FAILED {row['message']}")
+            if row["message"].startswith(DISK_FULL):  # every later item would fail the same way
+                raise PreprocessError(f"{row['message']}; free some space, then rerun the same command to resume")
         elif row.get("message"):
             bar.write(f"warning: {row['message']}")
         bar.update(1)
         if time.monotonic() - last_save > 10:
-            write_manifest(manifest_path, {**previous, **rows})
+            save_manifest()
             last_save = time.monotonic()
 
     try:
@@ -513,7 +673,7 @@ def run(raw_dir: Path, out_dir: Path, opts: Options, log=print) -> int:
                 record(process_item(*job, show_frames=True))
         else:
             threads = max(1, (os.cpu_count() or 1) // workers)
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads,)) as pool:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads, os.getpid())) as pool:
                 futures = [pool.submit(_run_one, job) for job in jobs]
                 try:
                     for future in as_completed(futures):
@@ -525,6 +685,6 @@ def run(raw_dir: Path, out_dir: Path, opts: Options, log=print) -> int:
     finally:
         bar.close()
         # Rows of items outside this run (other RAW_DIR content or removed sources) are kept as they were.
-        write_manifest(manifest_path, {**previous, **rows})
+        save_manifest()
     log(f"wrote {manifest_path}: {len(rows) - failures} items ok, {failures} failed")
     return failures

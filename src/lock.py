@@ -1,0 +1,124 @@
+"""Advisory locks on an output folder, so two pre-processing runs never write the same files.
+
+A run holds `OUT_DIR/.preprocess-shard<i>of<n>.lock` (1of1 for a whole run) for as long as it runs; the
+file holds its pid. Runs that would write the same items (same shard, a whole run beside anything, or
+shards of different splits) refuse to start; shards i/n and j/n (i != j) run side by side. The locks
+are kernel locks (flock), so a killed run's lock is released with it: a stale file of a dead pid is
+simply taken over. `OUT_DIR/.preprocess.lock` serialises the short checks and manifest merges.
+"""
+from __future__ import annotations
+
+import os
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Iterator
+
+try:
+    import fcntl
+except ImportError:  # Windows: byte-range locks of msvcrt, also released when the process dies
+    fcntl = None
+    import msvcrt
+
+MUTEX_NAME = ".preprocess.lock"
+_SHARD_LOCK = re.compile(r"\.preprocess-shard(\d+)of(\d+)\.lock")
+
+
+class LockError(RuntimeError):
+    """Another run holds the lock; the message names its pid."""
+
+
+def _try_lock(f: IO, blocking: bool = False) -> bool:
+    """Take an exclusive lock on an open file; False if another process holds it (non-blocking)."""
+    try:
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        else:
+            f.seek(0)
+            msvcrt.locking(f.fileno(), msvcrt.LK_LOCK if blocking else msvcrt.LK_NBLCK, 1)
+        return True
+    except OSError:
+        return False
+
+
+def _unlock(f: IO) -> None:
+    if fcntl is not None:
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    else:
+        f.seek(0)
+        msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+
+
+@contextmanager
+def folder_mutex(folder: Path) -> Iterator[None]:
+    """A short critical section over `folder` (blocking), e.g. to merge manifests."""
+    with open(Path(folder) / MUTEX_NAME, "a+") as f:
+        _try_lock(f, blocking=True)
+        try:
+            yield
+        finally:
+            _unlock(f)
+
+
+def overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Whether shards a = (i, n) and b = (j, m) can hold the same item (only i != j of the same n cannot)."""
+    return not (a[1] == b[1] and a[0] != b[0])
+
+
+def _holder_pid(path: Path) -> str:
+    try:
+        return path.read_text().strip().split("\n")[0] or "unknown"
+    except OSError:
+        return "unknown"
+
+
+class FolderLock:
+    """The lock of one run (shard i of n) on an output folder; use as a context manager."""
+
+    def __init__(self, folder: Path, shard: tuple[int, int] = (1, 1)):
+        self.folder, self.shard = Path(folder), shard
+        self.path = self.folder / f".preprocess-shard{shard[0]}of{shard[1]}.lock"
+        self._file: IO | None = None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise LockError naming the pid of a run writing the same items."""
+        with folder_mutex(self.folder):
+            for other in sorted(self.folder.glob(".preprocess-shard*of*.lock")):
+                m = _SHARD_LOCK.fullmatch(other.name)
+                if not m or not overlaps(self.shard, (int(m[1]), int(m[2]))):
+                    continue
+                with open(other, "a+") as f:
+                    if _try_lock(f):  # nobody holds it: a finished or killed run's file
+                        _unlock(f)
+                        continue
+                what = "a whole run" if m[2] == "1" else f"shard {m[1]}/{m[2]}"
+                raise LockError(
+                    f"{self.folder} is being written by another pre-process.py ({what}, pid {_holder_pid(other)}); "
+                    "wait for it to finish, or use another OUT_DIR (different --shard i/n of the same n may run together)"
+                )
+            f = open(self.path, "a+")
+            if not _try_lock(f):
+                f.close()
+                raise LockError(f"{self.folder} is being written by another pre-process.py (pid {_holder_pid(self.path)})")
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+            self._file = f
+
+    def release(self) -> None:
+        """Give the lock back and remove its file."""
+        if self._file is None:
+            return
+        with folder_mutex(self.folder):
+            self.path.unlink(missing_ok=True)
+            _unlock(self._file)
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> "FolderLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
