@@ -311,3 +311,175 @@ def test_rerun_with_another_recipe_is_refused_not_skipped(shared, tmp_path):
     assert run(raw, out, Options(val_ratio=0, modalities=("rgb",), **FAST), log=lambda m: None) == 0
     assert run(raw, out, Options(val_ratio=0, overwrite=True, **{**FAST, "flow": "farneback"}), log=lambda m: None) == 0
     assert {r["flow_algorithm"] for r in _manifest(out / "manifest.csv").values()} == {"farneback"}
+
+
+# --- issue 12: one-line errors, locks, concurrent shards, killed runs, full disks, the seed layout ---
+
+SCRIPT = str(REPO / "pre-process.py")
+
+
+def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, capture_output=True, text=True, timeout=300, **kw)
+
+
+def _one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_unwritable_out_dir_is_one_line(shared, tmp_path):
+    raw = _raw(tmp_path, shared, {"a": ["video_0.mov"]})
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    result = _cli(str(raw), str(blocker / "out"), "--modalities", "rgb", "--size", "32")
+    _one_line_error(result, str(blocker / "out"), "cannot be written")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_out_dir_is_one_line(shared, tmp_path):
+    raw = _raw(tmp_path, shared, {"a": ["video_0.mov"]})
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    result = _cli(str(raw), str(locked / "out"), "--modalities", "rgb", "--size", "32")
+    _one_line_error(result, "Permission denied")
+
+
+def test_empty_class_folder_is_noted(shared, tmp_path):
+    raw = _raw(tmp_path, shared, {"a": ["video_0.mov"], "b": ["video_90.mov"]})
+    (raw / "nothing_here").mkdir()
+    (raw / "only_junk").mkdir()
+    (raw / "only_junk" / "readme.txt").write_text("no media")
+    messages: list[str] = []
+    assert run(raw, tmp_path / "out", Options(val_ratio=0, **{**FAST, "modalities": ("rgb",)}), log=messages.append) == 0
+    notes = [m for m in messages if "empty class folder" in m]
+    assert len(notes) == 2 and any("nothing_here" in m for m in notes) and any("only_junk" in m for m in notes)
+    assert (tmp_path / "out" / "classes.txt").read_text() == "a\nb\n"
+
+
+def test_second_run_into_a_locked_out_dir_is_refused(shared, tmp_path):
+    from src.lock import FolderLock
+
+    raw = _raw(tmp_path, shared, {"a": ["video_0.mov"], "b": ["video_90.mov"]})
+    out = tmp_path / "out"
+    out.mkdir()
+    with FolderLock(out):  # stands for a run in progress, held by this process
+        result = _cli(str(raw), str(out), "--modalities", "rgb", "--size", "32")
+        _one_line_error(result, f"pid {os.getpid()}", "another pre-process.py")
+        shard = _cli(str(raw), str(out), "--modalities", "rgb", "--size", "32", "--shard", "1/2")
+        _one_line_error(shard, f"pid {os.getpid()}")
+        assert not list(out.rglob("*.npy"))
+    with FolderLock(out, (2, 2)):  # a shard of 2 leaves shard 1/2 free, but not another split or a whole run
+        with pytest.raises(PreprocessError, match=rf"shard 2/2, pid {os.getpid()}"):
+            run(raw, out, Options(shard=(1, 3), **{**FAST, "modalities": ("rgb",)}), log=lambda m: None)
+        assert run(raw, out, Options(shard=(1, 2), val_ratio=0, **{**FAST, "modalities": ("rgb",)}), log=lambda m: None) == 0
+    # A killed run leaves its lock file and temporary files behind: they are taken over / removed.
+    (out / ".preprocess-shard1of1.lock").write_text("999999999\n")
+    (out / "classes.txt.part").write_text("old-style leftover")
+    (out / "manifest.csv.999999999.0a1b2c3d.part").write_text("a dead run's")
+    mine = out / f"manifest.csv.{os.getpid()}.0a1b2c3d.part"
+    mine.write_text("a live run's")
+    assert run(raw, out, Options(val_ratio=0, **{**FAST, "modalities": ("rgb",)}), log=lambda m: None) == 0
+    assert sorted(p.name for p in out.glob("*.part")) == [mine.name]
+    assert not (out / ".preprocess-shard1of1.lock").exists()
+    assert (out / "classes.txt").stat().st_mode & 0o044 == 0o044  # readable by others, unlike a mkstemp file
+
+
+def test_concurrent_shards_merge_into_one_manifest(shared, tmp_path):
+    clips = ["video_0.mov:c1.mov", "video_90.mov:c2.mov", "unordered.mov:c3.mov"]
+    raw = _raw(tmp_path, shared, {"a": clips, "b": clips})
+    out = tmp_path / "out"
+    cmd = [sys.executable, SCRIPT, str(raw), str(out), "--size", "32", "--flow", "farneback", "--workers", "1"]
+    procs = [subprocess.Popen([*cmd, "--shard", f"{i}/2"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in (1, 2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    for proc, (_, err) in zip(procs, results):
+        assert proc.returncode == 0, err
+    rows = _manifest(out / "manifest.csv")
+    with open(out / "manifest.csv", newline="") as f:
+        keys = {(r["class"], r["name"]) for r in csv.DictReader(f) if r["status"] == "done"}
+    assert keys == {(c, n) for c in "ab" for n in ("c1", "c2", "c3")}
+    assert len(list(out.rglob("rgb-SampleRate_1.npy"))) == len(list(out.rglob("flow-SampleRate_1.npy"))) == 6
+    assert not list(out.rglob("*.part")) and not list(out.glob(".preprocess-shard*.lock"))
+    assert {r["flow_algorithm"] for r in rows.values()} == {"farneback"}
+    from src.dataset import read_classes, scan_split
+    found = [it for s in ("train", "val") if (out / s).is_dir() for it in scan_split(out, s, read_classes(out), "joint")]
+    assert len(found) == 6
+
+
+def _children(pid: int) -> list[int]:
+    """Live processes whose parent is `pid` (from /proc)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_end_when_the_parent_is_killed(shared, tmp_path):
+    raw = _raw(tmp_path, shared, {"a": ["arm_wrestling.mp4"], "b": ["cleaning_pool.mp4"]})
+    out = tmp_path / "out"
+    cmd = [sys.executable, SCRIPT, str(raw), str(out), "--size", "64", "--workers", "2", "--val-ratio", "0"]  # TV-L1
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            workers = [k for k in _children(proc.pid) if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]
+            if len(workers) == 2:
+                break
+            time.sleep(0.2)
+        assert len(workers) == 2, "the two workers never started"
+        time.sleep(2)  # let them get into decoding / TV-L1
+        assert all(_alive(w) for w in workers)
+        proc.kill()  # SIGKILL to the parent only, as `kill -9 PID`
+        proc.wait()
+        deadline = time.time() + 5
+        while time.time() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.1)
+        assert not any(_alive(w) for w in workers), "workers outlived their killed parent"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    # The killed run's lock went with it: a rerun is not refused and finishes the job.
+    assert run(raw, out, Options(size=64, val_ratio=0, flow="farneback", workers=1, overwrite=True), log=lambda m: None) == 0
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("writer", ["tofile", "save"])
+def test_full_disk_is_reported_as_such(shared, tmp_path, monkeypatch, writer):
+    import src.preprocess as pre
+
+    def write_to_full_disk(path, arr):  # the kernel's own ENOSPC; numpy's tofile reports it without errno
+        with open("/dev/full", "wb", buffering=0 if writer == "save" else -1) as f:
+            arr.tofile(f) if writer == "tofile" else np.save(f, arr)
+
+    monkeypatch.setattr(pre, "save_array_atomic", write_to_full_disk)
+    raw = _raw(tmp_path, shared, {"a": ["video_0.mov", "unordered.mov"]})
+    out = tmp_path / "out"
+    with pytest.raises(PreprocessError) as caught:
+        run(raw, out, Options(val_ratio=0, **{**FAST, "modalities": ("rgb",), "disk_check": False}), log=lambda m: None)
+    message = str(caught.value)
+    assert message.startswith("disk full while writing ") and "rgb-SampleRate_1.npy" in message
+    assert "\n" not in message and "unexpected" not in message and "rerun" in message
+    rows = _manifest(out / "manifest.csv")
+    assert len(rows) == 1 and next(iter(rows.values()))["message"].startswith("disk full while writing")
