@@ -59,9 +59,8 @@ def check_writable(path: str | Path, option: str) -> None:
             pass
     except OSError as exc:
         raise InputError(f"{option} {path}: cannot be written ({exc.strerror or exc})") from None
-    finally:
-        if not existed:
-            path.unlink(missing_ok=True)
+    if not existed:
+        path.unlink()
 
 
 def check_positive(value: int | None, option: str) -> None:

@@ -165,3 +165,59 @@ def test_predict_and_evaluate_a_finetuned_run(finetuned_run, shared, tmp_path):
     assert report["top5"] == 1.0  # two classes: both are in the top 5
     assert 0 <= report["top1"] <= 1 and report["classes"] == ["pool", "wrestling"]
     assert (tmp_path / "eval.png").exists()
+
+
+def _one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "Warning" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert result.stdout == ""  # refused before any work: nothing predicted
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_predict_bad_numbers_are_one_line(shared, monkeypatch, capsys):
+    import predict
+
+    cases = [(["--frames", "0"], "--frames must be 1 or more, got 0"),
+             (["--frames", "-5"], "--frames must be 1 or more, got -5"),
+             (["--top-k", "0"], "--top-k must be 1 or more, got 0"),
+             (["--top-k", "-3"], "--top-k must be 1 or more, got -3"),
+             (["--timeline", "--stride", "-1"], "--stride must be 1 or more, got -1")]
+    for args, named in cases:  # in this process (each run of the script costs seconds of imports)
+        monkeypatch.setattr(sys, "argv", ["predict.py", str(shared / "videos" / "video_0.mov"), *args])
+        assert predict.main() == 1
+        out, err = capsys.readouterr()
+        assert out == "" and err == f"error: {named}\n"
+    # and once as a user runs it: the case that raised `range() arg 3 must not be zero`
+    result = run("predict.py", str(shared / "videos" / "video_0.mov"), "--timeline", "--window", "0", "--stride", "0")
+    _one_line_error(result, "--window must be 1 or more, got 0")
+
+
+def test_predict_unwritable_outputs_fail_before_the_work(shared, tmp_path, monkeypatch, capsys):
+    import predict
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    clip = str(shared / "videos" / "arm_wrestling.mp4")
+    _one_line_error(run("predict.py", clip, "--logits-out", str(blocker / "logits.npy")), "--logits-out", "cannot be written")
+    for args, named in [(["--logits-out", str(tmp_path / "missing" / "l")], "l.npy: cannot be written (No such file"),
+                        (["--timeline", "--timeline-out", str(tmp_path)], f"--timeline-out {tmp_path}: is a folder")]:
+        monkeypatch.setattr(sys, "argv", ["predict.py", clip, *args])
+        assert predict.main() == 1
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith("error: ") and err.count("\n") == 1 and named in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # the checks leave nothing behind
+    kept = tmp_path / "kept.npy"
+    kept.write_bytes(b"the user's file")
+    from src.predict import check_writable
+    check_writable(kept, "--logits-out")
+    assert kept.read_bytes() == b"the user's file"  # probing an existing file leaves it as it was
+
+
+def test_predict_complex_npy_is_refused(tmp_path):
+    clip = tmp_path / "complex.npy"
+    np.save(clip, np.zeros((8, 32, 32, 3), np.complex64))
+    result = run("predict.py", str(clip))
+    _one_line_error(result, str(clip), "dtype complex64")
