@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from src.arrays import save_array_atomic
-from src.dataset import ClipDataset, DatasetError, View, read_classes, scan_split, window
+from src.dataset import ClipDataset, DatasetError, Item, View, read_classes, scan_split, window
 from src.synthetic import make_arrays
 
 
@@ -94,3 +94,82 @@ def test_balanced_sampling_evens_out_unbalanced_classes():
     drawn = list(WeightedRandomSampler(weights, 6000, generator=torch.Generator().manual_seed(0)))
     share = np.bincount([items[i].label for i in drawn], minlength=3) / len(drawn)
     np.testing.assert_allclose(share, [1 / 3] * 3, atol=0.03)  # 9:1:1 in the folder, even when drawn
+
+
+def _frames_by_opencv(video, count: int, size: int) -> np.ndarray:
+    """The first `count` frames, centre `size` crop of a bilinear short-side resize, as x / 255 * 2 - 1."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(video))
+    out = []
+    for _ in range(count):
+        bgr = cv2.cvtColor(cap.read()[1], cv2.COLOR_BGR2RGB)
+        h, w = bgr.shape[:2]
+        small = cv2.resize(bgr, (round(w * size / min(h, w)), round(h * size / min(h, w))), interpolation=cv2.INTER_LINEAR)
+        top, left = (small.shape[0] - size) // 2, (small.shape[1] - size) // 2
+        out.append(small[top:top + size, left:left + size])
+    return (np.stack(out).astype(np.float32) / 255 * 2 - 1).astype(np.float32)
+
+
+def test_seed_layout_converts_in_one_command(shared, tmp_path):
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    seed = tmp_path / "seed"
+    clips = {("a", "s1"): "arm_wrestling.mp4", ("a", "s2"): "cleaning_pool.mp4", ("a", "s3"): "video_0.mov",
+             ("b", "t1"): "video_90.mov", ("b", "t2"): "unordered.mov"}
+    sources = {}
+    for (cls, series), clip in clips.items():
+        (seed / cls / series).mkdir(parents=True)
+        rgb = _frames_by_opencv(shared / "videos" / clip, 3, 32)
+        sources[series] = rgb
+        # the original toolkit saved the model's (1, T, H, W, C) input; bare (T, H, W, C) is accepted too
+        np.save(seed / cls / series / "test_rgb.npy", rgb[None] if series == "s1" else rgb)
+    flow = np.clip(np.diff(sources["s1"][..., :2], axis=0), -1, 1)  # any values in range will do: they are moved
+    np.save(seed / "a" / "s1" / "test_flow.npy", flow[None])
+    (seed / "a" / "broken").mkdir()
+    np.save(seed / "a" / "broken" / "test_rgb.npy", np.zeros((3, 32, 32, 3), np.complex64))
+    (seed / "c_empty").mkdir()
+    with pytest.raises(DatasetError, match="pre-process.py --from-seed"):
+        read_classes(seed)  # pointing train.py at the seed folder says how to convert it
+
+    out = tmp_path / "data"
+    cmd = [sys.executable, "pre-process.py", "--from-seed", str(seed), str(out), "--val-ratio", "0.5"]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr  # the broken series failed, the rest went on
+    assert "FAILED" in result.stdout and "broken/test_rgb.npy: dtype complex64" in result.stdout
+    assert "c_empty" in result.stdout  # the empty class folder is noted
+    assert read_classes(out) == ["a", "b"]
+    items = {it.folder.name: it for split in ("train", "val") for it in scan_split(out, split, ["a", "b"], "rgb")}
+    assert sorted(items) == ["s1", "s2", "s3", "t1", "t2"]
+    for name, item in items.items():
+        assert item.label == (0 if name.startswith("s") else 1)
+        assert np.array_equal(np.load(item.files["rgb"]), sources[name])
+        if name != "s1":  # bare arrays are hard-linked, not copied
+            assert os.stat(item.files["rgb"]).st_ino == os.stat(seed / item.folder.parent.name / name / "test_rgb.npy").st_ino
+    s1 = items["s1"].folder
+    assert np.array_equal(np.load(s1 / "flow-SampleRate_1.npy"), flow)
+    assert [p.name for p in (out / "train").rglob("flow-SampleRate_1.npy")] + \
+        [p.name for p in (out / "val").rglob("flow-SampleRate_1.npy")] == ["flow-SampleRate_1.npy"]
+    flow_item = Item(s1, 0, {"flow": s1 / "flow-SampleRate_1.npy"})
+    clip = ClipDataset([flow_item], "flow", clip_len=2, crop=32, train=False).load(flow_item, "flow", View.centre())
+    np.testing.assert_array_equal(clip.permute(1, 2, 3, 0).numpy(), flow)
+    with open(out / "manifest.csv", newline="") as f:
+        rows = {r["name"]: r for r in csv.DictReader(f)}
+    assert rows["s1"]["status"] == "done" and rows["broken"]["status"] == "failed"
+    assert (rows["s1"]["fps"], rows["s1"]["size"], rows["s1"]["crop"], rows["s1"]["flow_algorithm"]) == ("25", "256", "32", "tvl1")
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1 and again.stderr.count("\n") == 1 and "--overwrite" in again.stderr
+
+
+def test_unusable_dtype_names_the_file(tmp_path):
+    folder = tmp_path / "d" / "train" / "a" / "item"
+    folder.mkdir(parents=True)
+    np.save(folder / "rgb-SampleRate_1.npy", np.zeros((4, 8, 8, 3), np.complex64))
+    items = scan_split(tmp_path / "d", "train", ["a"], "rgb")
+    with pytest.raises(DatasetError, match=r"rgb-SampleRate_1.npy: dtype complex64, expected float32"):
+        ClipDataset(items, "rgb", clip_len=4, crop=8).load(items[0], "rgb", View.centre())
