@@ -47,7 +47,8 @@ layout:
   RAW_DIR/<class>/<video file or frame folder>; if RAW_DIR holds train/ and val/ (and optionally
   test/) folders of that shape, the split is kept, otherwise each class is split by --val-ratio
   from --seed (stratified, at least one training item per class). Hidden and non-media entries are
-  skipped with a note. OUT_DIR/<split>/<class>/<item>/... ; item = file name without extension.
+  skipped with a note, and so are empty class folders. OUT_DIR/<split>/<class>/<item>/... ;
+  item = file name without extension.
 
 resuming and clusters:
   every array is written under a temporary name and renamed, so rerunning the same command skips

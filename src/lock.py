@@ -12,7 +12,7 @@ import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 try:
     import fcntl
@@ -80,17 +80,25 @@ class FolderLock:
         self.path = self.folder / f".preprocess-shard{shard[0]}of{shard[1]}.lock"
         self._file: IO | None = None
 
-    def acquire(self) -> None:
-        """Take the lock, or raise LockError naming the pid of a run writing the same items."""
+    def acquire(self, when_alone: Callable[[], None] | None = None) -> None:
+        """Take the lock, or raise LockError naming the pid of a run writing the same items.
+
+        `when_alone` runs (under the folder's mutex) when no other run holds any lock on the folder,
+        i.e. when whatever temporary files lie there were left by runs that are gone.
+        """
         with folder_mutex(self.folder):
+            alone = True
             for other in sorted(self.folder.glob(".preprocess-shard*of*.lock")):
                 m = _SHARD_LOCK.fullmatch(other.name)
-                if not m or not overlaps(self.shard, (int(m[1]), int(m[2]))):
+                if not m:
                     continue
                 with open(other, "a+") as f:
                     if _try_lock(f):  # nobody holds it: a finished or killed run's file
                         _unlock(f)
                         continue
+                alone = False
+                if not overlaps(self.shard, (int(m[1]), int(m[2]))):
+                    continue
                 what = "a whole run" if m[2] == "1" else f"shard {m[1]}/{m[2]}"
                 raise LockError(
                     f"{self.folder} is being written by another pre-process.py ({what}, pid {_holder_pid(other)}); "
@@ -105,6 +113,8 @@ class FolderLock:
             f.write(f"{os.getpid()}\n")
             f.flush()
             self._file = f
+            if alone and when_alone is not None:
+                when_alone()
 
     def release(self) -> None:
         """Give the lock back and remove its file."""

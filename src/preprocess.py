@@ -548,11 +548,10 @@ def run(raw_dir: Path, out_dir: Path, opts: Options, log=print) -> int:
     _prepare_out_dir(out_dir)
     lock = FolderLock(out_dir, opts.shard)
     try:
-        lock.acquire()
+        lock.acquire(when_alone=lambda: _remove_stale_temp_files(out_dir))
     except LockError as exc:
         raise PreprocessError(str(exc)) from None
     try:
-        _remove_stale_temp_files(out_dir)
         failures = _run_locked(raw_dir, out_dir, opts, log, found)
     finally:
         lock.release()
@@ -562,22 +561,9 @@ def run(raw_dir: Path, out_dir: Path, opts: Options, log=print) -> int:
 
 
 def _remove_stale_temp_files(out_dir: Path) -> None:
-    """Delete temporary classes.txt / manifest files at OUT_DIR's top left by runs that no longer live."""
+    """Delete temporary classes.txt / manifest files at OUT_DIR's top: called only when no other run is on it."""
     for tmp in out_dir.glob(f"*{PARTIAL_SUFFIX}"):
-        pid = tmp.name.split(".")[-3] if tmp.name.count(".") >= 3 else ""
-        if pid.isdigit() and _alive(int(pid)):
-            continue
         tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists, owned by someone else
-    return True
 
 
 def _run_locked(raw_dir: Path, out_dir: Path, opts: Options, log, found: Discovery) -> int:
