@@ -8,6 +8,7 @@ simply taken over. `OUT_DIR/.preprocess.lock` serialises the short checks and ma
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 from contextlib import contextmanager
@@ -29,7 +30,10 @@ class LockError(RuntimeError):
 
 
 def _try_lock(f: IO, blocking: bool = False) -> bool:
-    """Take an exclusive lock on an open file; False if another process holds it (non-blocking)."""
+    """Take an exclusive lock on an open file; False if another process holds it (non-blocking).
+
+    Other failures (a file system without locks: ENOLCK) raise OSError.
+    """
     try:
         if fcntl is not None:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
@@ -37,8 +41,10 @@ def _try_lock(f: IO, blocking: bool = False) -> bool:
             f.seek(0)
             msvcrt.locking(f.fileno(), msvcrt.LK_LOCK if blocking else msvcrt.LK_NBLCK, 1)
         return True
-    except OSError:
-        return False
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK, errno.EDEADLK):
+            return False
+        raise
 
 
 def _unlock(f: IO) -> None:
@@ -53,11 +59,15 @@ def _unlock(f: IO) -> None:
 def folder_mutex(folder: Path) -> Iterator[None]:
     """A short critical section over `folder` (blocking), e.g. to merge manifests."""
     with open(Path(folder) / MUTEX_NAME, "a+") as f:
-        _try_lock(f, blocking=True)
+        try:
+            locked = _try_lock(f, blocking=True)
+        except OSError:  # no locks on this file system: the caller goes on unprotected, as before locks
+            locked = False
         try:
             yield
         finally:
-            _unlock(f)
+            if locked:
+                _unlock(f)
 
 
 def overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:

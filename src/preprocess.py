@@ -431,8 +431,10 @@ def _write_atomic(path: Path, write, newline: str | None = None) -> None:
         with os.fdopen(fd, "w", newline=newline) as f:
             write(f)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and is_disk_full(exc):
+            raise PreprocessError(disk_full_message(path, exc)) from None
         raise
 
 
@@ -551,6 +553,8 @@ def run(raw_dir: Path, out_dir: Path, opts: Options, log=print) -> int:
         lock.acquire(when_alone=lambda: _remove_stale_temp_files(out_dir))
     except LockError as exc:
         raise PreprocessError(str(exc)) from None
+    except OSError as exc:  # e.g. ENOLCK: a file system without locks; go on as before locks existed
+        log(f"warning: {out_dir}: cannot be locked ({exc.strerror or exc}); do not run two pre-process.py into it at once")
     try:
         failures = _run_locked(raw_dir, out_dir, opts, log, found)
     finally:
@@ -630,12 +634,7 @@ def _run_locked(raw_dir: Path, out_dir: Path, opts: Options, log, found: Discove
     bar = tqdm(total=len(jobs), desc="items", unit="item", position=0)
 
     def save_manifest() -> None:
-        try:
-            write_manifest(manifest_path, {**previous, **rows})
-        except OSError as exc:
-            if is_disk_full(exc):
-                raise PreprocessError(disk_full_message(manifest_path, exc)) from None
-            raise
+        write_manifest(manifest_path, {**previous, **rows})  # a full disk raises PreprocessError
 
     def record(row: dict[str, str]) -> None:
         nonlocal failures, last_save
