@@ -16,8 +16,9 @@ from typing import Callable
 import numpy as np
 
 from src.arrays import PARTIAL_SUFFIX, save_array_atomic
-from src.preprocess import (Item, Options, PreprocessError, _base_row, _shape_text, assign_splits, manifest_name,
-                            output_paths, write_manifest)
+from src.lock import FolderLock, LockError
+from src.preprocess import (Item, Options, PreprocessError, _base_row, _prepare_out_dir, _shape_text, _write_text_atomic,
+                            assign_splits, manifest_name, output_paths, write_manifest)
 from src.video import is_hidden, natural_key
 
 SEED_NAMES = {"rgb": "test_rgb.npy", "flow": "test_flow.npy"}
@@ -83,11 +84,18 @@ def import_seed(seed_dir: Path, out_dir: Path, opts: Options, log: Callable[[str
         items += [Item(p, class_dir.name, p.name) for p in series]
     assign_splits(items, opts.val_ratio, opts.seed)
     classes = sorted({it.cls for it in items})
+    _prepare_out_dir(out_dir)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
-    except OSError as exc:
-        raise PreprocessError(f"{out_dir}: OUT_DIR cannot be written ({exc.strerror or exc})") from None
+        with FolderLock(out_dir):
+            return _import_items(seed_dir, out_dir, items, classes, opts, log)
+    except LockError as exc:
+        raise PreprocessError(str(exc)) from None
+
+
+def _import_items(seed_dir: Path, out_dir: Path, items: list[Item], classes: list[str], opts: Options,
+                  log: Callable[[str], None]) -> int:
+    """Place every series' arrays and write classes.txt and manifest.csv (OUT_DIR locked)."""
+    _write_text_atomic(out_dir / "classes.txt", "".join(f"{c}\n" for c in classes))
     rows: dict[str, dict[str, str]] = {}
     failed = 0
     for item in items:
