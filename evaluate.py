@@ -15,8 +15,9 @@ from pathlib import Path
 
 from src.dataset import DatasetError
 from src.device import pick_device
+from src.evaluation import evaluate_run
 from src.inference import add_inference_arguments, chosen_precision
-from src.training import TrainingError, evaluate_run, plot_confusion
+from src.runs import TrainingError, plot_confusion
 
 
 def main() -> int:

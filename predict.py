@@ -24,7 +24,7 @@ from src.device import pick_device
 from src.inference import add_inference_arguments, chosen_precision
 from src.predict import (InputError, check_positive, check_writable, exported_predictor, format_json, format_table,
                          predictor_from_run, predictor_from_weights, timeline, top_k)
-from src.training import TrainingError
+from src.runs import TrainingError
 from src.weights import WeightsUnavailable
 
 

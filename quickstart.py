@@ -33,9 +33,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data/quickstart", help="where the dataset goes (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=20, help="training epochs (default: %(default)s)")
+    parser.add_argument("--runs", default="runs", help="where the run folder goes (default: %(default)s)")
     args = parser.parse_args()
     data = Path(args.data)
-    run = Path("runs") / f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = Path(args.runs) / f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}"
     started = time.time()
     step("1/6 fetch and convert the Kinetics-400 RGB weights", "i3d_tf_to_pt.py", "--rgb", "--checkpoint", "scratch")
     step("2/6 generate a small dataset that only motion can tell apart", "make_synthetic_dataset.py",

@@ -18,7 +18,8 @@ import sys
 from dataclasses import fields
 
 from src.dataset import DatasetError
-from src.training import Config, TrainingError, train
+from src.runs import Config, TrainingError
+from src.training import train
 from src.weights import WeightsUnavailable
 
 HELP = {

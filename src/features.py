@@ -37,6 +37,10 @@ class FeatureCache:
         """Where one entry lives."""
         return self.folder / split / stream / f"{index:06d}-view{view}.npy"
 
+    def stored(self, features: torch.Tensor) -> torch.Tensor:
+        """`features` as `get` will return them once stored (rounded to the storage dtype), on their device."""
+        return features.detach().to(getattr(torch, self.dtype.name)).float()
+
     def get(self, split: str, stream: str, index: int, view: int) -> torch.Tensor | None:
         """The cached features as float32, or None."""
         path = self.path(split, stream, index, view)

@@ -90,7 +90,16 @@ class BatchNormNoScale(nn.BatchNorm3d):
 
     def __init__(self, channels: int, eps: float = 1e-3, momentum: float = 0.1):
         super().__init__(channels, eps=eps, momentum=momentum, affine=False)
-        self.bias = nn.Parameter(torch.zeros(channels))  # F.batch_norm accepts weight=None
+        self.bias = nn.Parameter(torch.zeros(channels))
+        # CUDA's batch-norm backward fails with weight=None ("tensor does not have a device", torch 2.11):
+        # pass a constant scale of 1 instead, neither a parameter nor in the state dict.
+        self.register_buffer("unit_scale", torch.ones(channels), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.unit_scale, self.bias, self.training,
+                            self.momentum, self.eps)
 
 
 class Unit3D(nn.Module):

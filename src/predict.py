@@ -242,7 +242,7 @@ def predictor_from_run(run_dir: str | Path, device: torch.device, precision: str
     """A Predictor of a fine-tuned train.py run: its streams, classes and training recipe."""
     from dataclasses import replace
 
-    from src.training import load_run
+    from src.runs import load_run
     from src.weights import flow_recipe
 
     cfg, models = load_run(run_dir)

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import src.training as training
+from src.runs import Config, TrainingError
 from src.synthetic import make_arrays
-from src.training import Config, TrainingError, build_streams, train, train_mode
+from src.training import build_streams, lr_factor, train, train_mode
 from tests.conftest import REPO
 
 SMALL = dict(clip_len=16, crop=112, batch_size=4, optimizer="adamw", lr=1e-3, no_flip=True, cache_views=1)
@@ -168,3 +169,202 @@ def test_frozen_part_on_the_fast_path_matches_the_plain_model(motion_data):
     torch.testing.assert_close(fast(x), want, rtol=1e-4, atol=1e-4)
     beyond = FrozenPart(model, 17, cpu, "fp32")  # past Mixed_5c the frozen part is the model's own head
     assert beyond.precision == "plain" and beyond(x).shape == (2, 1024, 1, 1, 1)
+
+
+def metrics_rows(run) -> list[dict[str, str]]:
+    """metrics.csv as text, without the wall-clock column: what must repeat bit for bit."""
+    import csv
+    with open(run / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_mid_epoch_is_bit_exact(motion_data, tmp_path, monkeypatch):
+    # The default float16 cache: the killed epoch leaves cache entries that the resumed run reads back.
+    cfg = dict(data=str(motion_data), epochs=4, patience=3, **{**SMALL, "cache_views": 4})
+    full = train(Config(out=str(tmp_path / "full"), **cfg))
+    calls = {"n": 0}
+    real = training.frozen_features
+
+    def killed_in_third_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2 * 9 + 4:  # 6 train + 3 val batches an epoch: the 4th training batch of epoch 3
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "frozen_features", killed_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(Config(out=str(tmp_path / "cut"), **cfg))
+    monkeypatch.setattr(training, "frozen_features", real)
+    assert any((tmp_path / "cut" / "cache" / "train" / "rgb").glob("*-view2.npy"))  # written during the kill
+    resumed = train(Config(), resume=str(tmp_path / "cut"))
+    assert metrics_rows(resumed) == metrics_rows(full)
+    a = torch.load(full / "last.pt", weights_only=True)
+    b = torch.load(resumed / "last.pt", weights_only=True)
+    assert a["bad_epochs"] == b["bad_epochs"] and a["best"] == b["best"]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_a_folder_without_last_pt_is_not_a_run(motion_data, tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "frozen_features", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(Config(data=str(motion_data), out=str(tmp_path / "run"), epochs=1, **SMALL))
+    assert (tmp_path / "run" / "config.json").exists() and not (tmp_path / "run" / "last.pt").exists()
+    with pytest.raises(TrainingError, match="no last.pt.*--out"):
+        train(Config(), resume=str(tmp_path / "run"))
+    monkeypatch.undo()
+    run = train(Config(data=str(motion_data), out=str(tmp_path / "run"), epochs=1, **SMALL))  # no --overwrite
+    assert (run / "last.pt").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "0"], "--batch-size 0: must be positive"),
+    (["--epochs", "0"], "--epochs 0: must be positive"),
+    (["--lr", "-1"], "--lr -1.0: must be positive"),
+    (["--dropout", "1"], "--dropout 1.0"),
+])
+def test_cli_refuses_meaningless_options_before_making_a_run_folder(motion_data, tmp_path, args, message):
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "train.py", "--data", str(motion_data), "--out", str(out), *args],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and message in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_one_class_is_refused(tmp_path):
+    data = make_arrays(tmp_path / "one", per_class=(2, 1), frames=8, size=32, classes=("pan_left",))
+    with pytest.raises(training.DatasetError, match="only one class"):
+        train(Config(data=str(data), out=str(tmp_path / "run"), epochs=1, **SMALL))
+    assert not (tmp_path / "run").exists()
+
+
+def test_lr_schedule_by_hand():
+    cfg = Config(epochs=10, warmup_epochs=1.0, schedule="cosine")
+    assert lr_factor(cfg, 0, 4) == pytest.approx(0.25) and lr_factor(cfg, 3, 4) == pytest.approx(1.0)
+    assert lr_factor(cfg, 4, 4) == pytest.approx(1.0)                      # warm-up over: cosine starts at 1
+    assert lr_factor(cfg, 4 * 5.5, 4) == pytest.approx(0.5)                # half-way through the cosine
+    assert lr_factor(cfg, 4 * 10, 4) == pytest.approx(0.0, abs=1e-12)
+    step = Config(epochs=10, warmup_epochs=0.0, schedule="step", step_epochs=2, step_gamma=0.1)
+    assert [lr_factor(step, 4 * e, 4) for e in (0, 1, 2, 3, 4)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+
+
+@pytest.mark.slow
+def test_sgd_step_schedule_accumulation_and_clipping_through_train(motion_data, tmp_path, monkeypatch):
+    clipped = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def clip_and_check(params, max_norm, *args, **kwargs):
+        params = list(params)
+        before = real_clip(params, max_norm, *args, **kwargs)
+        after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        clipped.append((float(before), float(after)))
+        return before
+
+    monkeypatch.setattr(training.nn.utils, "clip_grad_norm_", clip_and_check)
+    cfg = Config(data=str(motion_data), out=str(tmp_path / "run"), epochs=3, lr=0.05, clip_len=16, crop=112,
+                 batch_size=4, no_flip=True, cache_views=1, accum_steps=2, clip_grad=0.5, schedule="step",
+                 step_epochs=1, step_gamma=0.5, warmup_epochs=0.0)  # the default optimizer: SGD, momentum 0.9
+    run = train(cfg)
+    state = torch.load(run / "last.pt", weights_only=True)
+    group = state["optimizer"]["param_groups"][0]
+    assert group["momentum"] == 0.9 and "nesterov" in group                    # it is SGD
+    assert all("momentum_buffer" in s for s in state["optimizer"]["state"].values())
+    assert state["scheduler"]["last_epoch"] == 3 * 3                           # 6 batches / 2 accumulated, 3 epochs
+    assert len(clipped) == 9 and all(after <= 0.5 + 1e-4 for _, after in clipped)
+    assert any(before > 0.5 for before, _ in clipped)                          # the clip did something
+    lrs = [float(r["lr"]) for r in metrics_rows(run)]
+    assert lrs == pytest.approx([0.05 * 0.5, 0.05 * 0.25, 0.05 * 0.125])        # lr after each epoch's last step
+
+
+def test_label_smoothing_is_the_loss_that_trains(motion_data, tmp_path, monkeypatch):
+    seen = []
+    real = training.F.cross_entropy
+
+    def spy(logits, y, **kwargs):
+        loss = real(logits, y, **kwargs)
+        if kwargs.get("label_smoothing"):
+            logp = logits.detach().float().log_softmax(1)
+            s, n = kwargs["label_smoothing"], logits.shape[1]
+            by_hand = -((1 - s) * logp.gather(1, y[:, None])[:, 0] + s / n * logp.sum(1)).mean()
+            seen.append((loss.detach().item(), by_hand.item()))
+        return loss
+
+    monkeypatch.setattr(training.F, "cross_entropy", spy)
+    train(Config(data=str(motion_data), out=str(tmp_path / "run"), epochs=1, label_smoothing=0.2, **SMALL))
+    assert len(seen) == 6
+    assert all(abs(a - b) < 1e-5 for a, b in seen)
+
+
+def test_patience_stops_after_that_many_epochs_without_improvement(motion_data, tmp_path, monkeypatch):
+    from src.metrics import summarize
+    flat = summarize(torch.eye(4)[[0, 1, 2, 3]], torch.tensor([0, 1, 3, 2]), 4, 4.0)  # the same result every epoch
+    monkeypatch.setattr(training, "evaluate", lambda *args, **kwargs: flat)
+    run = train(Config(data=str(motion_data), out=str(tmp_path / "run"), epochs=10, patience=2, **SMALL))
+    history = json.loads((run / "metrics.json").read_text())
+    assert [h["epoch"] for h in history["history"]] == [1, 2, 3]    # epoch 1 is best, 2 and 3 are not: stop
+    assert history["best"]["epoch"] == 1
+
+
+def test_flow_weights_file_is_what_the_flow_stream_starts_from(motion_data, tmp_path):
+    from src.weights import i3d, save_state_dict
+    flow = i3d("rgb_scratch", in_channels=2)
+    state = flow.state_dict()
+    state["conv3d_1a_7x7.conv.weight"] = torch.randn_like(state["conv3d_1a_7x7.conv.weight"])
+    save_state_dict(state, tmp_path / "flow.safetensors")
+    model = build_streams(Config(modality="flow", flow_weights=str(tmp_path / "flow.safetensors")), 4)["flow"]
+    assert torch.equal(model.state_dict()["conv3d_1a_7x7.conv.weight"], state["conv3d_1a_7x7.conv.weight"])
+    assert torch.equal(model.state_dict()["mixed_5c.b0.conv.weight"], state["mixed_5c.b0.conv.weight"])
+    with pytest.raises(Exception, match="nope"):
+        build_streams(Config(modality="flow", flow_weights=str(tmp_path / "nope.safetensors")), 4)
+
+
+def test_tensorboard_gets_every_epoch(motion_data, tmp_path, monkeypatch):
+    import types
+    written = []
+
+    class Writer:
+        def __init__(self, folder):
+            self.folder = folder
+
+        def add_scalar(self, key, value, step):
+            written.append((key, step, value))
+
+        def flush(self):
+            pass
+
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = Writer
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    run = train(Config(data=str(motion_data), out=str(tmp_path / "run"), epochs=2, **SMALL))
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    for key in ("train_loss", "train_top1", "val_loss", "val_top1", "lr"):
+        assert [(step, value) for k, step, value in written if k == key] == [(h["epoch"], h[key]) for h in history]
+
+
+@pytest.mark.slow
+def test_ddp_equals_one_process_with_the_same_global_batch(motion_data, tmp_path):
+    # Only the classifier trains (--freeze 16: no batch norm, whose statistics are per process) without
+    # dropout, so 2 processes x batch 2 must follow 1 process x batch 4 step for step.
+    common = ["--data", str(motion_data), "--epochs", "2", "--clip-len", "16", "--crop", "112", "--optimizer",
+              "adamw", "--lr", "0.01", "--no-flip", "--cache-views", "1", "--freeze", "16", "--dropout", "0",
+              "--precision", "fp32"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "train.py", *common, "--out", str(tmp_path / "one"), "--batch-size", "4"],
+                         cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29533", "train.py", *common, "--out", str(tmp_path / "two"), "--batch-size", "2"],
+                         cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = metrics_rows(tmp_path / "one"), metrics_rows(tmp_path / "two")
+    assert len(a) == len(b) == 2
+    for ra, rb in zip(a, b):
+        for key in ("train_loss", "train_top1", "val_loss", "val_top1", "lr"):
+            assert float(ra[key]) == pytest.approx(float(rb[key]), rel=1e-4, abs=1e-5), key
+    wa, wb = tensors(tmp_path / "one" / "best.safetensors"), tensors(tmp_path / "two" / "best.safetensors")
+    torch.testing.assert_close(wa["conv3d_0c_1x1.conv.weight"], wb["conv3d_0c_1x1.conv.weight"], rtol=1e-4, atol=1e-5)
