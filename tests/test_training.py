@@ -73,7 +73,10 @@ def test_tiny_run_learns_and_writes_the_run_folder(motion_data, tmp_path):
 
 @pytest.mark.slow
 def test_cached_training_equals_uncached(motion_data, tmp_path, monkeypatch):
-    cfg = dict(data=str(motion_data), epochs=3, cache_dtype="float32", **SMALL)
+    # SGD and the fp32 path: AdamW's normalised steps (and bf16) turn the last-bit differences of convolutions
+    # run in other batch compositions (uncached epochs re-batch the frozen part) into lr-sized ones.
+    cfg = dict(data=str(motion_data), epochs=3, cache_dtype="float32", **{**SMALL, "optimizer": "sgd",
+                                                                          "lr": 0.01, "precision": "fp32"})
     cached = train(Config(out=str(tmp_path / "cached"), **cfg))
     monkeypatch.setattr(training.FeatureCache, "get", lambda *args: None)  # always recompute the frozen blocks
     uncached = train(Config(out=str(tmp_path / "uncached"), **cfg))
