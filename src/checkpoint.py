@@ -72,7 +72,10 @@ def load_any(path_or_prefix: str | Path, source: str = "auto") -> dict[str, torc
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        sd: Mapping[str, Any] = load_file(str(p))
+        try:
+            sd: Mapping[str, Any] = load_file(str(p))
+        except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+            raise CheckpointError(f"{p}: not a readable .safetensors file ({str(e).splitlines()[0]})") from None
     elif p.suffix in (".pt", ".pth", ".bin"):
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)

@@ -40,3 +40,17 @@ def atomic_write(path: str | Path, fsync: bool = True) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def check_writable(path: str | Path) -> None:
+    """Raise OSError with a one-line reason unless a file can be created at `path` (missing folders are made)."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder, not a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = temporary_name(path)
+        open(probe, "xb").close()
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"{path}: cannot be written ({e.strerror or e})") from None
