@@ -16,7 +16,6 @@ division only (ceil(n / 2) as (n + 1) // 2), so that every size can be bounded f
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import torch
