@@ -77,7 +77,8 @@ def main() -> int:
     if clip is None:
         return 0
     if clip.shape[1] != model.in_channels:
-        print(f"skipping the check: {args.check_clip} has {clip.shape[1]} channels, the model takes {model.in_channels}")
+        print(f"skipping the check: {args.check_clip} has {clip.shape[1]} channels, "
+              f"the model takes {model.in_channels}")
         return 0
     delta = check_export(path, model, clip)
     print(f"max |logit difference| vs PyTorch on {Path(args.check_clip).name} ({tuple(clip.shape)}): {delta:.2e}")

@@ -163,7 +163,8 @@ def test_profile_all_convs_onednn_pools_channels_last_no_avoidable_pads() -> Non
     assert all(channels_last for _, _, channels_last in conv_inputs)
 
 
-def _parity(model: I3D, clip: torch.Tensor, precisions: tuple[str, ...]) -> tuple[dict[str, float], int, dict[str, int]]:
+def _parity(model: I3D, clip: torch.Tensor,
+            precisions: tuple[str, ...]) -> tuple[dict[str, float], int, dict[str, int]]:
     """Max |delta logit| of each precision's fast path against the plain model, the plain top-1 and theirs."""
     with torch.inference_mode():
         plain = model(clip)
