@@ -60,8 +60,8 @@ def scratch_pt2(scratch: I3D, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt,suffix", [
-    pytest.param("onnx", ".onnx",
-                 marks=pytest.mark.filterwarnings("ignore:(The feature will be removed|Constant fold)")),
+    pytest.param("onnx", ".onnx", marks=pytest.mark.filterwarnings(  # the legacy exporter is deprecated too
+        "ignore:(You are using the legacy|The feature will be removed|Constant fold)")),
     ("pt2", ".pt2"),
     pytest.param("torchscript", ".pt", marks=pytest.mark.filterwarnings("ignore:`torch.jit")),  # deprecated, kept
 ])
