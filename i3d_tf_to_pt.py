@@ -18,8 +18,9 @@ import logging
 import sys
 from pathlib import Path
 
-from src.checkpoint import CheckpointError, load_any, read_tf_checkpoint, read_tf_checkpoint_with_tensorflow, \
-    state_dict_from_tf
+from src.checkpoint import CheckpointError, load_any
+from src.naming import state_dict_from_tf
+from src.tfbundle import read_tf_checkpoint, read_tf_checkpoint_with_tensorflow
 from src.paths import model_dir
 from src.weights import CHECKPOINTS, WeightsUnavailable, fetch_state_dict, save_state_dict
 

@@ -59,7 +59,7 @@ def main() -> int:
     parser.add_argument("--stride", type=int, default=32, help="timeline stride in frames (default: %(default)s)")
     parser.add_argument("--timeline-out", metavar="FILE", help="write the timeline as .json or .csv")
     add_inference_arguments(parser)
-    parser.add_argument("--model", metavar="FILE", help="run an exported model (.onnx or TorchScript .pt) "
+    parser.add_argument("--model", metavar="FILE", help="run an exported model (.onnx, .pt2 or TorchScript .pt) "
                                                           "with --weights' labels and recipe")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")

@@ -1,36 +1,20 @@
 """Writing arrays atomically (temporary name, then rename) and reading any stored dtype back to float32."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from src.files import PARTIAL_SUFFIX, atomic_write
 from src.transforms import decode_array
 
-PARTIAL_SUFFIX = ".part"
-
-
-def partial_path(path: Path) -> Path:
-    """The temporary name an array is written under before being renamed into place."""
-    path = Path(path)
-    return path.with_name(path.name + PARTIAL_SUFFIX)
+__all__ = ["PARTIAL_SUFFIX", "load_array", "save_array_atomic"]
 
 
 def save_array_atomic(path: Path, arr: np.ndarray) -> None:
     """Save `arr` as .npy at `path` via a temporary name, so `path` is either absent or complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
 
 
 def load_array(path: Path, mmap: bool = False) -> np.ndarray:

@@ -18,6 +18,7 @@ from src.flops import forward_flops
 from src.device import machine_description
 from src.inference import auto_precision, optimize_for_inference
 from src.model import I3D
+from src.training import FrozenPart, freeze, train_mode
 
 CL = torch.channels_last_3d
 FROZEN_BLOCKS = 15
@@ -86,6 +87,7 @@ class Row:
 
 def eval_options(model: I3D, x: torch.Tensor, device: torch.device, compile: bool) -> dict[str, Callable]:
     """Forward-only options: plain (eager, contiguous fp32), channels_last_3d, bf16 autocast, fast paths."""
+    model.eval()  # the model is shared with the training modes, which leave it in train mode
     cl_model = I3D(model.num_classes, model.in_channels).to(device).eval()
     cl_model.load_state_dict(model.state_dict())
     cl_model = cl_model.to(memory_format=CL)
@@ -119,43 +121,33 @@ def eval_options(model: I3D, x: torch.Tensor, device: torch.device, compile: boo
 
 
 def train_options(model: I3D, x: torch.Tensor, device: torch.device, frozen: int) -> dict[str, Callable]:
-    """Forward+backward options; with `frozen` > 0 the first blocks run without gradients, in eval mode."""
+    """Forward+backward options; the first `frozen` blocks are frozen and run exactly as training runs them."""
     labels = torch.zeros(x.shape[0], dtype=torch.long, device=device)
-    blocks = list(model.children())
     cl_model = I3D(model.num_classes, model.in_channels).to(device)
     cl_model.load_state_dict(model.state_dict())
     cl_model = cl_model.to(memory_format=CL)
     x_cl = x.to(memory_format=CL)
+    for net in (model, cl_model):
+        net.requires_grad_(True)  # the model is shared with other modes; freeze() only turns gradients off
+        freeze(net, frozen)
 
-    def step(net: I3D, clip: torch.Tensor, dtype: torch.dtype | None = None, fast=None) -> None:
-        children = list(net.children())
-        for i, block in enumerate(children):
-            block.train(i >= frozen)
-            block.requires_grad_(i >= frozen)
+    def step(net: I3D, clip: torch.Tensor, part: FrozenPart | None, dtype: torch.dtype | None = None) -> None:
+        train_mode(net, frozen)
         with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            h = clip
-            if frozen:
-                with torch.no_grad():
-                    if fast is not None:
-                        h = fast.forward_features(clip, "Mixed_5b")
-                    else:
-                        for block in children[:frozen]:
-                            h = block(h)
-            for block in children[frozen:16]:
-                h = block(h)
-            logits = net.forward_head(h)
-            loss = F.cross_entropy(logits.float(), labels)
+            h = part(clip) if part is not None else clip
+            loss = F.cross_entropy(net.forward_blocks(h, frozen).float(), labels)
         loss.backward()
         net.zero_grad(set_to_none=True)
 
-    options = {"plain fp32": lambda: step(model, x),
-               "channels_last_3d": lambda: step(cl_model, x_cl),
-               "bf16 autocast + CL": lambda: step(cl_model, x_cl, torch.bfloat16)}
+    plain_part = FrozenPart(model, frozen, device, "plain") if frozen else None
+    cl_part = FrozenPart(cl_model, frozen, device, "plain") if frozen else None
+    options = {"plain fp32": lambda: step(model, x, plain_part),
+               "channels_last_3d": lambda: step(cl_model, x_cl, cl_part),
+               "bf16 autocast + CL": lambda: step(cl_model, x_cl, cl_part, torch.bfloat16)}
     if frozen == FROZEN_BLOCKS:
         chosen, _ = auto_precision(str(device))
-        fast = optimize_for_inference(model, device, chosen)
-        options[f"frozen part fast {chosen}"] = lambda: step(cl_model, x_cl, fast=fast)
-    del blocks
+        fast = FrozenPart(cl_model, frozen, device, chosen)
+        options[f"frozen part fast {chosen}"] = lambda: step(cl_model, x_cl, fast)
     return options
 
 

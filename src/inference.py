@@ -318,7 +318,7 @@ def optimize_for_inference(model: I3D, device: str | torch.device = "cpu", preci
 # ----- exported models -----
 
 def load_exported(path: str | Path):
-    """Load an exported model (.onnx via onnxruntime, .pt/.ts TorchScript) as a callable clip -> logits."""
+    """An exported model (.onnx via onnxruntime, .pt2 torch.export program, .pt/.ts TorchScript) as clip -> logits."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such exported model; create one with `python export.py`")
@@ -334,6 +334,13 @@ def load_exported(path: str | Path):
             array = clip.detach().cpu().float().contiguous().numpy()
             return torch.from_numpy(session.run(None, {name: array})[0])
         return run_onnx
+    if path.suffix == ".pt2":
+        program = torch.export.load(str(path)).module()
+
+        def run_program(clip: torch.Tensor):
+            with torch.no_grad():
+                return program(clip.float().cpu())
+        return run_program
     module = torch.jit.load(str(path), map_location="cpu").eval()
 
     def run_ts(clip: torch.Tensor):

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from src.model import BLOCK_NAMES, I3D
+from src.training import FrozenPart, freeze, train_mode
 
 
 @dataclass
@@ -43,10 +44,8 @@ def _train_step(batch: int, frames: int, frozen: int, cached: bool, precision: s
     """One SGD step; returns (input shape, resident MB before the step, seconds)."""
     torch.manual_seed(0)
     model = I3D()
-    blocks = list(model.children())
-    for i, block in enumerate(blocks):
-        block.train(i >= frozen)
-        block.requires_grad_(i >= frozen)
+    freeze(model, frozen)
+    train_mode(model, frozen)
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(trained, lr=0.01, momentum=0.9)
     labels = torch.zeros(batch, dtype=torch.long)
@@ -62,14 +61,9 @@ def _train_step(batch: int, frames: int, frozen: int, cached: bool, precision: s
     baseline = _rss_mb()
     start = time.perf_counter()
     with autocast:
-        h = x
-        if not cached:
-            with torch.no_grad():
-                for block in blocks[:frozen]:
-                    h = block(h)
-        for block in list(model.children())[frozen:16]:
-            h = block(h)
-        loss = F.cross_entropy(model.forward_head(h).float(), labels)
+        # the frozen part as training runs it on the plain model (no_grad), then the trained blocks to the logits
+        h = x if cached else FrozenPart(model, frozen, torch.device("cpu"), "plain")(x)
+        loss = F.cross_entropy(model.forward_blocks(h, frozen).float(), labels)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

