@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
 import re
 import time
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from src.dataset import streams
+from src.files import atomic_write
 from src.model import I3D
 
 RUN_FILES = ("config.json", "classes.txt", "last.pt", "best.safetensors", "metrics.json", "metrics.csv",
@@ -177,13 +177,8 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(run_dir: Path, state: dict) -> None:
     """last.pt: one dict with everything needed to resume, written through a temporary name."""
-    tmp = run_dir / f"last.pt.{os.getpid()}.part"
-    try:
+    with atomic_write(run_dir / "last.pt") as tmp:
         torch.save({**state, "rng": rng_state()}, tmp)
-        os.replace(tmp, run_dir / "last.pt")
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(run_dir: Path) -> dict:
@@ -206,15 +201,12 @@ def stream_state_dict(models: nn.ModuleDict) -> dict[str, torch.Tensor]:
 
 def write_metrics(run_dir: Path, history: list[dict], best: dict) -> None:
     """metrics.json ({"best", "history"}) and metrics.csv, each written atomically."""
-    tmp = run_dir / "metrics.json.part"
-    tmp.write_text(json.dumps({"best": best, "history": history}, indent=2))
-    os.replace(tmp, run_dir / "metrics.json")
-    tmp = run_dir / "metrics.csv.part"
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(run_dir / "metrics.json", fsync=False) as tmp:
+        tmp.write_text(json.dumps({"best": best, "history": history}, indent=2))
+    with atomic_write(run_dir / "metrics.csv", fsync=False) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, run_dir / "metrics.csv")
 
 
 def save_plots(run_dir: Path, history: list[dict], confusion: np.ndarray, classes: list[str]) -> None:

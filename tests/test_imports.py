@@ -6,8 +6,7 @@ import re
 from tests.conftest import REPO
 
 IMPORT = re.compile(r"\s*(?:from\s+src\.(\w+)(?:\.\w+)*\s+import|import\s+src\.(\w+))")
-# src.predict <-> src.training is being untangled on main (issue 12); remove this entry once that is merged.
-KNOWN = {frozenset({"predict", "training"})}
+KNOWN: set[frozenset[str]] = set()  # none left: keep it that way
 
 
 def import_graph() -> dict[str, set[str]]:
