@@ -52,9 +52,16 @@ def parse_fps(text: str) -> float | None:
     return value
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit code 1, like every other user error here."""
+
+    def error(self, message: str):
+        self.exit(1, f"error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", nargs="+", help="videos, frame folders, folders searched recursively for videos, "
                                             "text files listing videos (one a line), or pre-processed dataset folders "
                                             "(one .npy clip in [-1, 1] with --out)")
@@ -71,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds = p.add_argument_group("dataset form (--out-dir)")
     ds.add_argument("--window", type=int, default=16, help="frames per window (default: %(default)s)")
     ds.add_argument("--stride", type=int, default=16, help="frames between window starts (default: %(default)s)")
-    ds.add_argument("--fps", type=parse_fps, default="recipe",
+    ds.add_argument("--fps", type=parse_fps, default=argparse.SUPPRESS,
                     help="resample to this rate, or 'native' (default: 25, the recipe; a --checkpoint run's own)")
     ds.add_argument("--streams", default="rgb", help="rgb, flow or rgb,flow (default: %(default)s)")
     ds.add_argument("--concat", action="store_true", help="one (T', 2048) rgb+flow array per video, RGB first")
@@ -120,7 +127,7 @@ def extract_dataset(args: argparse.Namespace) -> int:
         shard = parse_shard(args.shard) if args.shard else (shard_from_env() or (1, 1))
     except PreprocessError as exc:
         raise ExtractionError(str(exc)) from None
-    cfg = Config(window=args.window, stride=args.stride, fps=args.fps,
+    cfg = Config(window=args.window, stride=args.stride, fps=getattr(args, "fps", "recipe"),
                  streams=tuple(s.strip() for s in args.streams.split(",") if s.strip()), concat=args.concat,
                  per_frame=args.per_frame, pad=args.pad, crops=args.crops, endpoint=args.endpoint, pool=args.pool,
                  weights=args.weights, flow_weights=args.flow_weights, checkpoint=args.checkpoint, batch=args.batch,

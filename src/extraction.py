@@ -108,7 +108,7 @@ class Config:
         else:
             weights = " ".join(([f"weights={self.weights}"] if "rgb" in self.streams else []) +
                                ([f"flow_weights={self.flow_weights}"] if "flow" in self.streams else []))
-        frames = f"per_frame={self.pad}" if self.per_frame else f"stride={self.stride}"
+        frames = f"per_frame={self.pad} stride=1" if self.per_frame else f"per_frame=no stride={self.stride}"
         return (f"window={self.window} {frames} fps={fps} crops={self.crops} endpoint={self.endpoint} "
                 f"pool={'yes' if self.pool else 'no'} dtype={self.dtype} {weights}")
 
@@ -302,9 +302,10 @@ def discover(inputs: list[str | Path]) -> list[Video]:
             listed = [Path(line) for line in lines if line and not line.startswith("#")]
             if not listed:
                 raise ExtractionError(f"{path}: the list names no videos (one path a line)")
-            common = Path(os.path.commonpath([str(p.resolve().parent) for p in listed]))
-            for p in listed:
-                video = Video(p, _stem(p.resolve().relative_to(common)))
+            absolute = [Path(os.path.abspath(p)) for p in listed]  # not resolve(): keep symlinks' own names
+            common = Path(os.path.commonpath([str(p.parent) for p in absolute]))
+            for p, full in zip(listed, absolute):
+                video = Video(p, _stem(full.relative_to(common)))
                 if not p.exists():
                     video.error = f"{p}: no such file (listed in {path})"
                 videos.append(video)
