@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.arrays import PARTIAL_SUFFIX, save_array_atomic
+from src.arrays import PARTIAL_SUFFIX, partial_path, save_array_atomic
 from src.model import ENDPOINTS
 from src.video import FrameStream, VideoError, is_frame_folder, is_hidden, is_video_file, natural_key
-from src.weights import FLOW_RECIPE, RGB_RECIPE, Recipe, flow_recipe
+from src.weights import RGB_RECIPE, Recipe, flow_recipe
 
 STREAMS = ("rgb", "flow")
 CROPS = (1, 5, 10)
@@ -622,7 +622,9 @@ class Extractor:
         t_prime = window_count(info["frames"], cfg.window, cfg.stride, cfg.per_frame)
         out: dict[str, np.ndarray] = {}
         for stream, rows in state.results.items():
-            assert sorted(rows) == list(range(t_prime)), (stream, sorted(rows), t_prime)
+            if sorted(rows) != list(range(t_prime)):
+                raise VideoError(f"{state.video.source}: the {stream} stream gave {len(rows)} windows where its "
+                                 f"{info['frames']} frames make {t_prime} (rgb and flow arrays of unequal length?)")
             stacked = np.stack([np.stack(rows[r]) for r in range(t_prime)])  # (T', crops, ...)
             out[stream] = stacked[:, 0] if cfg.crops == 1 else stacked
         if cfg.concat:
@@ -648,7 +650,7 @@ def load_models(cfg: Config, device: torch.device) -> tuple[dict[str, torch.nn.M
         if missing:
             raise ExtractionError(f"{cfg.checkpoint}: the run has no {missing[0]} stream "
                                   f"(it has {', '.join(predictor.models)}); pass --streams {','.join(predictor.models)}")
-        models = {s: _plain_model(predictor.models[s]) for s in cfg.streams}
+        models = {s: predictor.models[s] for s in cfg.streams}
         recipes = {s: predictor.recipes[s] for s in cfg.streams}
         return models, recipes, predictor.path
     models, recipes = {}, {}
@@ -664,10 +666,6 @@ def load_models(cfg: Config, device: torch.device) -> tuple[dict[str, torch.nn.M
         recipes[stream] = RGB_RECIPE if stream == "rgb" else flow_recipe(cfg.flow_algorithm or "tvl1")
     fast, path = accelerate(models, device, cfg.precision, cfg.compile)
     return fast, recipes, path
-
-
-def _plain_model(model: torch.nn.Module) -> torch.nn.Module:
-    return model
 
 
 # ----- the CSV (shared by concurrent shards through a lock file)
@@ -715,7 +713,8 @@ def update_csv(out_dir: Path, rows: dict[str, dict[str, str]]) -> None:
         writer.writeheader()
         for key in sorted(merged, key=natural_key):
             writer.writerow({k: merged[key].get(k, "") for k in CSV_FIELDS})
-        tmp = path.with_name(f"{CSV_NAME}.{os.getpid()}{PARTIAL_SUFFIX}")
+        import socket
+        tmp = path.with_name(f"{CSV_NAME}.{socket.gethostname()}.{os.getpid()}{PARTIAL_SUFFIX}")
         tmp.write_text(buffer.getvalue())
         os.replace(tmp, path)
 
@@ -810,9 +809,8 @@ def run(inputs: list[str | Path], out_dir: Path, cfg: Config, log=print) -> Summ
     rows: dict[str, dict[str, str]] = {}
     for video in mine:
         paths = output_paths(out_dir, video.name, cfg)
-        for stale in paths["times"].parent.glob(f"{Path(video.name).name}_*{PARTIAL_SUFFIX}") \
-                if paths["times"].parent.is_dir() else []:
-            stale.unlink(missing_ok=True)  # left by a killed run; never a complete array
+        for path in paths.values():
+            partial_path(path).unlink(missing_ok=True)  # left by a killed run; never a complete array
         if video.error:
             rows[video.name] = _row(video, cfg, f"failed: {video.error}", out_dir=out_dir)
             summary.failed += 1
@@ -853,6 +851,10 @@ def run(inputs: list[str | Path], out_dir: Path, cfg: Config, log=print) -> Summ
                 summary.done += 1
                 if warnings:
                     bar.write(f"warning: {warnings}")
+            except VideoError as exc:
+                row = _row(video, cfg, f"failed: {exc}", state.info, out_dir=out_dir)
+                summary.failed += 1
+                bar.write(f"FAILED {exc}")
             except OSError as exc:
                 row = _row(video, cfg, f"failed: cannot write its features ({exc})", state.info, out_dir=out_dir)
                 summary.failed += 1
