@@ -19,7 +19,7 @@ import os
 import queue
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -443,24 +443,43 @@ def iter_source(video: Video, cfg: Config, recipes: dict[str, Recipe]) -> Iterat
     yield "end", {"frames": count, "fps": rate, "warnings": list(stream.info.warnings)}
 
 
-def _worker(tasks, results, cfg: Config, recipes: dict[str, Recipe], threads: int) -> None:
-    """Decoding process: take (index, Video) tasks, put (index, message) results; None ends it."""
+def _worker(tasks, results, cfg: Config, threads: int) -> None:
+    """Decoding process: take (index, Video, recipes) tasks, put (index, message) results; None ends it.
+
+    It also ends when the main process has gone (killed), instead of waiting on the queues forever.
+    """
     import cv2
     cv2.setNumThreads(threads)
     torch.set_num_threads(threads)
+    parent = os.getppid()
+
+    def put(message: tuple) -> None:
+        while True:
+            try:
+                results.put(message, timeout=1.0)
+                return
+            except queue.Full:
+                if os.getppid() != parent:
+                    raise SystemExit(0) from None
+
     while True:
-        task = tasks.get()
+        try:
+            task = tasks.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:
+                return
+            continue
         if task is None:
             return
-        index, video = task
-        results.put((index, ("start", os.getpid())))
+        index, video, recipes = task
+        put((index, ("start", os.getpid())))
         try:
             for message in iter_source(video, cfg, recipes):
-                results.put((index, message))
+                put((index, message))
         except VideoError as exc:
-            results.put((index, ("failed", str(exc))))
+            put((index, ("failed", str(exc))))
         except Exception as exc:  # one broken input must not stop the others
-            results.put((index, ("failed", f"{video.source}: unexpected {type(exc).__name__}: {exc}")))
+            put((index, ("failed", f"{video.source}: unexpected {type(exc).__name__}: {exc}")))
 
 
 # ----- the model side
@@ -827,7 +846,13 @@ def run(inputs: list[str | Path], out_dir: Path, cfg: Config, log=print) -> Summ
         log(f"FAILED {row['status'][len('failed: '):]}")
     if not todo:
         return summary
-    extractor = Extractor(cfg, out_dir, log)
+    decoders = Decoders(cfg, min(cfg.workers, len(todo))) if cfg.workers else None  # start-up overlaps the model's
+    try:
+        extractor = Extractor(cfg, out_dir, log)
+    except BaseException:
+        if decoders:
+            decoders.close()
+        raise
     log(f"{extractor.path}; streams {','.join(cfg.streams)}, {cfg.crops} crop(s), batch {cfg.batch}")
     start = time.perf_counter()
     bar = tqdm(total=len(todo), unit="video", desc="features", dynamic_ncols=True)
@@ -869,7 +894,7 @@ def run(inputs: list[str | Path], out_dir: Path, cfg: Config, log=print) -> Summ
         if cfg.workers == 0:
             _run_inline(todo, cfg, extractor, finish)
         else:
-            _run_workers(todo, cfg, extractor, finish)
+            _run_workers(todo, decoders, extractor, finish)
     finally:
         bar.close()
     summary.seconds = time.perf_counter() - start
@@ -899,62 +924,102 @@ def _run_inline(todo: list[Video], cfg: Config, extractor: Extractor, finish) ->
     _finish_all(extractor.flush(), finish)
 
 
-def _run_workers(todo: list[Video], cfg: Config, extractor: Extractor, finish) -> None:
-    """Decode in `cfg.workers` processes while the model runs here; a crashed decoder fails its video only."""
-    from multiprocessing import get_context
+def _unpack(message: tuple) -> tuple[int, str, object]:
+    index, (kind, payload) = message
+    return index, kind, payload
 
-    ctx = get_context("spawn")
-    tasks, results = ctx.Queue(), ctx.Queue(maxsize=4 * cfg.workers + 4)
-    threads = max(1, (os.cpu_count() or 1) // (cfg.workers + 1))
-    for index, video in enumerate(todo):
-        tasks.put((index, video))
-        extractor.open(index, video)
-    workers = []
 
-    def spawn() -> None:
-        tasks.put(None)
-        proc = ctx.Process(target=_worker, args=(tasks, results, replace(cfg), extractor.recipes, threads), daemon=True)
+class Decoders:
+    """Decoding processes (spawned, one OpenCV/torch thread share each), started before the model loads."""
+
+    def __init__(self, cfg: Config, count: int) -> None:
+        from multiprocessing import get_context
+
+        self.ctx = get_context("spawn")
+        self.cfg = cfg
+        self.tasks, self.results = self.ctx.Queue(), self.ctx.Queue(maxsize=4 * count + 4)
+        self.threads = max(1, (os.cpu_count() or 1) // (count + 1))
+        self.workers: list = []
+        for _ in range(count):
+            self.spawn()
+
+    def spawn(self) -> None:
+        """Start one more decoding process."""
+        proc = self.ctx.Process(target=_worker, args=(self.tasks, self.results, self.cfg, self.threads), daemon=True)
         proc.start()
-        workers.append(proc)
+        self.workers.append(proc)
 
-    for _ in range(min(cfg.workers, len(todo))):
-        spawn()
-    on_worker: dict[int, int] = {}  # pid -> video index in progress
-    remaining = set(range(len(todo)))
-    try:
-        while remaining:
-            try:
-                index, (kind, payload) = results.get(timeout=0.05)
-            except queue.Empty:
-                done = extractor.flush()  # decoders are behind: run what is queued
-                for proc in list(workers):
-                    if not proc.is_alive() and proc.exitcode not in (0, None):
-                        workers.remove(proc)
-                        lost = on_worker.pop(proc.pid, None)
-                        if lost is not None and lost in remaining:
-                            done += extractor.feed(lost, "failed", f"{todo[lost].source}: the decoding process "
-                                                   f"died (exit code {proc.exitcode})")
-                        if any(i not in on_worker.values() for i in remaining):
-                            spawn()
-                for i in dict.fromkeys(done):
-                    if i in remaining:
-                        remaining.discard(i)
-                        finish(i)
-                if not workers and remaining:
-                    for i in sorted(remaining):
-                        extractor.feed(i, "failed", f"{todo[i].source}: no decoding process left")
-                        finish(i)
-                    remaining.clear()
-                continue
-            if kind == "start":
-                on_worker[payload] = index
-                continue
-            for i in dict.fromkeys(extractor.feed(index, kind, payload)):
-                if i in remaining:
-                    remaining.discard(i)
-                    finish(i)
-    finally:
-        for proc in workers:
+    def submit(self, tasks: list[tuple[int, Video, dict[str, Recipe]]]) -> None:
+        """Queue the videos, then one end marker per process (a replacement adds its own)."""
+        for task in tasks:
+            self.tasks.put(task)
+        for _ in self.workers:
+            self.tasks.put(None)
+
+    def close(self) -> None:
+        """Stop every process still running."""
+        for proc in self.workers:
             if proc.is_alive():
                 proc.terminate()
             proc.join(timeout=5)
+
+
+def _run_workers(todo: list[Video], decoders: Decoders, extractor: Extractor, finish) -> None:
+    """Decode in worker processes while the model runs here; a crashed decoder fails its video only."""
+    for index, video in enumerate(todo):
+        extractor.open(index, video)
+    decoders.submit([(index, video, extractor.recipes) for index, video in enumerate(todo)])
+    results, workers = decoders.results, decoders.workers
+
+    def spawn() -> None:
+        decoders.spawn()
+        decoders.tasks.put(None)
+
+    on_worker: dict[int, int] = {}  # pid -> video index being decoded
+    crashed = [0]  # bounded respawns: a decoder that cannot even start must not loop forever
+    remaining = set(range(len(todo)))
+
+    def settle(done: list[int]) -> None:
+        for i in dict.fromkeys(done):
+            if i in remaining:
+                remaining.discard(i)
+                finish(i)
+
+    def handle(index: int, kind: str, payload) -> None:
+        if kind == "start":
+            on_worker[payload] = index
+            return
+        if kind in ("end", "failed"):
+            on_worker.update({pid: -1 for pid, i in on_worker.items() if i == index})
+        settle(extractor.feed(index, kind, payload))
+
+    try:
+        while remaining:
+            try:
+                handle(*_unpack(results.get(timeout=0.05)))
+                continue
+            except queue.Empty:
+                pass
+            settle(extractor.flush())  # the decoders are behind: run what is queued meanwhile
+            for proc in list(workers):
+                if proc.is_alive() or proc.exitcode == 0:
+                    continue
+                workers.remove(proc)
+                lost = on_worker.pop(proc.pid, -1)
+                if lost in remaining:
+                    settle(extractor.feed(lost, "failed", f"{todo[lost].source}: the decoding process died "
+                                                          f"(exit code {proc.exitcode})"))
+                if crashed[0] < len(todo):
+                    crashed[0] += 1
+                    spawn()  # a replacement takes the tasks still queued
+            if remaining and not any(proc.is_alive() for proc in workers):
+                try:  # whatever the last decoders sent is read before giving up on the rest
+                    while True:
+                        handle(*_unpack(results.get(timeout=1.0)))
+                except queue.Empty:
+                    pass
+                settle(extractor.flush())
+                for i in sorted(remaining):
+                    settle(extractor.feed(i, "failed", f"{todo[i].source}: not decoded (no decoding process left)"))
+    finally:
+        decoders.close()
