@@ -315,3 +315,27 @@ def test_user_errors_are_one_line(shared, tmp_path, args, words):
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
     assert words in result.stderr
+
+
+def test_checkpoint_run_gives_its_backbone_features_at_its_rate(shared, tmp_path, rgb_model):
+    """--checkpoint RUN: the run's streams and recipe (its input fps) drive the extraction."""
+    import json
+    from dataclasses import asdict
+
+    from src.predict import load_clip
+    from src.training import Config as RunConfig
+    from src.weights import RGB_RECIPE, i3d, save_state_dict
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    model = i3d("rgb_scratch", num_classes=2)  # a fine-tuned head on the same backbone
+    save_state_dict(model.state_dict(), run_dir / "best.safetensors")
+    (run_dir / "config.json").write_text(json.dumps(asdict(RunConfig(classes=["a", "b"], modality="rgb",
+                                                                     input_fps=10.0))))
+    video = shared / "videos" / "video_0.mov"
+    run([video], tmp_path / "f", fast(checkpoint=str(run_dir)), log=lambda *_: None)
+    row = rows(tmp_path / "f")["video_0"]
+    assert row["fps"] == "10" and f"checkpoint={run_dir.resolve()}" in row["recipe"]
+    from dataclasses import replace
+    clip = load_clip(video, replace(RGB_RECIPE, fps=10.0))
+    np.testing.assert_allclose(np.load(tmp_path / "f" / "video_0_rgb.npy")[0], pooled(rgb_model, clip), atol=1e-4)
