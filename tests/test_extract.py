@@ -323,7 +323,7 @@ def test_checkpoint_run_gives_its_backbone_features_at_its_rate(shared, tmp_path
     from dataclasses import asdict
 
     from src.predict import load_clip
-    from src.training import Config as RunConfig
+    from src.runs import Config as RunConfig
     from src.weights import RGB_RECIPE, i3d, save_state_dict
 
     run_dir = tmp_path / "run"
