@@ -376,6 +376,16 @@ def _centre(frames: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(center_crop(frames, size))
 
 
+def flow_extractor(algorithm: str, device: str | None):
+    """src.flow.FlowExtractor for the algorithm, on `device` where that FlowExtractor takes one (a torch TV-L1)."""
+    import inspect
+
+    from src.flow import FlowExtractor
+    if device and "device" in inspect.signature(FlowExtractor).parameters:
+        return FlowExtractor(algorithm, device=device)
+    return FlowExtractor(algorithm)
+
+
 def iter_source(video: Video, cfg: Config, recipes: dict[str, Recipe]) -> Iterator[tuple[str, object]]:
     """Messages for one video: ('rgb' | 'flow', chunk) ... then ('end', {'frames', 'fps', 'warnings'}).
 
@@ -402,10 +412,8 @@ def iter_source(video: Video, cfg: Config, recipes: dict[str, Recipe]) -> Iterat
         return
     fps = cfg.fps
     stream = FrameStream(video.source, fps)
-    extractor = None
-    if "flow" in cfg.streams:
-        from src.flow import FlowExtractor
-        extractor = FlowExtractor(cfg.flow_algorithm or recipes["flow"].flow_algorithm)
+    extractor = flow_extractor(cfg.flow_algorithm or recipes["flow"].flow_algorithm, cfg.device) \
+        if "flow" in cfg.streams else None
     pending: list[np.ndarray] = []
     previous_gray = None
     count = 0
