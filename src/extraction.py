@@ -459,6 +459,10 @@ def _worker(tasks, results, cfg: Config, threads: int) -> None:
     import cv2
     cv2.setNumThreads(threads)
     torch.set_num_threads(threads)
+    # the model's threads come first: a preempted thread stalls every parallel op of the model, while
+    # decoding has slack (it is far faster than the model), and when flow is the bottleneck the model waits anyway
+    if hasattr(os, "nice"):
+        os.nice(10)
     parent = os.getppid()
 
     def put(message: tuple) -> None:
