@@ -1,7 +1,8 @@
 """Dataset feature extraction speed against the model's own windows/s, and the decode / flow / model split.
 
 RGB: `extract_features.py --out-dir` over a folder of clips (decoding in a worker process while the
-model runs) against the same fast path run on windows already in memory, at the same batch; the
+model runs) against the same fast path run on the same kind of windows (cut from the first clip by the
+recipe) already in memory, at the same batch; the
 two are timed interleaved and reported as a ratio. Flow: seconds per window spent decoding,
 computing TV-L1 (the flow of a window's frame pairs) and in the flow model.
 
@@ -29,7 +30,7 @@ from src.bench import load_average  # noqa: E402
 from src.device import machine_description, pick_device  # noqa: E402
 from src.extraction import Config, load_models, run  # noqa: E402
 from src.flow import FlowExtractor, rgb_to_gray  # noqa: E402
-from src.predict import accelerate  # noqa: E402
+from src.predict import accelerate, load_clip  # noqa: E402
 from src.transforms import resize_short_side  # noqa: E402
 from src.video import FrameStream  # noqa: E402
 from src.weights import i3d  # noqa: E402
@@ -37,17 +38,18 @@ from src.weights import i3d  # noqa: E402
 VIDEOS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "videos"
 
 
-def model_windows_per_second(model, batch: int, window: int, channels: int, device, seconds: float = 0.0) -> float:
-    """Windows/s of the model alone on a batch of random windows in memory (features pooled, as extraction does)."""
-    x = torch.rand(batch, channels, window, 224, 224, device=device) * 2 - 1
+def model_windows_per_second(model, windows: torch.Tensor, batch: int, device, seconds: float = 0.0) -> float:
+    """Windows/s of the model alone on real windows already in memory, `batch` at a time, pooled as extraction does."""
+    batches = [windows[i:i + batch].to(device) for i in range(0, len(windows) - batch + 1, batch)]
     with torch.inference_mode():
-        model.forward_features(x[:1], "Mixed_5c")  # shape planning / warm-up
+        model.forward_features(batches[0], "Mixed_5c")  # shape planning / warm-up
         start = time.perf_counter()
         n = 0
         while True:
-            model.forward_features(x, "Mixed_5c").mean(dim=(2, 3, 4)).cpu()
-            n += batch
-            if time.perf_counter() - start >= seconds and n >= 2 * batch:
+            for x in batches:
+                model.forward_features(x, "Mixed_5c").mean(dim=(2, 3, 4)).cpu()
+                n += len(x)
+            if time.perf_counter() - start >= seconds:
                 break
     return n / (time.perf_counter() - start)
 
@@ -78,16 +80,19 @@ def main() -> None:
         models, _, path = load_models(cfg, device)
         print(f"{path}; {args.copies} x {len(clips)} clips ({', '.join(c.name for c in clips)}), window {args.window}, "
               f"stride {args.window}, batch {args.batch}")
+        clip = load_clip(clips[0])  # the recipe: 25 fps, short side 256, centre 224, [-1, 1]
+        windows = torch.from_numpy(clip[:len(clip) // args.window * args.window]).reshape(
+            -1, args.window, *clip.shape[1:]).permute(0, 4, 1, 2, 3)  # (windows, 3, window, 224, 224)
         alone, piped = [], []
         for round_ in range(args.rounds):
-            alone.append(model_windows_per_second(models["rgb"], args.batch, args.window, 3, device, seconds=8))
+            alone.append(model_windows_per_second(models["rgb"], windows, args.batch, device, seconds=8))
             out = folder / f"out{round_}"
             summary = run([folder], out, cfg, log=lambda *_: None)
             piped.append(summary.windows / summary.seconds)
             print(f"round {round_ + 1}: model alone {alone[-1]:.2f} windows/s; extraction {piped[-1]:.2f} windows/s "
                   f"({summary.windows} windows of {summary.done} videos in {summary.seconds:.1f} s, "
                   f"{summary.model_seconds:.1f} s of it in the model)")
-        alone.append(model_windows_per_second(models["rgb"], args.batch, args.window, 3, device, seconds=8))
+        alone.append(model_windows_per_second(models["rgb"], windows, args.batch, device, seconds=8))
         # each extraction round against the mean of the model-alone timings just before and after it
         ratios = [p / ((a + b) / 2) for p, a, b in zip(piped, alone, alone[1:])]
         print(f"RGB extraction: {statistics.median(ratios):.0%} of the model's own windows/s at batch {args.batch} "
@@ -105,7 +110,8 @@ def main() -> None:
         tvl1 = (time.perf_counter() - start) / len(flow)
         # the flow stream's cost does not depend on its weights: rgb_scratch made 2-channel stands in
         flow_model = accelerate({"flow": i3d("rgb_scratch", in_channels=2).eval()}, device, args.precision)[0]["flow"]
-        model = 1 / model_windows_per_second(flow_model, args.batch, args.window, 2, device, seconds=8)
+        flow_windows = windows[:, :2]  # the flow model's cost does not depend on the values
+        model = 1 / model_windows_per_second(flow_model, flow_windows, args.batch, device, seconds=8)
         w = args.window
         parts = {"decode + resize": decode * w, "TV-L1 flow": tvl1 * w, "flow model": model}
         total = sum(parts.values())
