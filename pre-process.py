@@ -8,6 +8,7 @@ Examples (run from the repository root):
     python3 pre-process.py my_raw my_out --modalities rgb    # RGB only, no flow
     python3 pre-process.py my_raw my_out --shard 3/16        # job 3 of a 16-job cluster array
     python3 pre-process.py --from-seed old_data my_out       # old_data/<class>/<series>/test_rgb.npy, test_flow.npy
+    python3 pre-process.py --annotations segments.csv recordings/ my_out   # cut labelled segments
 
 Output: OUT_DIR/classes.txt, OUT_DIR/<split>/<class>/<item>/{rgb,flow}-SampleRate_<n>.npy and
 OUT_DIR/manifest.csv; see `--help` for the recipe. Exit status 1 if any item failed or the job
@@ -50,6 +51,20 @@ layout:
   skipped with a note, and so are empty class folders. OUT_DIR/<split>/<class>/<item>/... ;
   item = file name without extension.
 
+annotation files (--annotations FILE):
+  a CSV with a header: video (path relative to RAW_DIR; without an extension RAW_DIR/<video>.* is
+  found), label (one, or several separated by ';'), optional start and end (seconds) and split
+  (train, val or test). Kinetics-style columns youtube_id, time_start, time_end are understood;
+  a plain `path label [label ...]` list (mmaction2) works too. Each row is an item: the segment
+  [start, end) of the video (the frames whose time after resampling to --fps lies in it), or the
+  whole video without times; a video is decoded once however many segments it has. Items go to
+  OUT_DIR/<split>/<first label>/<video stem>_<start ms>-<end ms>ms/ (or <video stem>/); an item
+  with several labels also gets labels.txt listing them all, and classes.txt lists every label.
+  Rows with the same video and times merge their labels. Without a split column, whole recordings
+  are split by --val-ratio (no recording in both train and val). A missing video, a segment
+  outside its video, an unknown split or an empty label is one line in the log and the manifest;
+  the rest goes on. A segment running past the video's end is cut at the end, with a warning.
+
 resuming and clusters:
   every array is written under a temporary name and renamed, so rerunning the same command skips
   finished items and redoes interrupted ones; --overwrite redoes everything. --shard i/n processes
@@ -65,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("raw_dir", nargs="?", type=Path, help="folder of <class>/<video or frame folder> (default: data/videos/raw and data/images/raw)")
+    p.add_argument("raw_dir", nargs="?", type=Path, help="folder of <class>/<video or frame folder>, or of the videos --annotations names (default: data/videos/raw and data/images/raw)")
     p.add_argument("out_dir", nargs="?", type=Path, help="where arrays, classes.txt and manifest.csv go")
     p.add_argument("--fps", type=float, default=25.0, help="output frame rate for videos (default 25; 0 keeps the native rate)")
     p.add_argument("--folder-fps", type=float, default=None, help="declared rate of frame folders, to resample them to --fps (default: taken as already sampled)")
@@ -80,6 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes (default: all cores)")
     p.add_argument("--shard", default="1/1", help="process shard i of n, e.g. 3/16, for cluster job arrays (default 1/1)")
     p.add_argument("--min-frames", type=int, default=2, help="items with fewer frames after sampling fail as too short (default 2)")
+    p.add_argument("--annotations", type=Path, default=None, metavar="FILE", help="CSV (video,label[,start,end,split]) or `path label` list naming the items in RAW_DIR, e.g. segments of long recordings (see below)")
     p.add_argument("--overwrite", action="store_true", help="redo finished items and replace a differing classes.txt")
     p.add_argument("--no-disk-check", action="store_true", help="skip the free-space check before starting")
     p.add_argument("--from-seed", action="store_true",
@@ -107,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             if not (args.raw_dir and args.out_dir):
                 raise PreprocessError("--from-seed needs SEED_DIR and OUT_DIR")
             return 1 if import_seed(args.raw_dir, args.out_dir, opts) else 0
+        if args.annotations and not (args.raw_dir and args.out_dir):
+            raise PreprocessError("--annotations needs RAW_DIR (where its videos are) and OUT_DIR")
+        if args.annotations and not args.annotations.is_file():
+            raise PreprocessError(f"--annotations {args.annotations}: no such file")
         if args.raw_dir and args.out_dir:
             pairs = [(args.raw_dir, args.out_dir)]
         elif args.raw_dir:
@@ -116,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             if not pairs:
                 tried = " or ".join(str(Path.cwd() / raw) for raw, _ in DEFAULT_PAIRS)
                 raise PreprocessError(f"no RAW_DIR given and neither {tried} exists; pass RAW_DIR OUT_DIR (see --help)")
-        failed = sum(run(raw, out, opts) for raw, out in pairs)
+        failed = sum(run(raw, out, opts, annotations=args.annotations) for raw, out in pairs)
     except PreprocessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -23,13 +23,50 @@ class DatasetError(ValueError):
     """The dataset folder is not usable; the message names the file or folder."""
 
 
+LABELS_FILE = "labels.txt"  # in an item folder: the item's labels, one per line (multi-label items)
+
+
 @dataclass(frozen=True)
 class Item:
-    """One pre-processed video: its folder, label and the array file of each modality."""
+    """One pre-processed video: its folder, label (the class folder) and the array file of each modality.
+
+    `labels` is every label of a multi-label item (read from <item>/labels.txt), else just (label,).
+    """
 
     folder: Path
     label: int
     files: dict[str, Path]
+    labels: tuple[int, ...] = ()
+
+    def label_set(self) -> tuple[int, ...]:
+        """All the item's label indices."""
+        return self.labels or (self.label,)
+
+
+def is_multi_label(items: list[Item]) -> bool:
+    """True when any item has several labels."""
+    return any(len(it.label_set()) > 1 for it in items)
+
+
+def targets(items: list[Item], num_classes: int) -> np.ndarray:
+    """(N, num_classes) 0/1 matrix of the items' label sets."""
+    out = np.zeros((len(items), num_classes), np.float32)
+    for i, it in enumerate(items):
+        out[i, list(it.label_set())] = 1.0
+    return out
+
+
+def read_labels(folder: Path, classes: list[str], label: int) -> tuple[int, ...]:
+    """The label indices listed in folder/labels.txt (its class folder's label when there is none)."""
+    path = Path(folder) / LABELS_FILE
+    if not path.exists():
+        return ()
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    unknown = [n for n in names if n not in classes]
+    if unknown:
+        raise DatasetError(f"{path}: labels {unknown} are not in classes.txt ({len(classes)} classes)")
+    indices = tuple(dict.fromkeys(classes.index(n) for n in names))
+    return indices if indices and indices != (label,) else ()
 
 
 def streams(modality: str) -> tuple[str, ...]:
@@ -76,16 +113,17 @@ def scan_split(data_dir: Path, split: str, classes: list[str], modality: str,
     items = []
     for label, name in enumerate(classes):
         class_dir = root / name
-        found = []
         if class_dir.is_dir():
             for folder in sorted(p for p in class_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
                 files = {m: _find_array(folder, m, sample_rate) for m in streams(modality)}
                 if all(files.values()):
-                    found.append(Item(folder, label, files))
-        if not found and split == "train":
-            raise DatasetError(f"{class_dir}: class {name!r} has no {'+'.join(streams(modality))} arrays "
-                               "(empty class); add videos or remove it from classes.txt")
-        items.extend(found)
+                    items.append(Item(folder, label, files, read_labels(folder, classes, label)))
+    if split == "train":
+        present = {c for it in items for c in it.label_set()}
+        for label, name in enumerate(classes):
+            if label not in present:
+                raise DatasetError(f"{root / name}: class {name!r} has no {'+'.join(streams(modality))} arrays "
+                                   "(empty class); add videos or remove it from classes.txt")
     return items
 
 
@@ -132,8 +170,11 @@ class ClipDataset(Dataset):
     """
 
     def __init__(self, items: list[Item], modality: str, clip_len: int = 64, crop: int = 224, train: bool = True,
-                 views: int | None = None, seed: int = 0, cache=None, split: str = "train", flip: bool = True):
+                 views: int | None = None, seed: int = 0, cache=None, split: str = "train", flip: bool = True,
+                 multi_label_classes: int | None = None):
         self.items, self.modality, self.clip_len, self.crop, self.flip = items, modality, clip_len, crop, flip
+        # multi-label: labels come as (num_classes,) 0/1 float vectors instead of class indices
+        self.multi_label_classes = multi_label_classes
         self.train, self.views, self.seed, self.epoch = train, views, seed, 0
         self.cache, self.split = cache, split  # a FeatureCache: cached items skip loading their clip
 
@@ -178,21 +219,31 @@ class ClipDataset(Dataset):
                 clip = clip * np.array([-1.0, 1.0], np.float32)  # mirrored motion: x flow changes sign
         return torch.from_numpy(np.ascontiguousarray(clip)).permute(3, 0, 1, 2)
 
-    def __getitem__(self, index: int) -> tuple[int, int, list[tuple[str, torch.Tensor]], int]:
-        """(index, view, [("clip" | "features", tensor) per stream], label)."""
+    def target(self, index: int) -> int | torch.Tensor:
+        """An item's class index, or its 0/1 label vector for multi-label training."""
+        item = self.items[index]
+        if self.multi_label_classes is None:
+            return item.label
+        vector = torch.zeros(self.multi_label_classes)
+        vector[list(item.label_set())] = 1.0
+        return vector
+
+    def __getitem__(self, index: int) -> tuple[int, int, list[tuple[str, torch.Tensor]], int | torch.Tensor]:
+        """(index, view, [("clip" | "features", tensor) per stream], label or label vector)."""
         item, view = self.items[index], self.view_index(index)
         inputs = []
         for stream in streams(self.modality):
             cached = self.cache.get(self.split, stream, index, view) if self.cache is not None else None
             inputs.append(("features", cached) if cached is not None else
                           ("clip", self.load(item, stream, self.view_for(index))))
-        return index, view, inputs, item.label
+        return index, view, inputs, self.target(index)
 
 
 def collate(batch: list) -> tuple[list[int], list[int], list[list[tuple[str, torch.Tensor]]], torch.Tensor]:
     """Keep per-sample inputs as lists: a batch may mix raw clips and cached features."""
     indices, views, inputs, labels = zip(*batch)
-    return list(indices), list(views), list(inputs), torch.tensor(labels)
+    stacked = torch.stack(labels) if isinstance(labels[0], torch.Tensor) else torch.tensor(labels)
+    return list(indices), list(views), list(inputs), stacked
 
 
 def class_counts(items: list[Item], num_classes: int) -> np.ndarray:

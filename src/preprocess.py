@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from src.annotations import AnnotationError, frame_range, label_set, read_annotations, resolve_video, segment_name
 from src.arrays import PARTIAL_SUFFIX, save_array_atomic
 from src.flow import FlowExtractor, rgb_to_gray, set_threads
 from src.lock import FolderLock, LockError, folder_mutex
@@ -41,7 +42,7 @@ MODALITIES = ("rgb", "flow")
 MANIFEST_FIELDS = [
     "source", "class", "split", "name", "status", "source_fps", "duration_s", "source_frames",
     "frames_written", "rgb_shape", "flow_shape", "dtype", "flow_algorithm", "fps", "sample_rate",
-    "size", "crop", "message",
+    "size", "crop", "message", "labels", "start", "end",
 ]
 _CHUNK = 64  # frames converted to the storage dtype at a time (bounds float32 temporaries)
 
@@ -108,6 +109,19 @@ class Item:
     name: str
     split: str | None = None
     error: str | None = None
+    labels: tuple[str, ...] = ()        # annotation items: every label (cls is the first)
+    start: float | None = None          # a segment of the source, in seconds
+    end: float | None = None
+    where: str | None = None            # annotation items: FILE:line, for failures without a usable source
+
+    @property
+    def key(self) -> str:
+        """What identifies the item in the manifest: its source, plus the times of a segment."""
+        return self.where if self.where and self.error else _key(str(self.source), self.start, self.end)
+
+
+def _key(source: str, start: float | None, end: float | None) -> str:
+    return source if start is None else f"{source}@{start:.3f}-{end:.3f}"
 
 
 @dataclass
@@ -216,10 +230,74 @@ def assign_splits(items: list[Item], val_ratio: float, seed: int) -> None:
             item.split = "val" if i < n_val else "train"
 
 
+def discover_annotations(annotations: Path, raw_dir: Path) -> Discovery:
+    """Items of an annotation file (src.annotations) over videos in RAW_DIR; bad rows become failed items."""
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        raise PreprocessError(f"{raw_dir}: not a folder; RAW_DIR must hold the videos the annotation file names")
+    try:
+        rows = read_annotations(annotations)
+    except AnnotationError as exc:
+        raise PreprocessError(str(exc)) from None
+    items: list[Item] = []
+    names: dict[str, str] = {}
+    for row in rows:
+        stem = Path(row.video).stem or row.video
+        name = segment_name(stem, row.start, row.end) if row.is_segment else stem
+        source = None if row.error else resolve_video(raw_dir, row.video)
+        item = Item(source or raw_dir / row.video, row.labels[0] if row.labels else "", name, row.split, row.error,
+                    row.labels, row.start, row.end, row.where)
+        if not item.error and source is None:
+            item.error = f"{row.where}: {raw_dir / row.video}: no such video or frame folder"
+        elif not item.error and names.get(name, item.key) != item.key:
+            item.error = f"{row.where}: its output name {name!r} clashes with {names[name]}; rename one of the videos"
+        if not item.error:
+            names[name] = item.key
+        items.append(item)
+    usable = [it for it in items if not it.error]
+    if not usable:
+        raise PreprocessError(f"{annotations}: none of its {len(items)} rows is usable; first problem: {items[0].error}")
+    classes = label_set(rows) if len(usable) == len(items) else sorted({lab for it in usable for lab in it.labels},
+                                                                       key=natural_key)
+    return Discovery(items, classes, all(it.split for it in usable))
+
+
+def assign_splits_by_source(items: list[Item], val_ratio: float, seed: int) -> str:
+    """Split items without one so that all segments of a recording land in the same split; returns a note.
+
+    Recordings are split like single items (stratified by their most frequent first label); with a
+    single recording there is nothing to group, and its segments are split one by one.
+    """
+    todo = [it for it in items if not it.split and not it.error]
+    groups: dict[Path, list[Item]] = {}
+    for item in todo:
+        groups.setdefault(item.source, []).append(item)
+    if len(groups) < 2:
+        assign_splits(todo, val_ratio, seed)
+        return "one recording: its segments were split one by one (give a split column to control it)"
+    stand_ins = []
+    for source, members in groups.items():
+        firsts = [it.cls for it in members]
+        stand_ins.append(Item(source, max(sorted(set(firsts)), key=firsts.count), source.name))
+    assign_splits(stand_ins, val_ratio, seed)
+    for stand_in in stand_ins:
+        for item in groups[stand_in.source]:
+            item.split = stand_in.split
+    return f"{len(groups)} recordings split whole, so no recording is in both train and val"
+
+
 def output_paths(out_dir: Path, item: Item, opts: Options) -> dict[str, Path]:
     """Where each requested modality of an item is stored."""
     folder = Path(out_dir) / str(item.split) / item.cls / item.name
     return {m: folder / f"{m}-SampleRate_{opts.sample_rate}.npy" for m in opts.modalities}
+
+
+def shard_by_source(items: list[Item], shard: tuple[int, int]) -> list[Item]:
+    """Shard i of n of the sources (every n-th in sorted order), with all the items cut from them."""
+    i, n = shard
+    sources = sorted({str(it.source) for it in items}, key=natural_key)
+    mine = set(sources[i - 1 :: n])
+    return [it for it in items if str(it.source) in mine]
 
 
 def shard_items(items: list[Item], shard: tuple[int, int]) -> list[Item]:
@@ -242,8 +320,15 @@ def _recipe_columns(opts: Options) -> dict[str, str]:
 
 
 def _base_row(item: Item, opts: Options) -> dict[str, str]:
-    return {"source": str(item.source), "class": item.cls, "split": str(item.split), "name": item.name,
-            **_recipe_columns(opts)}
+    source = item.where if item.where and item.error else str(item.source)
+    times = {} if item.start is None else {"start": f"{item.start:.3f}", "end": f"{item.end:.3f}"}
+    return {"source": source, "class": item.cls, "split": str(item.split), "name": item.name,
+            "labels": ";".join(item.labels), **times, **_recipe_columns(opts)}
+
+
+def row_key(row: dict[str, str]) -> str:
+    """A manifest row's identity: its source, plus the times of a segment (Item.key of its item)."""
+    return _key(row["source"], float(row["start"]), float(row["end"])) if row.get("start") else row["source"]
 
 
 # manifest column -> the option that sets it; the sample rate is not here: it names the files, so rates coexist
@@ -350,6 +435,117 @@ def process_item(item: Item, paths: dict[str, Path], opts: Options, show_frames:
     return row
 
 
+LABELS_FILE = "labels.txt"
+
+
+def write_labels(folder: Path, labels: tuple[str, ...]) -> None:
+    """An item's label set as <item>/labels.txt (one per line), for items with several labels."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_text_atomic(folder / LABELS_FILE, "".join(f"{lab}\n" for lab in labels))
+
+
+def output_rate(stream: FrameStream, opts: Options) -> float:
+    """Frames per second of what the stream yields under `opts` (segment times map to frames by it)."""
+    if stream.kind == "video":
+        rate = opts.fps or stream.info.fps
+    else:
+        rate = opts.fps if opts.folder_fps and opts.fps else (opts.folder_fps or stream.info.fps or opts.fps or 0.0)
+    if not rate:
+        raise VideoError(f"{stream.path}: its frame rate is unknown, so segment times cannot be mapped to frames; "
+                         "pass --fps (or --folder-fps for frame folders)")
+    return float(rate)
+
+
+def _write_item(frames: list[np.ndarray], item: Item, paths: dict[str, Path], opts: Options, row: dict[str, str],
+                warnings: list[str]) -> None:
+    """Write one cut item's arrays (and labels.txt) and complete its manifest row, or mark it failed."""
+    writing: Path | None = None
+    try:
+        if len(frames) < opts.min_frames:
+            span = f" [{item.start:g}, {item.end:g}) s" if item.start is not None else ""
+            raise VideoError(f"{item.source}{span}: {len(frames)} frame(s) at sample rate "
+                             f"{opts.sample_rate}; at least {opts.min_frames} needed")
+        todo = {m: p for m, p in paths.items() if opts.overwrite or not p.exists()}
+        if len(item.labels) > 1:
+            write_labels(next(iter(paths.values())).parent, item.labels)
+        stacked = np.stack(frames)
+        if "rgb" in todo:
+            writing = todo["rgb"]
+            save_array_atomic(writing, _encode_frames(stacked, opts))
+        if "flow" in todo:
+            flow = _flow_frames(stacked, opts, _extractor(opts), None)
+            writing = todo["flow"]
+            save_array_atomic(writing, flow)
+        row.update(status="done", message=" | ".join(warnings), frames_written=str(len(stacked)))
+        row.update(_shapes_on_disk(paths))
+    except VideoError as exc:
+        row.update(status="failed", message=str(exc))
+    except OSError as exc:
+        full = writing is not None and is_disk_full(exc)
+        row.update(status="failed", message=disk_full_message(writing, exc) if full
+                   else f"{item.source}: unexpected {type(exc).__name__}: {exc}")
+    except Exception as exc:  # one bad segment must not stop the others
+        row.update(status="failed", message=f"{item.source}: unexpected {type(exc).__name__}: {exc}")
+
+
+def process_segments(items: list[Item], paths: list[dict[str, Path]], opts: Options) -> list[dict[str, str]]:
+    """Decode one source once and write every item cut from it (segments [start, end) s, or the whole source).
+
+    Output frame k (time k / fps after resampling) belongs to a segment when start <= k / fps < end,
+    so a segment of d seconds has round(d * fps) frames, the same frames the whole video's arrays
+    hold at those indices. Only frames inside some segment are resized and kept, and each segment
+    is written as soon as its last frame is decoded, so memory holds the open segments only.
+    """
+    rows = [_base_row(item, opts) for item in items]
+    buffers: dict[int, list[np.ndarray]] = {j: [] for j in range(len(items))}
+    warnings: list[str] = []
+    try:
+        stream = FrameStream(items[0].source, opts.fps, opts.folder_fps)
+        for row in rows:
+            row["source_fps"] = f"{stream.info.fps:.3f}"
+        rate = output_rate(stream, opts)
+        ranges = [frame_range(it.start, it.end, rate) if it.start is not None else (0, None) for it in items]
+        last = None if any(b is None for _, b in ranges) else max(b for _, b in ranges)
+        frames = iter(stream)
+        decoded = 0
+        for i, frame in enumerate(frames):
+            if last is not None and i >= last:
+                break
+            decoded = i + 1
+            wanted = [j for j in buffers if ranges[j][0] <= i and (i - ranges[j][0]) % opts.sample_rate == 0]
+            if wanted:
+                small = resize_short_side(frame, opts.size)
+                for j in wanted:
+                    buffers[j].append(small)
+            for j in [j for j in buffers if ranges[j][1] is not None and ranges[j][1] <= i + 1]:
+                _write_item(buffers.pop(j), items[j], paths[j], opts, rows[j], warnings)
+        if hasattr(frames, "close"):
+            frames.close()
+        warnings = list(stream.info.warnings)
+        length = decoded / rate
+        for j in list(buffers):
+            item, (first, stop) = items[j], ranges[j]
+            if stop is None:
+                _write_item(buffers.pop(j), item, paths[j], opts, rows[j], warnings)
+            elif first >= decoded:
+                buffers.pop(j)
+                rows[j].update(status="failed", message=f"{item.where}: segment [{item.start:g}, {item.end:g}) s is "
+                                                        f"outside {item.source} ({length:.2f} s long)")
+            else:
+                note = (f"{item.where}: segment [{item.start:g}, {item.end:g}) s ends after {item.source} "
+                        f"({length:.2f} s long); cut to [{item.start:g}, {length:.2f}) s")
+                _write_item(buffers.pop(j), item, paths[j], opts, rows[j], [*warnings, note])
+    except VideoError as exc:
+        for j in buffers:
+            rows[j].update(status="failed", message=str(exc))
+    except Exception as exc:  # a bug or an OS problem on one video must not stop the batch
+        for j in buffers:
+            rows[j].update(status="failed", message=f"{items[0].source}: unexpected {type(exc).__name__}: {exc}")
+    for row in rows:
+        row.setdefault("status", "failed")
+    return rows
+
+
 def _shapes_on_disk(paths: dict[str, Path]) -> dict[str, str]:
     """rgb_shape / flow_shape / dtype read from the .npy headers of existing outputs."""
     row: dict[str, str] = {}
@@ -416,8 +612,26 @@ def _worker_init(threads: int, parent_pid: int | None = None) -> None:
     set_threads(threads)
 
 
-def _run_one(args: tuple[Item, dict[str, Path], Options]) -> dict[str, str]:
-    return process_item(*args)
+def _run_one(job: tuple, show_frames: bool = False) -> dict[str, str] | list[dict[str, str]]:
+    """Run one job: (item, paths, opts) of a folder item, or ([items], [paths], opts) cut from one source."""
+    items, paths, opts = job
+    if not isinstance(items, list):
+        return process_item(items, paths, opts, show_frames)
+    if len(items) == 1 and items[0].start is None:
+        if len(items[0].labels) > 1:
+            write_labels(next(iter(paths[0].values())).parent, items[0].labels)
+        return [process_item(items[0], paths[0], opts, show_frames)]
+    return process_segments(items, paths, opts)
+
+
+def group_by_source(jobs: list[tuple[Item, dict[str, Path], Options]]) -> list[tuple]:
+    """Jobs of items sharing a source merged into one ([items], [paths], opts) job: one decode per video."""
+    groups: dict[Path, tuple[list, list, Options]] = {}
+    for item, paths, opts in jobs:
+        group = groups.setdefault(item.source, ([], [], opts))
+        group[0].append(item)
+        group[1].append(paths)
+    return list(groups.values())
 
 
 def _write_atomic(path: Path, write, newline: str | None = None) -> None:
@@ -458,7 +672,7 @@ def read_manifest(path: Path) -> dict[str, dict[str, str]]:
     if not path.exists():
         return {}
     with open(path, newline="") as f:
-        return {row["source"]: row for row in csv.DictReader(f)}
+        return {row_key(row): row for row in csv.DictReader(f)}
 
 
 def manifest_name(shard: tuple[int, int]) -> str:
@@ -516,7 +730,10 @@ def estimate_bytes(items: list[Item], opts: Options, sample: int = 32) -> int:
             stream = FrameStream(item.source, opts.fps, opts.folder_fps)
             info = probe(item.source) if stream.kind == "folder" else stream.info
             h, w = _output_hw(info.width, info.height, opts)
-            total += stream.estimated_frames() // opts.sample_rate * h * w * channels * itemsize
+            frames = stream.estimated_frames()
+            if item.start is not None:
+                frames = min(frames, round((item.end - item.start) * (opts.fps or info.fps or 25.0)))
+            total += frames // opts.sample_rate * h * w * channels * itemsize
             counted += 1
         except VideoError:
             continue
@@ -534,18 +751,20 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
-def run(raw_dir: Path, out_dir: Path, opts: Options, log=print) -> int:
-    """Pre-process RAW_DIR into OUT_DIR; return the number of failed items."""
+def run(raw_dir: Path, out_dir: Path, opts: Options, log=print, annotations: Path | None = None) -> int:
+    """Pre-process RAW_DIR (or the items an annotation file lists over it) into OUT_DIR; return the failures."""
     opts.validate()
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     if out_dir.resolve() == raw_dir.resolve() or raw_dir.resolve() in out_dir.resolve().parents:
         raise PreprocessError(f"{out_dir}: OUT_DIR must not be RAW_DIR or inside it (its arrays would be read as input)")
-    found = discover(raw_dir)
+    found = discover_annotations(annotations, raw_dir) if annotations else discover(raw_dir)
+    if annotations and not found.presplit:
+        found.notes.append(assign_splits_by_source(found.items, opts.val_ratio, opts.seed))
     for note in found.notes[:20]:
         log(f"note: {note}")
     if len(found.notes) > 20:
         log(f"note: ... and {len(found.notes) - 20} more skipped entries")
-    if not found.presplit:
+    if not found.presplit and not annotations:
         assign_splits(found.items, opts.val_ratio, opts.seed)
     _prepare_out_dir(out_dir)
     lock = FolderLock(out_dir, opts.shard)
@@ -556,7 +775,7 @@ def run(raw_dir: Path, out_dir: Path, opts: Options, log=print) -> int:
     except OSError as exc:  # e.g. ENOLCK: a file system without locks; go on as before locks existed
         log(f"warning: {out_dir}: cannot be locked ({exc.strerror or exc}); do not run two pre-process.py into it at once")
     try:
-        failures = _run_locked(raw_dir, out_dir, opts, log, found)
+        failures = _run_locked(raw_dir, out_dir, opts, log, found, annotations)
     finally:
         lock.release()
     if opts.shard[1] > 1:
@@ -570,7 +789,8 @@ def _remove_stale_temp_files(out_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _run_locked(raw_dir: Path, out_dir: Path, opts: Options, log, found: Discovery) -> int:
+def _run_locked(raw_dir: Path, out_dir: Path, opts: Options, log, found: Discovery,
+                annotations: Path | None = None) -> int:
     """The body of `run`, once OUT_DIR is locked for this shard."""
     manifest_path = out_dir / manifest_name(opts.shard)
     previous = read_manifest(manifest_path)
@@ -589,7 +809,7 @@ def _run_locked(raw_dir: Path, out_dir: Path, opts: Options, log, found: Discove
     except OSError as exc:
         raise PreprocessError(f"{classes_path}: cannot be written ({exc.strerror or exc}); choose an OUT_DIR you can write to") from None
 
-    mine = shard_items(found.items, opts.shard)
+    mine = shard_by_source(found.items, opts.shard) if annotations else shard_items(found.items, opts.shard)
     rows: dict[str, dict[str, str]] = {}
     jobs: list[tuple[Item, dict[str, Path], Options]] = []
     for item in mine:
@@ -598,20 +818,23 @@ def _run_locked(raw_dir: Path, out_dir: Path, opts: Options, log, found: Discove
         if folder.is_dir():
             for stale in folder.glob(f"*{PARTIAL_SUFFIX}"):
                 stale.unlink()  # left by a killed run; never a complete array
-        key = str(item.source)
+        key = item.key
         if item.error:
             rows[key] = {**_base_row(item, opts), "status": "failed", "message": item.error}
-        elif not opts.overwrite and all(p.exists() for p in paths.values()):
+        elif not opts.overwrite and all(p.exists() for p in paths.values()) and (
+                len(item.labels) < 2 or (folder / LABELS_FILE).exists()):
             old = previous.get(key)
             rows[key] = old if old and old.get("status") != "failed" else {**_base_row(item, opts), "status": "done", **_shapes_on_disk(paths)}
         else:
             jobs.append((item, paths, opts))
+    bad = [it for it in mine if it.error]
     n_split = {s: sum(1 for it in found.items if it.split == s) for s in SPLITS}
     log(
         f"{raw_dir}: {len(found.items)} items in {len(found.classes)} classes "
-        f"({', '.join(f'{n} {s}' for s, n in n_split.items() if n)}; split {'kept from folders' if found.presplit else f'by --val-ratio {opts.val_ratio} --seed {opts.seed}'})"
+        f"({', '.join(f'{n} {s}' for s, n in n_split.items() if n)}; split {('kept from ' + ('the annotations' if annotations else 'folders')) if found.presplit else f'by --val-ratio {opts.val_ratio} --seed {opts.seed}'})"
         + (f"; shard {opts.shard[0]}/{opts.shard[1]} has {len(mine)}" if opts.shard[1] > 1 else "")
-        + f"; {len(mine) - len(jobs)} already done, {len(jobs)} to do"
+        + f"; {len(mine) - len(jobs) - len(bad)} already done, {len(jobs)} to do"
+        + (f", {len(bad)} unusable" if bad else "")
     )
     if "flow" in opts.modalities and opts.flow != "tvl1":
         log(f"warning: --flow {opts.flow}: the pretrained I3D flow stream was trained on TV-L1 flow; other flow has different statistics (fine-tune, do not just evaluate)")
@@ -630,15 +853,20 @@ def _run_locked(raw_dir: Path, out_dir: Path, opts: Options, log, found: Discove
         if r.get("status") == "failed":
             log(f"FAILED {r['message']}")
     last_save = time.monotonic()
-    workers = min(opts.workers, max(1, len(jobs)))
     bar = tqdm(total=len(jobs), desc="items", unit="item", position=0)
+    work = group_by_source(jobs) if annotations else jobs
+    workers = min(opts.workers, max(1, len(work)))
 
     def save_manifest() -> None:
         write_manifest(manifest_path, {**previous, **rows})  # a full disk raises PreprocessError
 
-    def record(row: dict[str, str]) -> None:
+    def record(result: dict[str, str] | list[dict[str, str]]) -> None:
+        for row in result if isinstance(result, list) else [result]:
+            record_row(row)
+
+    def record_row(row: dict[str, str]) -> None:
         nonlocal failures, last_save
-        rows[row["source"]] = row
+        rows[row_key(row)] = row
         if row["status"] == "failed":
             failures += 1
             bar.write(f"FAILED {row['message']}")
@@ -654,12 +882,12 @@ def _run_locked(raw_dir: Path, out_dir: Path, opts: Options, log, found: Discove
     try:
         if workers == 1:
             set_threads(os.cpu_count() or 1)
-            for job in jobs:
-                record(process_item(*job, show_frames=True))
+            for job in work:
+                record(_run_one(job, show_frames=True))
         else:
             threads = max(1, (os.cpu_count() or 1) // workers)
             with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads, os.getpid())) as pool:
-                futures = [pool.submit(_run_one, job) for job in jobs]
+                futures = [pool.submit(_run_one, job) for job in work]
                 try:
                     for future in as_completed(futures):
                         record(future.result())

@@ -173,3 +173,34 @@ def test_unusable_dtype_names_the_file(tmp_path):
     items = scan_split(tmp_path / "d", "train", ["a"], "rgb")
     with pytest.raises(DatasetError, match=r"rgb-SampleRate_1.npy: dtype complex64, expected float32"):
         ClipDataset(items, "rgb", clip_len=4, crop=8).load(items[0], "rgb", View.centre())
+def test_multi_label_items_read_their_labels_txt(tmp_path):
+    from src.dataset import collate, is_multi_label, targets
+    from src.synthetic import MULTI_COMBOS, MULTI_LABELS, make_multilabel_arrays
+    data = make_multilabel_arrays(tmp_path / "d", per_combo=(1, 1), frames=8, size=40)
+    classes = read_classes(data)
+    assert classes == list(MULTI_LABELS)
+    items = scan_split(data, "train", classes, "rgb")
+    assert len(items) == len(MULTI_COMBOS) and is_multi_label(items)
+    got = sorted(tuple(classes[i] for i in it.label_set()) for it in items)
+    assert got == sorted(MULTI_COMBOS)     # zoom_in and brighten have no class folder of their own here
+    expected = np.array([[c in combo for c in classes] for combo in
+                         (tuple(classes[i] for i in it.label_set()) for it in items)], np.float32)
+    np.testing.assert_array_equal(targets(items, len(classes)), expected)
+    ds = ClipDataset(items, "rgb", clip_len=4, crop=32, train=False, multi_label_classes=len(classes))
+    batch = collate([ds[0], ds[1]])
+    assert batch[3].shape == (2, 4) and torch.equal(batch[3], torch.from_numpy(expected[:2]))
+    assert not is_multi_label(scan_split(make_arrays(tmp_path / "s", (1, 1), 4, 40), "train",
+                                         read_classes(tmp_path / "s"), "rgb"))
+
+
+def test_labels_txt_naming_an_unknown_class_is_a_clear_error(tmp_path):
+    from src.synthetic import make_multilabel_arrays
+    data = make_multilabel_arrays(tmp_path / "d", per_combo=(1, 0), frames=4, size=40)
+    folder = next((data / "train" / "pan_left").iterdir())
+    (folder / "labels.txt").write_text("pan_left\njumping\n")
+    with pytest.raises(DatasetError, match=r"labels.txt: labels \['jumping'\] are not in classes.txt"):
+        scan_split(data, "train", read_classes(data), "rgb")
+    (data / "classes.txt").write_text("pan_left\npan_right\nzoom_in\nbrighten\njumping\n")
+    (folder / "labels.txt").write_text("pan_left\n")
+    with pytest.raises(DatasetError, match="class 'jumping' has no rgb arrays"):
+        scan_split(data, "train", read_classes(data), "rgb")

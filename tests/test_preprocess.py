@@ -483,3 +483,99 @@ def test_full_disk_is_reported_as_such(shared, tmp_path, monkeypatch, writer):
     assert "\n" not in message and "unexpected" not in message and "rerun" in message
     rows = _manifest(out / "manifest.csv")
     assert len(rows) == 1 and next(iter(rows.values()))["message"].startswith("disk full while writing")
+# ---------------------------------------------------------------- annotation files: segments of long recordings
+
+def _annotated(tmp_path: Path, shared: Path, csv_text: str) -> tuple[Path, Path]:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in ("arm_wrestling.mp4", "cleaning_pool.mp4"):
+        shutil.copy(shared / "videos" / name, raw / name)
+    ann = tmp_path / "ann.csv"
+    ann.write_text(csv_text)
+    return raw, ann
+
+
+def test_segments_are_the_same_frames_as_the_whole_video_decoded_once(shared, tmp_path, monkeypatch):
+    import src.preprocess as pp
+    # arm_wrestling.mp4: 280 frames at 28 fps = 10 s, i.e. 250 frames at 25 fps
+    raw, ann = _annotated(tmp_path, shared, "video,label,start,end,split\n"
+                                            "arm_wrestling.mp4,wrestle,2.0,4.0,train\n"
+                                            "arm_wrestling.mp4,wrestle;arms,0.1,0.3,train\n"
+                                            "arm_wrestling.mp4,arms,9.5,10.0,val\n"
+                                            "cleaning_pool.mp4,pool,,,train\n")
+    decodes = []
+
+    class Counting(pp.FrameStream):
+        def __iter__(self):
+            decodes.append(self.path.name)
+            return super().__iter__()
+
+    monkeypatch.setattr(pp, "FrameStream", Counting)
+    out = tmp_path / "out"
+    assert run(raw, out, Options(**FAST), log=lambda m: None, annotations=ann) == 0
+    assert sorted(decodes) == ["arm_wrestling.mp4", "cleaning_pool.mp4"]   # one decode per video
+    assert (out / "classes.txt").read_text() == "arms\npool\nwrestle\n"
+
+    whole_raw = _raw(tmp_path / "w", shared, {"c": ["arm_wrestling.mp4"]})
+    assert run(whole_raw, tmp_path / "whole", Options(val_ratio=0, **FAST), log=lambda m: None) == 0
+    whole = tmp_path / "whole" / "train" / "c" / "arm_wrestling"
+    rgb, flow = np.load(whole / "rgb-SampleRate_1.npy"), np.load(whole / "flow-SampleRate_1.npy")
+    assert len(rgb) == 250
+    for split, cls, name, first, count in [("train", "wrestle", "arm_wrestling_2000-4000ms", 50, 50),
+                                           ("train", "wrestle", "arm_wrestling_100-300ms", 3, 5),
+                                           ("val", "arms", "arm_wrestling_9500-10000ms", 238, 12)]:
+        folder = out / split / cls / name
+        cut_rgb, cut_flow = np.load(folder / "rgb-SampleRate_1.npy"), np.load(folder / "flow-SampleRate_1.npy")
+        assert len(cut_rgb) == count and len(cut_flow) == count - 1
+        np.testing.assert_array_equal(cut_rgb, rgb[first:first + count])
+        np.testing.assert_array_equal(cut_flow, flow[first:first + count - 1])
+    assert (out / "train" / "wrestle" / "arm_wrestling_100-300ms" / "labels.txt").read_text() == "wrestle\narms\n"
+    assert not (out / "train" / "wrestle" / "arm_wrestling_2000-4000ms" / "labels.txt").exists()
+    assert np.load(out / "train" / "pool" / "cleaning_pool" / "rgb-SampleRate_1.npy").shape[0] == 250
+    rows = _manifest(out / "manifest.csv")
+    assert rows["arm_wrestling_100-300ms"]["labels"] == "wrestle;arms"
+    assert (rows["arm_wrestling_2000-4000ms"]["start"], rows["arm_wrestling_2000-4000ms"]["end"]) == ("2.000", "4.000")
+
+    messages = []   # a rerun finds everything done
+    decodes.clear()
+    assert run(raw, out, Options(**FAST), log=messages.append, annotations=ann) == 0
+    assert decodes == [] and any("4 already done, 0 to do" in m for m in messages)
+
+
+def test_bad_annotation_rows_are_one_line_each_and_the_rest_goes_on(shared, tmp_path):
+    raw, ann = _annotated(tmp_path, shared, "video,label,start,end,split\n"
+                                            "missing.mp4,pool,0,1,train\n"
+                                            "arm_wrestling.mp4,wrestle,11,12,train\n"
+                                            "arm_wrestling.mp4,wrestle,0,1,holdout\n"
+                                            "arm_wrestling.mp4,,0,1,train\n"
+                                            "arm_wrestling.mp4,wrestle,9,12,train\n"
+                                            "cleaning_pool.mp4,pool,1,2,train\n")
+    messages: list[str] = []
+    out = tmp_path / "out"
+    assert run(raw, out, Options(**FAST), log=messages.append, annotations=ann) == 4
+    failed = [m for m in messages if m.startswith("FAILED")]
+    assert len(failed) == 3   # the parse-time ones; the segment outside the video is reported by the bar
+    assert any(f"{ann}:2:" in m and "missing.mp4: no such video" in m for m in failed)
+    assert any(f"{ann}:4:" in m and "unknown split 'holdout'" in m for m in failed)
+    assert any(f"{ann}:5: empty label" in m for m in failed)
+    with open(out / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    status = {(r["name"], r["start"]): (r["status"], r["message"]) for r in rows}
+    assert len(rows) == 6
+    outside = status[("arm_wrestling_11000-12000ms", "11.000")]
+    assert outside[0] == "failed" and f"{ann}:3: segment [11, 12) s is outside" in outside[1]
+    clipped = status[("arm_wrestling_9000-12000ms", "9.000")]
+    assert clipped[0] == "done" and "cut to [9, 10.00) s" in clipped[1]
+    assert np.load(out / "train" / "wrestle" / "arm_wrestling_9000-12000ms" / "rgb-SampleRate_1.npy").shape[0] == 25
+    assert status[("cleaning_pool_1000-2000ms", "1.000")][0] == "done"
+
+
+def test_recordings_are_split_whole():
+    from src.preprocess import assign_splits_by_source
+    items = [Item(Path(f"rec{r}.mp4"), "a" if s % 2 else "b", f"rec{r}_{s}") for r in range(10) for s in range(4)]
+    note = assign_splits_by_source(items, 0.2, seed=0)
+    by_source: dict[Path, set] = {}
+    for it in items:
+        by_source.setdefault(it.source, set()).add(it.split)
+    assert all(len(s) == 1 for s in by_source.values()) and "10 recordings" in note
+    assert sum(s == {"val"} for s in by_source.values()) == 2
