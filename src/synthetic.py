@@ -97,7 +97,7 @@ MULTI_COMBOS = tuple(combo for pan in ((), ("pan_left",), ("pan_right",))
 
 
 def motion_clip(rng: np.random.Generator, labels: tuple[str, ...], frames: int, height: int, width: int,
-                speed: float = 2.0, zoom: float = 0.02, dim: float = 0.4) -> np.ndarray:
+                speed: float = 2.0, zoom: float = 0.03, dim: float = 0.4) -> np.ndarray:
     """uint8 RGB frames (T, H, W, 3) of a random texture showing every motion in `labels` at once.
 
     pan_left / pan_right: the texture moves `speed` px per frame; zoom_in: the view's scale grows by

@@ -38,7 +38,7 @@ def test_multi_label_clips_show_each_motion():
     means = bright.mean(axis=(1, 2, 3))
     assert np.all(np.diff(means) > 0) and means[-1] / means[0] == pytest.approx(1 / 0.4, rel=0.05)
     zoom = motion_clip(rng, ("zoom_in",), 11, 60, 60)
-    scale = 1.02 ** 10                                                   # the centre crop of frame 0, enlarged
+    scale = 1.03 ** 10                                                   # the centre crop of frame 0, enlarged
     side = 60 / scale
     lo = (60 - side) / 2
     m = np.float32([[side / 60, 0, lo], [0, side / 60, lo]])
