@@ -1,5 +1,7 @@
 """Test a fine-tuned run: multi-clip x multi-crop (softmax scores averaged), top-1, top-5, mean class
 accuracy and the confusion matrix, printed as a table and written as JSON (and a PNG).
+Multi-label runs: sigmoid probabilities averaged, mAP, per-class AP, and micro F1 at the run's
+per-class thresholds (chosen on val, so F1 on val is optimistic), plus a per-class AP chart.
 
 Examples:
     python evaluate.py runs/20261125-101500-rgb
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -17,7 +20,7 @@ from src.dataset import DatasetError
 from src.device import pick_device
 from src.evaluation import evaluate_run
 from src.inference import add_inference_arguments, chosen_precision
-from src.runs import TrainingError, plot_confusion
+from src.runs import TrainingError, plot_ap, plot_confusion
 
 
 def main() -> int:
@@ -38,6 +41,8 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     out = Path(args.out or Path(args.run_dir) / f"evaluation-{args.split}.json")
+    if result.map is not None:
+        return report_multilabel(result, classes, args, out)
     report = {"split": args.split, "clips": args.clips, "crops": args.crops, "items": int(result.confusion.sum()),
               "top1": result.top1, "top5": result.top5, "mean_class_accuracy": result.mean_class_acc,
               "loss": result.loss, "per_class": dict(zip(classes, result.per_class)),
@@ -49,6 +54,25 @@ def main() -> int:
           f"{'mean class accuracy':<{width}}  {result.mean_class_acc:.4f}")
     for name, acc in zip(classes, result.per_class):
         print(f"{name:<{width}}  {acc:.4f}")
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+def report_multilabel(result, classes: list[str], args: argparse.Namespace, out: Path) -> int:
+    """Print and write a multi-label run's mAP, per-class AP and thresholded F1."""
+    report = {"split": args.split, "clips": args.clips, "crops": args.crops, "items": len(result.scores),
+              "map": result.map, "f1_at_thresholds": result.f1, "top1": result.top1, "loss": result.loss,
+              "per_class_ap": {c: (None if math.isnan(a) else a) for c, a in zip(classes, result.per_class_ap)},
+              "thresholds": dict(zip(classes, result.thresholds)), "classes": classes}
+    out.write_text(json.dumps(report, indent=2))
+    plot_ap(result.per_class_ap, classes, out.with_suffix(".png"))
+    summary = {"mAP": result.map, "F1 at the run's thresholds": result.f1, "top-1 (a label ranked first)": result.top1}
+    width = max(len(c) for c in classes + list(summary))
+    for name, value in summary.items():
+        print(f"{name:<{width}}  {value:.4f}")
+    print(f"{'class':<{width}}  AP      threshold")
+    for name, ap, thr in zip(classes, result.per_class_ap, result.thresholds):
+        print(f"{name:<{width}}  {'  n/a ' if math.isnan(ap) else f'{ap:.4f}'}  {thr:.4f}")
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 

@@ -7,6 +7,10 @@ Examples:
     python predict.py clip.npy --weights model/model_rgb.pth --logits-out logits.npy
     python predict.py clip.mp4 --checkpoint runs/20261125-101500-rgb
     python predict.py long.mp4 --checkpoint runs/... --timeline --window 64 --stride 32 --timeline-out t.csv
+
+With a multi-label run (train.py --multi-label, or data whose items have several labels), every class
+whose probability (sigmoid) reaches the threshold chosen on the validation split is listed, with its
+probability, instead of the top k; --timeline lists them per window.
 """
 from __future__ import annotations
 
@@ -38,7 +42,11 @@ def write_timeline(rows: list[dict], out: str | None) -> None:
     elif out:
         Path(out).write_text(json.dumps({"timeline": rows}, indent=2))
     for r in rows:
-        print(f"{r['start_s']:8.2f}-{r['end_s']:<8.2f} {r['prob']:.3f}  {r['label']}")
+        if "labels" in r:  # multi-label
+            found = ", ".join(f"{lab} {p}" for lab, p in zip(r["labels"].split(";"), r["probs"].split(";")) if lab)
+            print(f"{r['start_s']:8.2f}-{r['end_s']:<8.2f} {found or '(no class over its threshold)'}")
+        else:
+            print(f"{r['start_s']:8.2f}-{r['end_s']:<8.2f} {r['prob']:.3f}  {r['label']}")
 
 
 def main() -> int:
@@ -48,7 +56,8 @@ def main() -> int:
     parser.add_argument("--weights", default="rgb_scratch",
                         help="registry name (rgb_scratch, rgb_imagenet, ...) or a weights file (default: %(default)s)")
     parser.add_argument("--checkpoint", metavar="RUN_DIR", help="a fine-tuned train.py run (overrides --weights)")
-    parser.add_argument("--top-k", type=int, default=5, help="how many classes to show (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=5, help="how many classes to show (default: %(default)s; "
+                                                              "multi-label runs show every class over its threshold)")
     parser.add_argument("--frames", type=int, default=None, help="use only the N central frames (default: all)")
     parser.add_argument("--resize", action="store_true",
                         help="resize + centre-crop even frames that are already crop-sized (taken as pre-cropped)")
@@ -92,7 +101,7 @@ def main() -> int:
         write_timeline(rows, args.timeline_out)
         return 0
     logits = predictor.logits(clips, device)
-    predictions = top_k(logits, predictor.categories, args.top_k)
+    predictions = predictor.decide(logits, args.top_k)
     if args.logits_out:
         np.save(args.logits_out, logits)
     if args.json:
@@ -101,6 +110,13 @@ def main() -> int:
         clip = next(iter(clips.values()))
         print(f"{args.input}: {len(clip)} frames of {clip.shape[2]}x{clip.shape[1]}, weights {predictor.name}; "
               f"{predictor.path}")
+        if predictor.thresholds is not None:
+            print("classes over their thresholds (sigmoid probabilities; thresholds chosen on validation):")
+            if not predictions:
+                best = top_k(logits, predictor.categories, 1)[0]
+                print(f"  none; the most probable is {best.label} "
+                      f"({1 / (1 + np.exp(-best.logit)):.4f}, threshold {predictor.thresholds[best.index]:.4f})")
+                return 0
         print(format_table(predictions))
     return 0
 

@@ -6,6 +6,7 @@ Examples:
     python train.py --modality joint --freeze 15 --cache-views 4 # RGB + flow streams, logits summed
     python train.py --resume runs/20261125-101500-rgb             # continue exactly where it stopped
     torchrun --nproc_per_node 2 train.py --data ...              # DistributedDataParallel (gloo on CPU)
+    python train.py --data segments-pre --multi-label --no-flip  # several labels per item (labels.txt)
 
 With K blocks frozen their output never changes, so it is cached (RUN/cache) and, once every view
 is cached (after --cache-views epochs), an epoch runs only the last 20-K blocks: many times faster.
@@ -45,6 +46,8 @@ HELP = {
     "cache_features": "cache the frozen blocks' output: auto (whenever blocks are frozen), on or off",
     "cache_views": "fixed augmented views per training item when caching", "cache_dtype": "float16 or float32",
     "patience": "early stopping: epochs without val improvement (0: off)",
+    "multi_label": "several labels per item: sigmoid outputs, binary cross-entropy, mAP, per-class thresholds "
+                   "chosen on val (automatic when some item has several labels)",
 }
 RECORDED = ("classes", "input_size", "input_fps", "input_sample_rate", "flow_algorithm")  # from the dataset, not options
 CHOICES = {"modality": ("rgb", "flow", "joint"), "optimizer": ("sgd", "adamw"), "schedule": ("cosine", "step"),

@@ -1,4 +1,5 @@
-"""Testing a finished run: multi-clip x multi-crop views of every item of a split, softmax scores averaged."""
+"""Testing a finished run: multi-clip x multi-crop views of every item of a split, softmax scores averaged
+(sigmoid probabilities for multi-label runs)."""
 from __future__ import annotations
 
 import logging
@@ -10,9 +11,9 @@ from tqdm import tqdm
 
 from src.dataset import ClipDataset, View, read_classes, scan_split
 from src.device import pick_device
-from src.metrics import EvalResult, summarize
+from src.metrics import EvalResult, summarize, summarize_multilabel
 from src.predict import accelerate
-from src.runs import TrainingError, load_run
+from src.runs import TrainingError, load_run, read_thresholds
 
 log = logging.getLogger("evaluate")
 
@@ -22,7 +23,8 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val
                  ) -> tuple[EvalResult, list[str]]:
     """Multi-clip x multi-crop testing of a run's best model: softmax scores averaged over the views.
 
-    `precision` picks the fast inference path (src.inference; None runs the plain model).
+    Multi-label runs average sigmoid probabilities instead and report mAP, per-class AP and F1 at the
+    run's thresholds. `precision` picks the fast inference path (src.inference; None runs the plain model).
     """
     device = device or pick_device()
     cfg, plain = load_run(run_dir)
@@ -42,15 +44,25 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val
     with torch.inference_mode():
         for item in tqdm(items, desc=f"evaluating {split}"):
             probs, logits_sum = 0, 0
+            squash = torch.sigmoid if cfg.multi_label else (lambda x: x.softmax(0))
             for start in starts:
                 for top, left in corners:
                     view = View(start, top, left, False)
                     logits = sum(model(dataset.load(item, stream, view)[None].to(device))
                                  for stream, model in models.items()).float().cpu()[0]
-                    probs = probs + logits.softmax(0)
+                    probs = probs + squash(logits)
                     logits_sum = logits_sum + logits
             n = len(starts) * len(corners)
             scores.append(probs / n)
-            loss_sum += F.cross_entropy((logits_sum / n)[None], torch.tensor([item.label])).item()
-            labels.append(item.label)
+            if cfg.multi_label:
+                target = torch.zeros(len(classes))
+                target[list(item.label_set())] = 1.0
+                loss_sum += F.binary_cross_entropy_with_logits(logits_sum / n, target).item()
+                labels.append(target)
+            else:
+                loss_sum += F.cross_entropy((logits_sum / n)[None], torch.tensor([item.label])).item()
+                labels.append(item.label)
+    if cfg.multi_label:
+        return summarize_multilabel(torch.stack(scores), torch.stack(labels), loss_sum,
+                                    read_thresholds(run_dir, classes)), classes
     return summarize(torch.stack(scores), torch.tensor(labels), len(classes), loss_sum), classes

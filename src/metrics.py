@@ -11,7 +11,7 @@ import torch
 
 @dataclass
 class EvalResult:
-    """Validation metrics of one pass."""
+    """Validation metrics of one pass; multi-label passes also have mAP, per-class AP and F1 thresholds."""
 
     loss: float
     top1: float
@@ -20,6 +20,10 @@ class EvalResult:
     per_class: list[float]
     confusion: np.ndarray
     scores: np.ndarray | None = None
+    map: float | None = None
+    per_class_ap: list[float] | None = None
+    thresholds: list[float] | None = None
+    f1: float | None = None  # micro F1 of the decisions probability >= threshold
 
 
 def summarize(scores: torch.Tensor, labels: torch.Tensor, num_classes: int, loss_sum: float) -> EvalResult:
@@ -96,3 +100,32 @@ def f1_at(probs: np.ndarray, targets: np.ndarray, thresholds: list[float]) -> fl
     truth = targets > 0
     tp = float(np.sum(pred & truth))
     return 2 * tp / max(float(pred.sum() + truth.sum()), 1.0)
+
+
+def top1_hits(scores: torch.Tensor, y: torch.Tensor) -> int:
+    """Items whose top-scoring class is right: the label, or one of the labels of a 0/1 label vector."""
+    pred = scores.argmax(1)
+    if y.ndim == 2:
+        return int(y.gather(1, pred[:, None]).sum())
+    return int((pred == y).sum())
+
+
+def summarize_multilabel(probs: torch.Tensor, targets: torch.Tensor, loss_sum: float,
+                         thresholds: list[float] | None = None) -> EvalResult:
+    """Multi-label metrics from per-item class probabilities (N, C) and 0/1 targets (N, C).
+
+    mAP averages the AP of the classes with a positive; `thresholds` (default: the ones maximising
+    each class's F1 on these very items) decide the F1. top-1 / top-5 count items with a label among
+    their 1 / 5 most probable classes; mean_class_acc and per_class carry the mAP and the APs.
+    """
+    p, t = probs.double().numpy(), targets.numpy()
+    n = len(t)
+    if n == 0:
+        empty = [float("nan")] * probs.shape[1]
+        return EvalResult(0.0, 0.0, 0.0, 0.0, empty, np.zeros((0, 0), np.int64), p, 0.0, empty,
+                          thresholds or [0.5] * probs.shape[1], 0.0)
+    aps = per_class_ap(p, t)
+    chosen = best_thresholds(p, t) if thresholds is None else list(thresholds)
+    top5 = np.take_along_axis(t, np.argsort(-p, 1)[:, :5], 1).sum(1) > 0
+    return EvalResult(loss_sum / n, top1_hits(probs, targets) / n, float(top5.mean()), mean_ap(aps), aps,
+                      np.zeros((0, 0), np.int64), p, mean_ap(aps), aps, chosen, f1_at(p, t, chosen))

@@ -131,6 +131,16 @@ def top_k(logits: torch.Tensor | np.ndarray, categories: list[str], k: int = 5) 
     return [Prediction(categories[i], int(i), float(probs[i]), float(logits[i])) for i in order]
 
 
+def over_threshold(logits: torch.Tensor | np.ndarray, categories: list[str],
+                   thresholds: list[float]) -> list[Prediction]:
+    """Multi-label: every class whose sigmoid probability reaches its threshold, most probable first."""
+    logits = torch.as_tensor(np.asarray(logits, dtype=np.float64)).flatten()
+    probs = logits.sigmoid()
+    order = probs.argsort(descending=True)
+    return [Prediction(categories[i], int(i), float(probs[i]), float(logits[i])) for i in order
+            if float(probs[i]) >= thresholds[i]]
+
+
 def default_categories(num_classes: int) -> list[str]:
     """Kinetics labels for 400/600-way heads, else class_0, class_1, ..."""
     from src.paths import LABELS_DIR
@@ -191,6 +201,13 @@ class Predictor:
     categories: list[str]
     name: str
     path: str = ""  # which inference path runs, in words
+    thresholds: list[float] | None = None  # multi-label runs: per-class probability thresholds
+
+    def decide(self, logits: np.ndarray, k: int = 5) -> list[Prediction]:
+        """Multi-label: every class over its threshold; otherwise the top k (softmax)."""
+        if self.thresholds is not None:
+            return over_threshold(logits, self.categories, self.thresholds)
+        return top_k(logits, self.categories, k)
 
     def logits(self, clips: dict[str, np.ndarray], device: torch.device) -> np.ndarray:
         """Summed logits of all streams for one clip per stream (late fusion, as the official joint model)."""
@@ -242,30 +259,40 @@ def predictor_from_run(run_dir: str | Path, device: torch.device, precision: str
     """A Predictor of a fine-tuned train.py run: its streams, classes and training recipe."""
     from dataclasses import replace
 
-    from src.runs import load_run
+    from src.runs import load_run, read_thresholds
     from src.weights import flow_recipe
 
     cfg, models = load_run(run_dir)
+    thresholds = read_thresholds(run_dir, cfg.classes) if cfg.multi_label else None
     recipes = {s: replace(flow_recipe(cfg.flow_algorithm) if s == "flow" else RGB_RECIPE, crop=cfg.crop,
                           resize_short_side=cfg.input_size or RGB_RECIPE.resize_short_side, fps=cfg.input_fps,
                           sample_rate=cfg.input_sample_rate) for s in models}
     fast, path = accelerate(dict(models.items()), device, precision, compile)
-    return Predictor(fast, recipes, cfg.classes, f"{run_dir} ({cfg.modality})", path)
+    kind = f"{cfg.modality}, multi-label" if cfg.multi_label else cfg.modality
+    return Predictor(fast, recipes, cfg.classes, f"{run_dir} ({kind})", path, thresholds)
 
 
 def timeline(predictor: Predictor, clips: dict[str, np.ndarray], window: int, stride: int, device: torch.device,
              fps: float = 25.0) -> list[dict]:
-    """Top class of each window of `window` frames, every `stride` frames, over a long clip."""
+    """Top class of each window of `window` frames, every `stride` frames, over a long clip.
+
+    Multi-label predictors give every class over its threshold instead: `labels` and `probs` are
+    ';'-separated (empty when no class is over its threshold).
+    """
     length = min(len(c) for c in clips.values())
     starts = list(range(0, max(length - window, 0) + 1, stride))
     rows = []
     for start in starts:
         part = {s: c[start:start + window] for s, c in clips.items()}
-        best = top_k(predictor.logits(part, device), predictor.categories, 1)[0]
         end = min(start + window, length)
-        rows.append({"start_frame": start, "end_frame": end, "start_s": round(start / fps, 3),
-                     "end_s": round(end / fps, 3), "label": best.label, "index": best.index,
-                     "prob": best.prob, "logit": best.logit})
+        row = {"start_frame": start, "end_frame": end, "start_s": round(start / fps, 3), "end_s": round(end / fps, 3)}
+        if predictor.thresholds is not None:
+            found = predictor.decide(predictor.logits(part, device))
+            row.update(labels=";".join(p.label for p in found), probs=";".join(f"{p.prob:.4f}" for p in found))
+        else:
+            best = top_k(predictor.logits(part, device), predictor.categories, 1)[0]
+            row.update(label=best.label, index=best.index, prob=best.prob, logit=best.logit)
+        rows.append(row)
     return rows
 
 
@@ -289,7 +316,7 @@ def exported_predictor(path: str | Path, like: Predictor) -> Predictor:
         raise InputError(f"{path}: no such exported model; create one with `python export.py`")
     stream = next(iter(like.models))
     return Predictor({stream: _Exported(path)}, like.recipes, like.categories, f"{path} (exported)",
-                     f"exported model {Path(path).suffix}")
+                     f"exported model {Path(path).suffix}", like.thresholds)
 
 
 def load_clip_tensor(path: str | Path, frames: int | None = None) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 A run folder holds config.json, classes.txt, best.safetensors (the best validation epoch), last.pt
 (everything needed to resume), metrics.json / metrics.csv, curves.png, confusion_matrix.png and
-train.log. A folder without last.pt has not finished an epoch: it is not a run yet, and training
+train.log; a multi-label run has thresholds.json and ap_per_class.png instead of the confusion matrix. A folder without last.pt has not finished an epoch: it is not a run yet, and training
 may start again in it.
 """
 from __future__ import annotations
@@ -24,7 +24,8 @@ from src.files import atomic_write
 from src.model import I3D
 
 RUN_FILES = ("config.json", "classes.txt", "last.pt", "best.safetensors", "metrics.json", "metrics.csv",
-             "curves.png", "confusion_matrix.png", "train.log")
+             "curves.png", "confusion_matrix.png", "train.log", "thresholds.json", "ap_per_class.png")
+THRESHOLDS_FILE = "thresholds.json"
 
 
 class TrainingError(RuntimeError):
@@ -70,6 +71,7 @@ class Config:
     cache_views: int = 4
     cache_dtype: str = "float16"
     patience: int = 0
+    multi_label: bool = False  # sigmoid + binary cross-entropy; set automatically when items have several labels
     classes: list[str] = field(default_factory=list)
     # how pre-process.py made the arrays (from its manifest), so prediction prepares inputs the same way
     input_size: int | None = None  # short side of the stored frames
@@ -209,24 +211,78 @@ def write_metrics(run_dir: Path, history: list[dict], best: dict) -> None:
         writer.writerows(history)
 
 
-def save_plots(run_dir: Path, history: list[dict], confusion: np.ndarray, classes: list[str]) -> None:
-    """curves.png (loss and top-1 per epoch) and confusion_matrix.png."""
+def save_plots(run_dir: Path, history: list[dict], confusion: np.ndarray, classes: list[str],
+               per_class_ap: list[float] | None = None) -> None:
+    """curves.png (loss and top-1 per epoch, and val mAP for multi-label runs) and confusion_matrix.png,
+    or, given the best epoch's per-class AP of a multi-label run, ap_per_class.png."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    multi = "val_map" in history[-1]
+    fig, axes = plt.subplots(1, 3 if multi else 2, figsize=(15 if multi else 10, 4))
+    ax_loss, ax_acc = axes[:2]
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
     ax_acc.plot(epochs, [h["train_top1"] for h in history], "o-", label="train")
     ax_acc.plot(epochs, [h["val_top1"] for h in history], "o-", label="val")
-    for ax, title in ((ax_loss, "loss"), (ax_acc, "top-1 accuracy")):
+    panels = [(ax_loss, "loss"), (ax_acc, "top-1 accuracy" + (" (a label ranked first)" if multi else ""))]
+    if multi:
+        axes[2].plot(epochs, [h["val_map"] for h in history], "o-", label="val")
+        panels.append((axes[2], "mAP"))
+    for ax, title in panels:
         ax.set_xlabel("epoch"), ax.set_title(title), ax.legend(), ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(run_dir / "curves.png", dpi=100)
     plt.close(fig)
-    plot_confusion(confusion, classes, run_dir / "confusion_matrix.png")
+    if per_class_ap is not None:
+        plot_ap(per_class_ap, classes, run_dir / "ap_per_class.png")
+    else:
+        plot_confusion(confusion, classes, run_dir / "confusion_matrix.png")
+
+
+def plot_ap(per_class_ap: list[float], classes: list[str], path: Path) -> None:
+    """A bar chart of each class's average precision (classes without a positive left at 0, marked n/a)."""
+    import math
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from src.metrics import mean_ap
+
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(classes) + 2), 4))
+    ax.bar(range(len(classes)), [0.0 if math.isnan(a) else a for a in per_class_ap])
+    for i, a in enumerate(per_class_ap):
+        if math.isnan(a):
+            ax.text(i, 0.02, "n/a", ha="center", fontsize=7, rotation=90)
+    ax.set_xticks(range(len(classes)), classes, rotation=90)
+    ax.set_ylim(0, 1), ax.set_ylabel("average precision")
+    ax.set_title(f"mAP {mean_ap(per_class_ap):.3f}"), ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_thresholds(run_dir: Path, classes: list[str], thresholds: list[float], epoch: int) -> None:
+    """RUN/thresholds.json: per class, the probability from which predict.py reports it (best F1 on val)."""
+    tmp = run_dir / (THRESHOLDS_FILE + ".part")
+    tmp.write_text(json.dumps({"epoch": epoch, "chosen_on": "val", "rule": "maximum F1 per class",
+                               "thresholds": dict(zip(classes, thresholds))}, indent=2))
+    os.replace(tmp, run_dir / THRESHOLDS_FILE)
+
+
+def read_thresholds(run_dir: str | Path, classes: list[str]) -> list[float]:
+    """The per-class thresholds of a multi-label run (0.5 for a class the file does not list)."""
+    path = Path(run_dir) / THRESHOLDS_FILE
+    try:
+        chosen = json.loads(path.read_text())["thresholds"]
+    except FileNotFoundError:
+        raise TrainingError(f"{path}: missing; a multi-label run writes it with its best epoch") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TrainingError(f"{path}: not a thresholds file ({exc})") from None
+    return [float(chosen.get(c, 0.5)) for c in classes]
 
 
 def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path) -> None:

