@@ -280,10 +280,19 @@ def assign_splits_by_source(items: list[Item], val_ratio: float, seed: int) -> s
         firsts = [it.cls for it in members]
         stand_ins.append(Item(source, max(sorted(set(firsts)), key=firsts.count), source.name))
     assign_splits(stand_ins, val_ratio, seed)
+    how = "stratified"
+    if val_ratio > 0 and not any(s.split == "val" for s in stand_ins):
+        # every label has a single recording: stratifying leaves val empty, so split the recordings plainly
+        ordered = sorted(stand_ins, key=lambda it: natural_key(str(it.source)))
+        random.Random(f"{seed}:recordings").shuffle(ordered)
+        n_val = min(max(1, round(len(ordered) * val_ratio)), len(ordered) - 1)
+        for i, stand_in in enumerate(ordered):
+            stand_in.split = "val" if i < n_val else "train"
+        how = "not stratified: too few recordings per label"
     for stand_in in stand_ins:
         for item in groups[stand_in.source]:
             item.split = stand_in.split
-    return f"{len(groups)} recordings split whole, so no recording is in both train and val"
+    return f"{len(groups)} recordings split whole ({how}), so no recording is in both train and val"
 
 
 def output_paths(out_dir: Path, item: Item, opts: Options) -> dict[str, Path]:

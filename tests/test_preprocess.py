@@ -579,3 +579,26 @@ def test_recordings_are_split_whole():
         by_source.setdefault(it.source, set()).add(it.split)
     assert all(len(s) == 1 for s in by_source.values()) and "10 recordings" in note
     assert sum(s == {"val"} for s in by_source.values()) == 2
+
+
+def test_cli_annotations_with_workers_and_clear_errors(shared, tmp_path):
+    raw, ann = _annotated(tmp_path, shared, "video,label,start,end\n"
+                                            "arm_wrestling.mp4,wrestle,1,2\n"
+                                            "arm_wrestling.mp4,wrestle;arms,3,4\n"
+                                            "cleaning_pool.mp4,pool,0,1\n"
+                                            "cleaning_pool.mp4,pool,5,6\n"
+                                            "nothing.mp4,pool,0,1\n")
+    script = str(REPO / "pre-process.py")
+    common = ["--size", "32", "--flow", "dis", "--workers", "2", "--val-ratio", "0.5"]
+    done = subprocess.run([sys.executable, script, "--annotations", str(ann), str(raw), str(tmp_path / "out"), *common],
+                          capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr                 # one row failed, the four others are done
+    assert f"FAILED {ann}:6: " in done.stdout + done.stderr
+    rows = _manifest(tmp_path / "out" / "manifest.csv")
+    assert sum(r["status"] == "done" for r in rows.values()) == 4
+    assert {r["split"] for r in rows.values() if r["status"] == "done"} == {"train", "val"}   # two recordings
+    for name, frames in [("arm_wrestling_1000-2000ms", 25), ("cleaning_pool_5000-6000ms", 25)]:
+        assert rows[name]["frames_written"] == str(frames)
+    missing = subprocess.run([sys.executable, script, "--annotations", str(tmp_path / "no.csv"), str(raw),
+                              str(tmp_path / "o2")], capture_output=True, text=True)
+    assert missing.returncode != 0 and missing.stderr.count("\n") == 1 and "no.csv: no such file" in missing.stderr
