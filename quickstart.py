@@ -37,14 +37,15 @@ def step(title: str, *args: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data/quickstart", help="where the dataset goes (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=20, help="training epochs (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 20, 15 with --multi-label)")
     parser.add_argument("--runs", default="runs", help="where the run folder goes (default: %(default)s)")
     parser.add_argument("--multi-label", action="store_true",
                         help="the multi-label variant: annotated segments of long recordings, two motions at once")
     args = parser.parse_args()
     if args.multi_label:
         return multi_label(Path(args.data + "-multilabel" if args.data == "data/quickstart" else args.data),
-                           min(args.epochs, 12))
+                           args.epochs or 15, Path(args.runs))
+    args.epochs = args.epochs or 20
     data = Path(args.data)
     run = Path(args.runs) / f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}"
     started = time.time()
@@ -72,19 +73,19 @@ def main() -> int:
     return 0
 
 
-def multi_label(data: Path, epochs: int) -> int:
+def multi_label(data: Path, epochs: int, runs: Path) -> int:
     """The multi-label walk-through: annotated segments, sigmoid outputs, mAP, thresholds, a timeline."""
-    run = Path("runs") / f"quickstart-multilabel-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = runs / f"quickstart-multilabel-{time.strftime('%Y%m%d-%H%M%S')}"
     started = time.time()
     step("1/6 fetch and convert the Kinetics-400 RGB weights", "i3d_tf_to_pt.py", "--rgb", "--checkpoint", "scratch")
-    step("2/6 generate 4 long recordings and annotations.csv (video,label,start,end; labels split by ';')",
-         "make_synthetic_dataset.py", str(data / "raw"), "--multi-label", "--recordings", "4")
+    step("2/6 generate 6 long recordings and annotations.csv (video,label,start,end; labels split by ';')",
+         "make_synthetic_dataset.py", str(data / "raw"), "--multi-label", "--recordings", "6")
     step("3/6 cut the annotated segments and pre-process them (one decode per recording)", "pre-process.py",
          "--annotations", str(data / "raw" / "annotations.csv"), str(data / "raw"), str(data / "pre-processed"),
          "--modalities", "rgb", "--size", "128", "--dtype", "uint8", "--val-ratio", "0.25")
     step("4/6 fine-tune a multi-label I3D (chosen automatically: some segments have two labels)", "train.py",
          "--data", str(data / "pre-processed"), "--out", str(run), "--epochs", str(epochs), "--clip-len", "32",
-         "--crop", "112", "--batch-size", "4", "--optimizer", "adamw", "--lr", "0.001", "--no-flip",
+         "--crop", "112", "--batch-size", "4", "--optimizer", "adamw", "--lr", "0.003", "--no-flip",
          "--cache-views", "2")
     step("5/6 evaluate: mAP and per-class AP", "evaluate.py", str(run))
     step("6/6 a new recording", "make_synthetic_dataset.py", str(data / "new"), "--multi-label", "--recordings", "1",
