@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from src.annotations import AnnotationError, frame_range, label_set, read_annotations, resolve_video, segment_name
+from src.annotations import AnnotationError, frame_range, read_annotations, resolve_video, segment_name
 from src.arrays import PARTIAL_SUFFIX, save_array_atomic
 from src.flow import FlowExtractor, rgb_to_gray, set_threads
 from src.lock import FolderLock, LockError, folder_mutex
@@ -257,8 +257,8 @@ def discover_annotations(annotations: Path, raw_dir: Path) -> Discovery:
     usable = [it for it in items if not it.error]
     if not usable:
         raise PreprocessError(f"{annotations}: none of its {len(items)} rows is usable; first problem: {items[0].error}")
-    classes = label_set(rows) if len(usable) == len(items) else sorted({lab for it in usable for lab in it.labels},
-                                                                       key=natural_key)
+    # labels of rows that fail (missing video, ...) are left out: a class without items could not train
+    classes = sorted({lab for it in usable for lab in it.labels}, key=natural_key)
     return Discovery(items, classes, all(it.split for it in usable))
 
 
