@@ -602,3 +602,22 @@ def test_cli_annotations_with_workers_and_clear_errors(shared, tmp_path):
     missing = subprocess.run([sys.executable, script, "--annotations", str(tmp_path / "no.csv"), str(raw),
                               str(tmp_path / "o2")], capture_output=True, text=True)
     assert missing.returncode != 0 and missing.stderr.count("\n") == 1 and "no.csv: no such file" in missing.stderr
+
+
+def test_annotation_shards_keep_each_recording_in_one_shard(shared, tmp_path):
+    raw, ann = _annotated(tmp_path, shared, "video,label,start,end,split\n"
+                                            "arm_wrestling.mp4,wrestle,0,1,train\n"
+                                            "arm_wrestling.mp4,wrestle,2,3,val\n"
+                                            "cleaning_pool.mp4,pool,0,1,train\n"
+                                            "cleaning_pool.mp4,pool,4,5,val\n")
+    out = tmp_path / "out"
+    sources = []
+    for i in (1, 2):
+        assert run(raw, out, Options(shard=(i, 2), size=32, flow="dis", workers=1), log=lambda m: None,
+                   annotations=ann) == 0
+        with open(out / f"manifest-shard{i}of2.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == 2 and len({r["source"] for r in rows}) == 1   # both segments of one recording
+        sources.append(rows[0]["source"])
+    assert sorted(Path(s).name for s in sources) == ["arm_wrestling.mp4", "cleaning_pool.mp4"]
+    assert len(_manifest(out / "manifest.csv")) == 4                          # merged by the last shard
