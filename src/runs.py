@@ -267,10 +267,9 @@ def plot_ap(per_class_ap: list[float], classes: list[str], path: Path) -> None:
 
 def write_thresholds(run_dir: Path, classes: list[str], thresholds: list[float], epoch: int) -> None:
     """RUN/thresholds.json: per class, the probability from which predict.py reports it (best F1 on val)."""
-    tmp = run_dir / (THRESHOLDS_FILE + ".part")
-    tmp.write_text(json.dumps({"epoch": epoch, "chosen_on": "val", "rule": "maximum F1 per class",
-                               "thresholds": dict(zip(classes, thresholds))}, indent=2))
-    os.replace(tmp, run_dir / THRESHOLDS_FILE)
+    with atomic_write(run_dir / THRESHOLDS_FILE, fsync=False) as tmp:
+        tmp.write_text(json.dumps({"epoch": epoch, "chosen_on": "val", "rule": "maximum F1 per class",
+                                   "thresholds": dict(zip(classes, thresholds))}, indent=2))
 
 
 def read_thresholds(run_dir: str | Path, classes: list[str]) -> list[float]:
