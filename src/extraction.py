@@ -14,6 +14,7 @@ and shares the RGB windows (window s uses flows s .. s + W - 1, i.e. frames s ..
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import os
 import queue
@@ -25,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.arrays import PARTIAL_SUFFIX, partial_path, save_array_atomic
+from src.arrays import PARTIAL_SUFFIX, save_array_atomic
+from src.files import atomic_write
 from src.model import ENDPOINTS
 from src.video import FrameStream, VideoError, is_frame_folder, is_hidden, is_video_file, natural_key
 from src.weights import RGB_RECIPE, Recipe, flow_recipe
@@ -744,10 +746,8 @@ def update_csv(out_dir: Path, rows: dict[str, dict[str, str]]) -> None:
         writer.writeheader()
         for key in sorted(merged, key=natural_key):
             writer.writerow({k: merged[key].get(k, "") for k in CSV_FIELDS})
-        import socket
-        tmp = path.with_name(f"{CSV_NAME}.{socket.gethostname()}.{os.getpid()}{PARTIAL_SUFFIX}")
-        tmp.write_text(buffer.getvalue())
-        os.replace(tmp, path)
+        with atomic_write(path, fsync=False) as tmp:
+            tmp.write_text(buffer.getvalue())
 
 
 def recipe_conflict(previous: dict[str, dict[str, str]], cfg: Config) -> str | None:
@@ -841,7 +841,8 @@ def run(inputs: list[str | Path], out_dir: Path, cfg: Config, log=print) -> Summ
     for video in mine:
         paths = output_paths(out_dir, video.name, cfg)
         for path in paths.values():
-            partial_path(path).unlink(missing_ok=True)  # left by a killed run; never a complete array
+            for stale in path.parent.glob(f"{glob.escape(path.name)}.*{PARTIAL_SUFFIX}"):
+                stale.unlink(missing_ok=True)  # left by a killed run; never a complete array
         if video.error:
             rows[video.name] = _row(video, cfg, f"failed: {video.error}", out_dir=out_dir)
             summary.failed += 1

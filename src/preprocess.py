@@ -15,7 +15,6 @@ import errno
 import os
 import random
 import re
-import secrets
 import shutil
 import signal
 import sys
@@ -32,6 +31,7 @@ from tqdm import tqdm
 
 from src.annotations import AnnotationError, frame_range, read_annotations, resolve_video, segment_name
 from src.arrays import PARTIAL_SUFFIX, save_array_atomic
+from src.files import atomic_write
 from src.flow import FlowExtractor, rgb_to_gray, set_threads
 from src.lock import FolderLock, LockError, folder_mutex
 from src.transforms import DTYPES, center_crop, encode_array, resize_short_side, to_model_range
@@ -644,19 +644,12 @@ def group_by_source(jobs: list[tuple[Item, dict[str, Path], Options]]) -> list[t
 
 
 def _write_atomic(path: Path, write, newline: str | None = None) -> None:
-    """Call write(f) on a temporary file unique to this process, then rename it to `path`."""
-    path = Path(path)
-    # Unique per process (and call): two runs never write, or rename away, each other's temporary file.
-    # Not mkstemp: its 0600 mode would make classes.txt and the manifest private to their writer.
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    """Call write(f) on a temporary file unique to this process, then rename it to `path`; a full disk is one line."""
     try:
-        with os.fdopen(fd, "w", newline=newline) as f:
+        with atomic_write(path, fsync=False) as tmp, open(tmp, "w", newline=newline) as f:
             write(f)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and is_disk_full(exc):
+    except OSError as exc:
+        if is_disk_full(exc):
             raise PreprocessError(disk_full_message(path, exc)) from None
         raise
 

@@ -15,7 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from src.arrays import PARTIAL_SUFFIX, save_array_atomic
+from src.arrays import save_array_atomic
+from src.files import temporary_name
 from src.lock import FolderLock, LockError
 from src.preprocess import (Item, Options, PreprocessError, _base_row, _prepare_out_dir, _shape_text, _write_text_atomic,
                             assign_splits, manifest_name, output_paths, write_manifest)
@@ -55,8 +56,7 @@ def check_seed_array(path: Path, modality: str) -> tuple[np.ndarray, bool]:
 def _link_or_copy(src: Path, dest: Path) -> None:
     """Place `src` at `dest` atomically: a hard link where possible, else a copy."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f"{dest.name}.{os.getpid()}{PARTIAL_SUFFIX}")
-    tmp.unlink(missing_ok=True)
+    tmp = temporary_name(dest)
     try:
         try:
             os.link(src, tmp)
