@@ -166,12 +166,15 @@ def median_network(n: int = 25) -> tuple[tuple[str, int, int], ...]:
     return tuple(prog)
 
 
+MEDIAN25 = median_network(25)
+
+
 def median5(x: torch.Tensor) -> torch.Tensor:
     """5x5 median of (N, H, W) with replicated borders, as cv::medianBlur(ksize=5) on float32."""
     h, w = x.shape[-2:]
     p = F.pad(x[:, None], (2, 2, 2, 2), mode="replicate")[:, 0]
     vals = [p[:, dy:dy + h, dx:dx + w] for dy in range(5) for dx in range(5)]
-    for op, a, b in median_network(25):
+    for op, a, b in MEDIAN25:
         vals.append(torch.minimum(vals[a], vals[b]) if op == "min" else torch.maximum(vals[a], vals[b]))
     return vals[-1].contiguous()
 
@@ -222,12 +225,13 @@ def tvl1_step_masked(u1, u2, p11, p12, p21, p22, i1wx, i1wy, grad, rho_c, active
 _COMPILED: dict[str, object] = {}
 
 
-def compiled_steps() -> tuple[object, object]:
-    """torch.compile'd (step, masked step), built once per process (dynamic shapes: every level and batch)."""
+def compiled_steps() -> tuple[object, object, object]:
+    """torch.compile'd (step, masked step, median), built once per process (dynamic shapes: every level, batch)."""
     if "step" not in _COMPILED:
         _COMPILED["step"] = torch.compile(tvl1_step, dynamic=True)
         _COMPILED["masked"] = torch.compile(tvl1_step_masked, dynamic=True)
-    return _COMPILED["step"], _COMPILED["masked"]
+        _COMPILED["median"] = torch.compile(median5, dynamic=True)
+    return _COMPILED["step"], _COMPILED["masked"], _COMPILED["median"]
 
 
 class TVL1:
@@ -272,7 +276,7 @@ class TVL1:
         dev = i0.device
         eps = float(torch.tensor(p.epsilon * p.epsilon * h * w, dtype=torch.float32))
         l_t, taut, theta = float(p.lambda_ * p.theta), float(p.tau / p.theta), float(p.theta)
-        step, masked = compiled_steps() if self.compile else (tvl1_step, tvl1_step_masked)
+        step, masked, median = compiled_steps() if self.compile else (tvl1_step, tvl1_step_masked, median5)
         i1x, i1y = centered_gradient(i1)
         stack = torch.stack([i1, i1x, i1y], dim=1)
         gx = torch.arange(w, dtype=torch.float32, device=dev).expand(h, w)
@@ -292,7 +296,7 @@ class TVL1:
             unchecked = 0  # steps since the host last saw `active` (then all pairs in the batch were active)
             for k in range(p.outer * p.inner):
                 if k % p.inner == 0 and p.median > 1:
-                    m1, m2 = median5(state[0]), median5(state[1])
+                    m1, m2 = median(state[0]), median(state[1])
                     if unchecked:
                         m = active[:, None, None]
                         m1, m2 = torch.where(m, m1, state[0]), torch.where(m, m2, state[1])
