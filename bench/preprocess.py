@@ -1,8 +1,11 @@
-"""Pre-processing speed per stage (frames/s) and the --workers 2 over 1 speed-up, on ../shared/data/videos.
+"""Pre-processing speed per stage (frames/s), the --workers 2 over 1 speed-up, and the whole pipeline with
+OpenCV's TV-L1 (--flow tvl1-opencv, the pipeline before the PyTorch port) against --flow tvl1, on
+../shared/data/videos.
 
 Example (from the repository root):
     python3 bench/preprocess.py                       # full-size stages, small pipeline runs
     python3 bench/preprocess.py --tvl1-pairs 2 --pipeline-size 32
+    python3 bench/preprocess.py --pipeline-size 256 --pipeline-fps 2   # end to end at the recipe's size
 """
 from __future__ import annotations
 
@@ -70,11 +73,12 @@ def main() -> None:
 
     gray = rgb_to_gray(arm)
     for algorithm in ALGORITHMS:
-        thread_counts = [cores, 1] if algorithm == "tvl1" and cores > 1 else [cores]
+        tvl1 = algorithm.startswith("tvl1")
+        thread_counts = [cores, 1] if tvl1 and cores > 1 else [cores]
         for threads in thread_counts:
             set_threads(threads)
-            extractor = FlowExtractor(algorithm)
-            pairs = args.tvl1_pairs if algorithm == "tvl1" else args.pairs
+            extractor = FlowExtractor(algorithm, device="cpu", compile=False)
+            pairs = args.tvl1_pairs if tvl1 else args.pairs
             extractor.pair(gray[0], gray[1])  # warm-up: allocations, thread pool
             seconds, _ = timed(extractor, gray[1 : pairs + 2])
             rows.append((f"flow {algorithm}, {threads} thread(s)", pairs, pairs / seconds, "256x340 pairs"))
@@ -86,19 +90,25 @@ def main() -> None:
             (raw / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
             shutil.copy(args.videos / name, raw / f"c{i % 2}" / f"{i}_{name}")
         times = {}
+        # interleaved: OpenCV's TV-L1 (the pipeline before) and the PyTorch TV-L1, each with 1 and 2 workers
         for workers in (1, 2):
-            opts = Options(fps=args.pipeline_fps, size=args.pipeline_size, workers=workers, val_ratio=0)
-            times[workers], _ = timed(run, raw, Path(tmp) / f"out{workers}", opts, lambda m: None)
+            for flow in ("tvl1-opencv", "tvl1"):
+                opts = Options(fps=args.pipeline_fps, size=args.pipeline_size, workers=workers, val_ratio=0, flow=flow,
+                               flow_device="cpu", flow_compile="no")
+                times[flow, workers], _ = timed(run, raw, Path(tmp) / f"out-{flow}-{workers}", opts, lambda m: None)
         frames = 4 * round(10 * args.pipeline_fps)
-        for workers, seconds in times.items():
-            rows.append((f"pipeline TV-L1, --workers {workers}", frames, frames / seconds,
+        for (flow, workers), seconds in times.items():
+            rows.append((f"pipeline --flow {flow}, --workers {workers}", frames, frames / seconds,
                          f"4 clips, --size {args.pipeline_size} --fps {args.pipeline_fps:g}"))
 
     print(f"CPU: {machine_description()}; {cores} cores; OpenCV threads {cores}")
     print(f"{'stage':38} {'frames':>7} {'frames/s':>10}  note")
     for stage, count, fps, note in rows:
         print(f"{stage:38} {count:>7} {fps:>10.2f}  {note}")
-    print(f"speed-up --workers 2 over 1: {times[1] / times[2]:.2f}x")
+    print(f"speed-up --workers 2 over 1 (tvl1-opencv): {times['tvl1-opencv', 1] / times['tvl1-opencv', 2]:.2f}x")
+    best = min(times["tvl1-opencv", 1], times["tvl1-opencv", 2])
+    print(f"pipeline --flow tvl1 over the best tvl1-opencv run: {best / times['tvl1', 1]:.2f}x (--workers 1), "
+          f"{best / times['tvl1', 2]:.2f}x (--workers 2)")
 
 
 if __name__ == "__main__":

