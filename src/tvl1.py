@@ -11,7 +11,7 @@ frozen (masked) and, at the next host check, leaves the batch, so N pairs give t
 """
 from __future__ import annotations
 
-import math
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -245,6 +245,19 @@ class TVL1:
 
     def __call__(self, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
         """Flow (N, H, W, 2) float32, flow[..., 0] = dx, flow[..., 1] = dy, on prev's device."""
+        if not self.compile:
+            return self._flow(prev, nxt)
+        try:
+            return self._flow(prev, nxt)
+        except (ValueError, TypeError):
+            raise
+        except Exception as exc:  # e.g. no C++ compiler for inductor: the eager path gives the same flow
+            warnings.warn(f"torch.compile of TV-L1 failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                          "running it eagerly")
+            self.compile = False
+            return self._flow(prev, nxt)
+
+    def _flow(self, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
         if prev.shape != nxt.shape or prev.ndim != 3:
             raise ValueError(f"TV-L1 needs two (N, H, W) stacks of one shape, got {tuple(prev.shape)} and {tuple(nxt.shape)}")
         n, h, w = prev.shape
