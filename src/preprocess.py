@@ -64,7 +64,7 @@ class Options:
     min_frames: int = 2
     disk_check: bool = True
     flow_device: str = "auto"
-    flow_batch: int = 8
+    flow_batch: int = 0  # 0: FlowExtractor's choice for the device
     flow_compile: str = "auto"
 
     def validate(self) -> None:
@@ -91,8 +91,8 @@ class Options:
         i, n = self.shard
         if not 1 <= i <= n:
             raise PreprocessError(f"--shard {i}/{n}: need 1 <= i <= n")
-        if self.flow_batch < 1:
-            raise PreprocessError(f"--flow-batch must be 1 or more, got {self.flow_batch}")
+        if self.flow_batch < 0:
+            raise PreprocessError(f"--flow-batch must be 1 or more (0: auto), got {self.flow_batch}")
         if self.flow_compile not in ("auto", "yes", "no"):
             raise PreprocessError(f"--flow-compile must be auto, yes or no, got {self.flow_compile}")
         if "flow" in self.modalities and self.min_frames < 2:
@@ -447,7 +447,7 @@ def _run_batched(jobs: list[tuple[Item, dict[str, Path], Options]], opts: Option
         shape = clips[0].gray.shape[1:]
         chosen: list[tuple[_ClipFlow, int]] = []
         for clip in clips:
-            while clip.gray.shape[1:] == shape and clip.queued < len(clip.out) and len(chosen) < opts.flow_batch:
+            while clip.gray.shape[1:] == shape and clip.queued < len(clip.out) and len(chosen) < extractor.batch_size:
                 chosen.append((clip, clip.queued))
                 clip.queued += 1
         prev = np.stack([c.gray[i] for c, i in chosen])
@@ -484,13 +484,13 @@ def _run_batched(jobs: list[tuple[Item, dict[str, Path], Options]], opts: Option
         try:
             refill(pool)
             while inflight or clips:
-                block = waiting_pairs() < opts.flow_batch and inflight
+                block = waiting_pairs() < extractor.batch_size and inflight
                 done, _ = wait(inflight, timeout=None if block else 0, return_when=FIRST_COMPLETED)
                 for future in done:
                     inflight.discard(future)
                     take(future)
                 refill(pool)
-                if clips and (waiting_pairs() >= opts.flow_batch or not inflight):
+                if clips and (waiting_pairs() >= extractor.batch_size or not inflight):
                     one_batch()
                     refill(pool)
         except BaseException:
