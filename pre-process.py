@@ -70,7 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="flow algorithm (default tvl1: OpenCV's TV-L1, what the pretrained flow stream expects, computed by "
                         "the batched PyTorch port on --flow-device; tvl1-opencv runs OpenCV's own, same flow within 0.02 px)")
     p.add_argument("--flow-device", default="auto", help="device of --flow tvl1: cpu, cuda, cuda:1, mps or auto (default auto: CUDA, then MPS, then CPU)")
-    p.add_argument("--flow-batch", type=int, default=0, help="frame pairs per batch for --flow tvl1 (default 0: 1 on a CPU, 32 on a GPU)")
+    p.add_argument("--flow-batch", type=int, default=0,
+                   help="--flow tvl1: frame pairs per batch, computed in this process on --flow-device while the workers "
+                        "decode (default 0: 32 on a GPU; on a CPU each worker computes its items' flow a pair at a time)")
     p.add_argument("--flow-compile", choices=("auto", "yes", "no"), default="auto",
                    help="torch.compile the TV-L1 iteration (default auto: only for jobs long enough to pay the compile time)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="storage type of the arrays (default float32)")

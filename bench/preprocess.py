@@ -45,11 +45,24 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=50, help="frame pairs timed for Farneback and DIS (default 50)")
     p.add_argument("--pipeline-size", type=int, default=64, help="--size of the workers 1 vs 2 runs (default 64)")
     p.add_argument("--pipeline-fps", type=float, default=5, help="--fps of the workers 1 vs 2 runs (default 5)")
+    p.add_argument("--pipeline-compile", choices=("auto", "yes", "no"), default="no", help="--flow-compile of the --flow tvl1 runs (default no)")
+    p.add_argument("--pipeline-workers", default="1,2", help="comma list of --workers for the pipeline runs (default 1,2)")
+    p.add_argument("--only-pipeline", action="store_true", help="skip the per-stage timings")
     args = p.parse_args()
     cores = os.cpu_count() or 1
     set_threads(cores)
     rows: list[tuple[str, int, float, str]] = []
+    if not args.only_pipeline:
+        stages(args, cores, rows)
+    pipeline(args, rows)
+    print(f"CPU: {machine_description()}; {cores} cores; OpenCV threads {cores}")
+    print(f"{'stage':38} {'frames':>7} {'frames/s':>10}  note")
+    for stage, count, fps, note in rows:
+        print(f"{stage:38} {count:>7} {fps:>10.2f}  {note}")
 
+
+def stages(args: argparse.Namespace, cores: int, rows: list) -> None:
+    """Decoding, resizing, writing and each flow algorithm on its own."""
     clips = sorted(args.videos.glob("*.mp4")) + sorted(args.videos.glob("*.mov"))
     decoded = []
     total_t, total_n = 0.0, 0
@@ -84,6 +97,10 @@ def main() -> None:
             rows.append((f"flow {algorithm}, {threads} thread(s)", pairs, pairs / seconds, "256x340 pairs"))
     set_threads(cores)
 
+
+def pipeline(args: argparse.Namespace, rows: list) -> None:
+    """The whole pre-process.py run on four clips, OpenCV's TV-L1 and the PyTorch one interleaved."""
+    workers_list = [int(w) for w in args.pipeline_workers.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw"
         for i, name in enumerate(["arm_wrestling.mp4", "cleaning_pool.mp4"] * 2):
@@ -91,24 +108,21 @@ def main() -> None:
             shutil.copy(args.videos / name, raw / f"c{i % 2}" / f"{i}_{name}")
         times = {}
         # interleaved: OpenCV's TV-L1 (the pipeline before) and the PyTorch TV-L1, each with 1 and 2 workers
-        for workers in (1, 2):
+        for workers in workers_list:
             for flow in ("tvl1-opencv", "tvl1"):
                 opts = Options(fps=args.pipeline_fps, size=args.pipeline_size, workers=workers, val_ratio=0, flow=flow,
-                               flow_device="cpu", flow_compile="no")
+                               flow_device="cpu", flow_compile=args.pipeline_compile)
                 times[flow, workers], _ = timed(run, raw, Path(tmp) / f"out-{flow}-{workers}", opts, lambda m: None)
         frames = 4 * round(10 * args.pipeline_fps)
         for (flow, workers), seconds in times.items():
             rows.append((f"pipeline --flow {flow}, --workers {workers}", frames, frames / seconds,
                          f"4 clips, --size {args.pipeline_size} --fps {args.pipeline_fps:g}"))
 
-    print(f"CPU: {machine_description()}; {cores} cores; OpenCV threads {cores}")
-    print(f"{'stage':38} {'frames':>7} {'frames/s':>10}  note")
-    for stage, count, fps, note in rows:
-        print(f"{stage:38} {count:>7} {fps:>10.2f}  {note}")
-    print(f"speed-up --workers 2 over 1 (tvl1-opencv): {times['tvl1-opencv', 1] / times['tvl1-opencv', 2]:.2f}x")
-    best = min(times["tvl1-opencv", 1], times["tvl1-opencv", 2])
-    print(f"pipeline --flow tvl1 over the best tvl1-opencv run: {best / times['tvl1', 1]:.2f}x (--workers 1), "
-          f"{best / times['tvl1', 2]:.2f}x (--workers 2)")
+    if 1 in workers_list and 2 in workers_list:
+        rows.append(("speed-up --workers 2 over 1 (tvl1-opencv)", 0, times["tvl1-opencv", 1] / times["tvl1-opencv", 2], "ratio"))
+    best = min(times["tvl1-opencv", w] for w in workers_list)
+    for w in workers_list:
+        rows.append((f"--flow tvl1 over best tvl1-opencv, -w {w}", 0, best / times["tvl1", w], "ratio"))
 
 
 if __name__ == "__main__":

@@ -85,6 +85,11 @@ class FlowExtractor:
         elif algorithm == "dis":
             self._impl = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the PyTorch TV-L1 runs torch.compile'd."""
+        return self._tvl1 is not None and self._tvl1.compile
+
     def describe(self) -> str:
         """Which implementation runs, e.g. 'tvl1 (PyTorch on cpu, eager, batch 8)'."""
         if self._tvl1 is not None:

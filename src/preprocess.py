@@ -17,7 +17,7 @@ import shutil
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -288,14 +288,17 @@ def _flow_frames(frames: np.ndarray, opts: Options, extractor: FlowExtractor, ba
     return out
 
 
-_EXTRACTORS: dict[tuple[str, float], FlowExtractor] = {}
+_EXTRACTORS: dict[tuple[str, float, str], FlowExtractor] = {}
 
 
 def _extractor(opts: Options) -> FlowExtractor:
-    """One flow object per process and algorithm, reused across items."""
-    key = (opts.flow, opts.bound)
+    """One flow object per process and algorithm, reused across items (tvl1 here: on the CPU, one pair at a time)."""
+    key = (opts.flow, opts.bound, opts.flow_compile)
     if key not in _EXTRACTORS:
-        _EXTRACTORS[key] = FlowExtractor(opts.flow, opts.bound)
+        kwargs = {}
+        if opts.flow == "tvl1":
+            kwargs = dict(device="cpu", batch_size=1, compile=opts.flow_compile == "yes")
+        _EXTRACTORS[key] = FlowExtractor(opts.flow, opts.bound, **kwargs)
     return _EXTRACTORS[key]
 
 
@@ -381,8 +384,17 @@ def _decode_one(args: tuple[Item, dict[str, Path], Options]) -> tuple[dict[str, 
 
 
 def uses_batched_flow(opts: Options) -> bool:
-    """Whether flow is computed in batches in the parent (the PyTorch TV-L1) rather than per item in workers."""
-    return "flow" in opts.modalities and opts.flow == "tvl1"
+    """Whether flow is computed in batches in the parent (the PyTorch TV-L1 on a GPU, or any device when
+    --flow-batch is given) rather than per item in the workers (OpenCV, and the PyTorch TV-L1 on a CPU: one
+    thread per worker scales with cores, where one process's threads synchronise after every small op)."""
+    if "flow" not in opts.modalities or opts.flow != "tvl1":
+        return False
+    from src.device import pick_device
+
+    try:
+        return opts.flow_batch > 0 or pick_device(opts.flow_device).type != "cpu"
+    except RuntimeError as exc:
+        raise PreprocessError(f"--flow-device {opts.flow_device}: {exc}") from None
 
 
 def flow_extractor(opts: Options, planned_pairs: int = 0) -> FlowExtractor:
@@ -674,21 +686,29 @@ def run(raw_dir: Path, out_dir: Path, opts: Options, log=print) -> int:
             extractor = flow_extractor(opts, planned_pairs=_planned_pairs([j[0] for j in jobs], opts))
             bar.write(f"flow: {extractor.describe()}")
             _run_batched(jobs, opts, max(1, min(opts.workers, len(jobs))), record, extractor)
-        elif workers == 1:
-            set_threads(os.cpu_count() or 1)
-            for job in jobs:
-                record(process_item(*job, show_frames=True))
         else:
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads,)) as pool:
-                futures = [pool.submit(_run_one, job) for job in jobs]
-                try:
-                    for future in as_completed(futures):
-                        record(future.result())
-                except BaseException:
-                    for f in futures:
-                        f.cancel()
-                    raise
+            if jobs and "flow" in opts.modalities and opts.flow == "tvl1":
+                # on the CPU each worker computes its items' flow a pair at a time; compiling is decided once here
+                planned = _planned_pairs([j[0] for j in jobs], opts) // workers
+                compiled = "yes" if flow_extractor(opts, planned_pairs=planned).compiled else "no"
+                jobs = [(item, paths, replace(o, flow_compile=compiled)) for item, paths, o in jobs]
+                bar.write(f"flow: tvl1 (PyTorch TV-L1 on cpu, {'compiled' if compiled == 'yes' else 'eager'}, "
+                          f"a pair at a time in each of {workers} process(es))")
+            if workers == 1:
+                set_threads(os.cpu_count() or 1)
+                for job in jobs:
+                    record(process_item(*job, show_frames=True))
+            else:
+                threads = max(1, (os.cpu_count() or 1) // workers)
+                with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads,)) as pool:
+                    futures = [pool.submit(_run_one, job) for job in jobs]
+                    try:
+                        for future in as_completed(futures):
+                            record(future.result())
+                    except BaseException:
+                        for f in futures:
+                            f.cancel()
+                        raise
     finally:
         bar.close()
         # Rows of items outside this run (other RAW_DIR content or removed sources) are kept as they were.

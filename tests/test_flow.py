@@ -114,14 +114,21 @@ def test_tvl1_matches_opencv_on_real_clips(real_flows):
 
 @pytest.mark.slow
 def test_tvl1_matches_opencv_after_uint8_storage(real_flows):
+    """--dtype uint8 stores round((f/20 + 1) / 2 * 255): zero flow sits on a rounding tie, so where the scene
+    is still, sub-millipixel differences land on either side and the two stored arrays differ by one step
+    (0.078 px) there. What a user gets is measured instead: the stored PyTorch flow's error against OpenCV's
+    exact flow exceeds the stored OpenCV flow's own storage error by at most the float bounds."""
     from src.transforms import decode_array, encode_array
 
     bound = 20.0
-    per_pair = []
+    added = []
     for ref, got, _ in real_flows.values():
-        stored = [decode_array(encode_array(np.clip(f, -bound, bound) / bound, "uint8")) * bound for f in (ref, got)]
-        per_pair += list(_epe(*stored).reshape(len(ref), -1).mean(axis=1))
-    assert np.mean(per_pair) <= 0.02 and max(per_pair) <= 0.05, per_pair
+        ref8, got8 = (decode_array(encode_array(np.clip(f, -bound, bound) / bound, "uint8")) * bound for f in (ref, got))
+        assert np.abs(ref8 - ref).max() <= 0.5 / 255 * 2 * bound + 1e-4  # the storage step itself, as documented
+        err_got = _epe(got8, ref).reshape(len(ref), -1).mean(axis=1)
+        err_ref = _epe(ref8, ref).reshape(len(ref), -1).mean(axis=1)
+        added += list(err_got - err_ref)
+    assert np.mean(added) <= 0.02 and max(added) <= 0.05, added
 
 
 @pytest.mark.slow
