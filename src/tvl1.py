@@ -93,7 +93,10 @@ def remap_cubic(img: torch.Tensor, mx: torch.Tensor, my: torch.Tensor, tab: int 
     if tab:
         mx, my = torch.round(mx * tab) / tab, torch.round(my * tab) / tab
     fx, fy = torch.floor(mx), torch.floor(my)
-    wx, wy = _cubic_weights(mx - fx), _cubic_weights(my - fy)
+    # weights from the fraction in double and rounded once to float match OpenCV 5's values more often
+    wide = torch.float32 if img.device.type == "mps" else torch.float64
+    wx = [c.to(torch.float32) for c in _cubic_weights((mx - fx).to(wide))]
+    wy = [c.to(torch.float32) for c in _cubic_weights((my - fy).to(wide))]
     ix, iy = fx.to(torch.int64), fy.to(torch.int64)
     flat = img.reshape(n, c, h * w)
     out = torch.zeros_like(img)
@@ -189,9 +192,11 @@ def tvl1_step(u1: torch.Tensor, u2: torch.Tensor, p11: torch.Tensor, p12: torch.
     Returns the new u1, u2, p11, p12, p21, p22 and each pair's summed squared update of u (N,).
     """
     rho = rho_c + (i1wx * u1 + i1wy * u2)
-    # The thresholding step: -rho/grad clamped to [-l_t, l_t] is OpenCV's three cases; where grad is ~0 the
-    # division saturates to +-l_t (or 0), which is what OpenCV's first two cases give there too.
-    fi = torch.clamp(-rho / torch.clamp(grad, min=1e-30), -l_t, l_t)
+    # The thresholding step, OpenCV's three cases with its own comparisons (a clamp of -rho/grad is the same
+    # function but rounds differently at the case boundaries, and ~1500 iterations amplify such ulps).
+    lg = l_t * grad
+    fi = torch.where(rho < -lg, l_t, torch.where(rho > lg, -l_t, torch.where(
+        grad > FLT_EPSILON, -rho / torch.where(grad > FLT_EPSILON, grad, 1.0), 0.0)))
     v1 = u1 + fi * i1wx
     v2 = u2 + fi * i1wy
     div1 = (p11 - F.pad(p11, (1, 0))[..., :-1]) + (p12 - F.pad(p12, (0, 0, 1, 0))[..., :-1, :])
