@@ -115,15 +115,15 @@ def main() -> None:
 
     of = cv2.optflow.DualTVL1OpticalFlow_create()
     if args.fidelity:
-        set_threads(cores)
-        tv = TVL1()
+        set_threads(threads[0])
+        tv = TVL1(compile="compiled" in modes)
         ref = np.stack([of.calc(a, b, None) for a, b in zip(prev[: args.fidelity], nxt[: args.fidelity])])
         got = run_torch(tv, prev[: args.fidelity], nxt[: args.fidelity], min(8, args.fidelity), device)
         e = epe(ref, got).reshape(len(ref), -1)
         bound = 20.0
         q = lambda f: decode_array(encode_array(np.clip(f, -bound, bound) / bound, "uint8")) * bound  # noqa: E731
         e8 = epe(q(ref), q(got)).reshape(len(ref), -1)
-        print(f"\nfidelity on {device.type}, {len(ref)} pairs: EPE vs OpenCV mean {e.mean():.4f} px, worst pair "
+        print(f"\nfidelity on {device.type} ({'compiled' if tv.compile else 'eager'}), {len(ref)} pairs: EPE vs OpenCV mean {e.mean():.4f} px, worst pair "
               f"{e.mean(1).max():.4f} px, >1 px {100 * (e > 1).mean():.3f}% of pixels; after uint8 storage mean "
               f"{e8.mean():.4f}, worst pair {e8.mean(1).max():.4f}")
         for i, (m, mx) in enumerate(zip(e.mean(1), e.max(1))):
