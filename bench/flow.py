@@ -87,10 +87,10 @@ def main() -> None:
     """Measure and print the tables."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
-    p.add_argument("--quick", action="store_true", help="fewer configurations: batch 1 and 8 (GPU: 8 and 32), eager only on CPU")
+    p.add_argument("--quick", action="store_true", help="fewer configurations: CPU batch 1 and 8, eager; GPU batch 32 and 64")
     p.add_argument("--batches", default=None, help="comma list of batch sizes (default 1,8,32; GPU 1,8,32,64)")
-    p.add_argument("--threads", default=None, help="comma list of thread counts, 'all' = every core (default 1,all)")
-    p.add_argument("--modes", default=None, help="eager,compiled (default both; --quick: eager on CPU, compiled on GPU)")
+    p.add_argument("--threads", default=None, help="comma list of thread counts, 'all' = every core (default 1,all; GPU: 1, OpenCV's)")
+    p.add_argument("--modes", default=None, help="eager,compiled (default both; --quick on a CPU: eager)")
     p.add_argument("--cv-pairs", type=int, default=4, help="pairs OpenCV computes per round (default 4)")
     p.add_argument("--min-pairs", type=int, default=4, help="pairs the PyTorch port computes per round, at least one batch (default 4)")
     p.add_argument("--fidelity", type=int, default=0, help="also compare N pairs with OpenCV: mean/max EPE per pair, and after uint8 storage")
@@ -100,11 +100,11 @@ def main() -> None:
     device = pick_device(args.device)
     cores = os.cpu_count() or 1
     gpu = device.type != "cpu"
-    batches = [int(b) for b in (args.batches or ("8,32" if args.quick and gpu else "1,8" if args.quick else
+    batches = [int(b) for b in (args.batches or ("32,64" if args.quick and gpu else "1,8" if args.quick else
                                                   "1,8,32,64" if gpu else "1,8,32")).split(",")]
-    threads = [cores if t == "all" else int(t) for t in (args.threads or "1,all").split(",")]
+    threads = [cores if t == "all" else int(t) for t in (args.threads or ("1" if gpu else "1,all")).split(",")]
     threads = sorted(set(threads), key=threads.index)
-    modes = (args.modes or ("compiled" if args.quick and gpu else "eager" if args.quick else "eager,compiled")).split(",")
+    modes = (args.modes or ("eager" if args.quick and not gpu else "eager,compiled")).split(",")
     need = max(max(batches), args.min_pairs, args.cv_pairs, args.fidelity)
     prev, nxt = load_pairs(args.videos, need)
     h, w = prev.shape[1:]

