@@ -244,6 +244,8 @@ class TVL1:
 
     def __init__(self, params: TVL1Params = TVL1Params(), compile: bool = False, check_every: int | None = None
                  ) -> None:
+        if params.median not in (0, 1, 5):
+            raise ValueError(f"only OpenCV's default 5x5 median (or none) is implemented, got {params.median}")
         self.p = params
         self.compile = compile
         self.check_every = check_every  # host checks of convergence: every iteration on CPU, every 10 elsewhere
