@@ -598,6 +598,9 @@ def _gb(n: float) -> str:
 def run(raw_dir: Path, out_dir: Path, opts: Options, log=print) -> int:
     """Pre-process RAW_DIR into OUT_DIR; return the number of failed items."""
     opts.validate()
+    if "flow" in opts.modalities and opts.flow == "tvl1":
+        uses_batched_flow(opts)
+        flow_extractor(opts)  # an unusable --flow-device fails here, before anything is written
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     if out_dir.resolve() == raw_dir.resolve() or raw_dir.resolve() in out_dir.resolve().parents:
         raise PreprocessError(f"{out_dir}: OUT_DIR must not be RAW_DIR or inside it (its arrays would be read as input)")
