@@ -687,6 +687,8 @@ def run(raw_dir: Path, out_dir: Path, opts: Options, log=print) -> int:
         if jobs and uses_batched_flow(opts):
             set_threads(os.cpu_count() or 1)  # the parent computes flow; workers decode with one thread each
             extractor = flow_extractor(opts, planned_pairs=_planned_pairs([j[0] for j in jobs], opts))
+            if extractor.device.type == "cpu" and extractor.compiled:
+                set_threads(1)  # the compiled kernels measured 5-10x slower on two CPU threads than on one
             bar.write(f"flow: {extractor.describe()}")
             _run_batched(jobs, opts, max(1, min(opts.workers, len(jobs))), record, extractor)
         else:
