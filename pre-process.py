@@ -88,11 +88,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crop", type=int, default=None, help="store centre crops of this size, e.g. 224 (default: full resized frames)")
     p.add_argument("--sample-rate", type=int, default=1, help="keep every n-th frame after resampling; the file names carry n (default 1)")
     p.add_argument("--modalities", default="rgb,flow", help="comma list of rgb, flow (default rgb,flow)")
-    p.add_argument("--flow", choices=[*ALGORITHMS, "none"], default="tvl1", help="flow algorithm (default tvl1, what the pretrained flow stream expects)")
+    p.add_argument("--flow", choices=[*ALGORITHMS, "none"], default="tvl1",
+                   help="flow algorithm (default tvl1: OpenCV's TV-L1, what the pretrained flow stream expects, computed by "
+                        "the batched PyTorch port on --flow-device; tvl1-opencv runs OpenCV's own, same flow within 0.02 px)")
+    p.add_argument("--flow-device", default="auto", help="device of --flow tvl1: cpu, cuda, cuda:1, mps or auto (default auto: CUDA, then MPS, then CPU)")
+    p.add_argument("--flow-batch", type=int, default=0,
+                   help="--flow tvl1: frame pairs per batch, computed in this process on --flow-device while the workers "
+                        "decode (default 0: 32 on a GPU; on a CPU each worker computes its items' flow a pair at a time)")
+    p.add_argument("--flow-compile", choices=("auto", "yes", "no"), default="auto",
+                   help="torch.compile the TV-L1 iteration (default auto: only for jobs long enough to pay the compile time)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="storage type of the arrays (default float32)")
     p.add_argument("--val-ratio", type=float, default=0.2, help="fraction of each class put in val when RAW_DIR has no train/val folders (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default 0)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes (default: all cores)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes (default: all cores); with --flow tvl1 they decode and resize while this process computes flow")
     p.add_argument("--shard", default="1/1", help="process shard i of n, e.g. 3/16, for cluster job arrays (default 1/1)")
     p.add_argument("--min-frames", type=int, default=2, help="items with fewer frames after sampling fail as too short (default 2)")
     p.add_argument("--annotations", type=Path, default=None, metavar="FILE", help="CSV (video,label[,start,end,split]) or `path label` list naming the items in RAW_DIR, e.g. segments of long recordings (see below)")
@@ -117,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             sample_rate=args.sample_rate, modalities=modalities, flow="tvl1" if args.flow == "none" else args.flow,
             dtype=args.dtype, val_ratio=args.val_ratio, seed=args.seed, workers=args.workers,
             overwrite=args.overwrite, shard=parse_shard(args.shard), min_frames=args.min_frames,
-            disk_check=not args.no_disk_check,
+            disk_check=not args.no_disk_check, flow_device=args.flow_device, flow_batch=args.flow_batch,
+            flow_compile=args.flow_compile,
         )
         if args.from_seed:
             if not (args.raw_dir and args.out_dir):

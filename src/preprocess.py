@@ -21,8 +21,9 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from tqdm import tqdm
 from src.annotations import AnnotationError, frame_range, read_annotations, resolve_video, segment_name
 from src.arrays import PARTIAL_SUFFIX, save_array_atomic
 from src.files import atomic_write
-from src.flow import FlowExtractor, rgb_to_gray, set_threads
+from src.flow import FlowExtractor, recipe_name, rgb_to_gray, set_threads
 from src.lock import FolderLock, LockError, folder_mutex
 from src.transforms import DTYPES, center_crop, encode_array, resize_short_side, to_model_range
 from src.video import FrameStream, VideoError, is_frame_folder, is_hidden, is_video_file, natural_key, probe
@@ -71,6 +72,9 @@ class Options:
     shard: tuple[int, int] = (1, 1)
     min_frames: int = 2
     disk_check: bool = True
+    flow_device: str = "auto"
+    flow_batch: int = 0  # 0: FlowExtractor's choice for the device
+    flow_compile: str = "auto"
 
     def validate(self) -> None:
         """Raise PreprocessError for inconsistent settings."""
@@ -96,6 +100,10 @@ class Options:
         i, n = self.shard
         if not 1 <= i <= n:
             raise PreprocessError(f"--shard {i}/{n}: need 1 <= i <= n")
+        if self.flow_batch < 0:
+            raise PreprocessError(f"--flow-batch must be 1 or more (0: auto), got {self.flow_batch}")
+        if self.flow_compile not in ("auto", "yes", "no"):
+            raise PreprocessError(f"--flow-compile must be auto, yes or no, got {self.flow_compile}")
         if "flow" in self.modalities and self.min_frames < 2:
             raise PreprocessError("--min-frames must be at least 2 when flow is computed (flow needs a frame pair)")
 
@@ -354,6 +362,8 @@ def recipe_conflict(previous: dict[str, dict[str, str]], opts: Options) -> str |
             had, asked = row.get(column, ""), want[column]
             if column == "flow_algorithm" and "none" in (had, asked):
                 continue  # adding or leaving out the flow modality is fine
+            if column == "flow_algorithm" and recipe_name(had) == recipe_name(asked):
+                continue  # tvl1 (PyTorch) and tvl1-opencv give the same flow (tested within 0.02 px)
             if had != asked:
                 return f"{option} {had or 'unset'} (now {asked or 'unset'}), e.g. {row['source']}"
     return None
@@ -384,23 +394,38 @@ def _flow_frames(frames: np.ndarray, opts: Options, extractor: FlowExtractor, ba
     return out
 
 
-_EXTRACTORS: dict[tuple[str, float], FlowExtractor] = {}
+_EXTRACTORS: dict[tuple[str, float, str], FlowExtractor] = {}
 
 
 def _extractor(opts: Options) -> FlowExtractor:
-    """One flow object per process and algorithm, reused across items."""
-    key = (opts.flow, opts.bound)
+    """One flow object per process and algorithm, reused across items (tvl1 here: on the CPU, one pair at a time)."""
+    key = (opts.flow, opts.bound, opts.flow_compile)
     if key not in _EXTRACTORS:
-        _EXTRACTORS[key] = FlowExtractor(opts.flow, opts.bound)
+        kwargs = {}
+        if opts.flow == "tvl1":
+            kwargs = dict(device="cpu", batch_size=1, compile=opts.flow_compile == "yes")
+        _EXTRACTORS[key] = FlowExtractor(opts.flow, opts.bound, **kwargs)
     return _EXTRACTORS[key]
 
 
 def process_item(item: Item, paths: dict[str, Path], opts: Options, show_frames: bool = False) -> dict[str, str]:
     """Decode, resample, resize and write the missing arrays of one item; return its manifest row."""
+    return _process(item, paths, opts, show_frames)[0]
+
+
+def decode_item(item: Item, paths: dict[str, Path], opts: Options) -> tuple[dict[str, str], np.ndarray | None]:
+    """Worker half of batched flow: decode, resize, write rgb; return the row and the grayscale frames whose
+    flow the parent still has to compute (None when the item failed or needs no flow; the row is then final)."""
+    return _process(item, paths, opts, False, flow_outside=True)
+
+
+def _process(item: Item, paths: dict[str, Path], opts: Options, show_frames: bool, flow_outside: bool = False
+             ) -> tuple[dict[str, str], np.ndarray | None]:
     row = _base_row(item, opts)
     todo = {m: p for m, p in paths.items() if opts.overwrite or not p.exists()}
     bar = None
     writing: Path | None = None
+    gray = None
     try:
         stream = FrameStream(item.source, opts.fps, opts.folder_fps)
         if show_frames:
@@ -424,11 +449,14 @@ def process_item(item: Item, paths: dict[str, Path], opts: Options, show_frames:
         if "rgb" in todo:
             writing = todo["rgb"]
             save_array_atomic(writing, _encode_frames(frames, opts))
+        row.update(message=" | ".join(info.warnings), frames_written=str(len(frames)))
+        if "flow" in todo and flow_outside:
+            return row, rgb_to_gray(frames)
         if "flow" in todo:
             flow = _flow_frames(frames, opts, _extractor(opts), bar)
             writing = todo["flow"]
             save_array_atomic(writing, flow)
-        row.update(status="done", message=" | ".join(info.warnings), frames_written=str(len(frames)))
+        row.update(status="done")
         row.update(_shapes_on_disk(paths))
     except VideoError as exc:
         row.update(status="failed", message=str(exc))
@@ -441,7 +469,7 @@ def process_item(item: Item, paths: dict[str, Path], opts: Options, show_frames:
     finally:
         if bar is not None:
             bar.close()
-    return row
+    return row, gray
 
 
 LABELS_FILE = "labels.txt"
@@ -654,6 +682,140 @@ def _write_atomic(path: Path, write, newline: str | None = None) -> None:
         raise
 
 
+def _decode_one(args: tuple[Item, dict[str, Path], Options]) -> tuple[dict[str, str], np.ndarray | None]:
+    return decode_item(*args)
+
+
+def uses_batched_flow(opts: Options) -> bool:
+    """Whether flow is computed in batches in the parent (the PyTorch TV-L1 on a GPU, or any device when
+    --flow-batch is given) rather than per item in the workers (OpenCV, and the PyTorch TV-L1 on a CPU: one
+    thread per worker scales with cores, where one process's threads synchronise after every small op)."""
+    if "flow" not in opts.modalities or opts.flow != "tvl1":
+        return False
+    from src.device import pick_device
+
+    try:
+        return opts.flow_batch > 0 or pick_device(opts.flow_device).type != "cpu"
+    except RuntimeError as exc:
+        raise PreprocessError(f"--flow-device {opts.flow_device}: {exc}") from None
+
+
+def flow_extractor(opts: Options, planned_pairs: int = 0) -> FlowExtractor:
+    """The batched PyTorch TV-L1 for --flow tvl1, on --flow-device; PreprocessError if that device is unusable."""
+    compile_ = {"yes": True, "no": False}.get(opts.flow_compile, "auto")
+    try:
+        return FlowExtractor(opts.flow, opts.bound, device=opts.flow_device, batch_size=opts.flow_batch,
+                             compile=compile_, planned_pairs=planned_pairs)
+    except ValueError as exc:
+        raise PreprocessError(f"--flow-device {opts.flow_device}: {exc}") from None
+
+
+@dataclass
+class _ClipFlow:
+    """An item whose frames are decoded and whose flow pairs are being computed in batches."""
+
+    row: dict[str, str]
+    path: Path
+    gray: np.ndarray
+    out: np.ndarray
+    queued: int = 0  # pairs handed to a batch
+    done: int = 0  # pairs whose flow is stored in `out`
+
+
+def _run_batched(jobs: list[tuple[Item, dict[str, Path], Options]], opts: Options, workers: int,
+                 record, extractor: FlowExtractor) -> None:
+    """Decode items in worker processes while the parent computes their flow in batches of --flow-batch pairs,
+    across item boundaries (same frame size), so the flow device never waits for one clip."""
+    clips: deque[_ClipFlow] = deque()
+    pairs_bar = tqdm(desc=f"flow pairs ({extractor.describe()})", unit="pair", position=1, leave=False)
+    jobs_left = iter(jobs)
+    paths_of = {str(job[0].source): job[1] for job in jobs}
+    inflight: set = set()
+    ahead = workers + 2  # decoded items waiting for flow are bounded (memory)
+
+    def refill(pool: ProcessPoolExecutor) -> None:
+        while len(inflight) + len(clips) < ahead:
+            job = next(jobs_left, None)
+            if job is None:
+                return
+            inflight.add(pool.submit(_decode_one, job))
+
+    def take(future) -> None:
+        row, gray = future.result()
+        if gray is None:
+            record(row)
+            return
+        crop = (opts.crop, opts.crop) if opts.crop else gray.shape[1:]
+        out = np.empty((len(gray) - 1, *crop, 2), dtype=np.dtype(opts.dtype))
+        if not len(out):
+            finish(_ClipFlow(row, paths_of[row["source"]]["flow"], gray, out))
+            return
+        clips.append(_ClipFlow(row, paths_of[row["source"]]["flow"], gray, out))
+        pairs_bar.total = (pairs_bar.total or 0) + len(out)
+        pairs_bar.refresh()
+
+    def waiting_pairs() -> int:
+        shape = clips[0].gray.shape[1:] if clips else None
+        return sum(len(c.out) - c.queued for c in clips if c.gray.shape[1:] == shape)
+
+    def one_batch() -> None:
+        shape = clips[0].gray.shape[1:]
+        chosen: list[tuple[_ClipFlow, int]] = []
+        for clip in clips:
+            while clip.gray.shape[1:] == shape and clip.queued < len(clip.out) and len(chosen) < extractor.batch_size:
+                chosen.append((clip, clip.queued))
+                clip.queued += 1
+        prev = np.stack([c.gray[i] for c, i in chosen])
+        nxt = np.stack([c.gray[i + 1] for c, i in chosen])
+        try:
+            flows = extractor.batch(prev, nxt)
+        except Exception as exc:  # a device failure fails these items, the batch goes on
+            flows = None
+            for clip in {id(c): c for c, _ in chosen}.values():
+                clip.row.update(status="failed", message=f"{clip.row['source']}: flow failed: {type(exc).__name__}: {exc}")
+                clip.done = clip.queued = len(clip.out)
+        if flows is not None:
+            for (clip, i), flow in zip(chosen, flows):
+                clip.out[i] = encode_array(center_crop(flow, opts.crop) if opts.crop else flow, opts.dtype)
+                clip.done += 1
+        pairs_bar.update(len(chosen))
+        while clips and clips[0].done == len(clips[0].out):
+            finish(clips.popleft())
+        for clip in [c for c in clips if c.done == len(c.out)]:
+            clips.remove(clip)
+            finish(clip)
+
+    def finish(clip: _ClipFlow) -> None:
+        if clip.row.get("status") != "failed":
+            try:
+                save_array_atomic(clip.path, clip.out)
+                clip.row.update(status="done")
+                clip.row.update(_shapes_on_disk(paths_of[clip.row["source"]]))
+            except OSError as exc:
+                clip.row.update(status="failed", message=f"{clip.row['source']}: writing flow failed: {exc}")
+        record(clip.row)
+
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(1, os.getpid())) as pool:
+        try:
+            refill(pool)
+            while inflight or clips:
+                block = waiting_pairs() < extractor.batch_size and inflight
+                done, _ = wait(inflight, timeout=None if block else 0, return_when=FIRST_COMPLETED)
+                for future in done:
+                    inflight.discard(future)
+                    take(future)
+                refill(pool)
+                if clips and (waiting_pairs() >= extractor.batch_size or not inflight):
+                    one_batch()
+                    refill(pool)
+        except BaseException:
+            for future in inflight:
+                future.cancel()
+            raise
+        finally:
+            pairs_bar.close()
+
+
 def _write_text_atomic(path: Path, text: str) -> None:
     _write_atomic(path, lambda f: f.write(text))
 
@@ -742,6 +904,18 @@ def estimate_bytes(items: list[Item], opts: Options, sample: int = 32) -> int:
     return int(total / max(counted, 1) * len(items))
 
 
+def _planned_pairs(items: list[Item], opts: Options, sample: int = 16) -> int:
+    """Flow pairs a job will compute, estimated from the headers of up to `sample` items."""
+    chosen = items if len(items) <= sample else random.Random(0).sample(items, sample)
+    counts = []
+    for item in chosen:
+        try:
+            counts.append(max(0, FrameStream(item.source, opts.fps, opts.folder_fps).estimated_frames() // opts.sample_rate - 1))
+        except VideoError:
+            continue
+    return int(sum(counts) / max(len(counts), 1) * len(items))
+
+
 def _free_bytes(path: Path) -> int:
     path = Path(path).resolve()
     while not path.exists():
@@ -756,6 +930,9 @@ def _gb(n: float) -> str:
 def run(raw_dir: Path, out_dir: Path, opts: Options, log=print, annotations: Path | None = None) -> int:
     """Pre-process RAW_DIR (or the items an annotation file lists over it) into OUT_DIR; return the failures."""
     opts.validate()
+    if "flow" in opts.modalities and opts.flow == "tvl1":
+        uses_batched_flow(opts)
+        flow_extractor(opts)  # an unusable --flow-device fails here, before anything is written
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     if out_dir.resolve() == raw_dir.resolve() or raw_dir.resolve() in out_dir.resolve().parents:
         raise PreprocessError(f"{out_dir}: OUT_DIR must not be RAW_DIR or inside it (its arrays would be read as input)")
@@ -838,7 +1015,7 @@ def _run_locked(raw_dir: Path, out_dir: Path, opts: Options, log, found: Discove
         + f"; {len(mine) - len(jobs) - len(bad)} already done, {len(jobs)} to do"
         + (f", {len(bad)} unusable" if bad else "")
     )
-    if "flow" in opts.modalities and opts.flow != "tvl1":
+    if "flow" in opts.modalities and recipe_name(opts.flow) != "tvl1":
         log(f"warning: --flow {opts.flow}: the pretrained I3D flow stream was trained on TV-L1 flow; other flow has different statistics (fine-tune, do not just evaluate)")
     if jobs and opts.disk_check:
         need = estimate_bytes([j[0] for j in jobs], opts)
@@ -882,21 +1059,41 @@ def _run_locked(raw_dir: Path, out_dir: Path, opts: Options, log, found: Discove
             last_save = time.monotonic()
 
     try:
-        if workers == 1:
-            set_threads(os.cpu_count() or 1)
-            for job in work:
-                record(_run_one(job, show_frames=True))
+        segmented = any(item.start is not None for item, _, _ in jobs)  # cut jobs decode a source once
+        if jobs and not segmented and uses_batched_flow(opts):
+            for item, paths, _ in jobs:
+                if len(item.labels) > 1:
+                    write_labels(next(iter(paths.values())).parent, item.labels)
+            set_threads(os.cpu_count() or 1)  # the parent computes flow; workers decode with one thread each
+            extractor = flow_extractor(opts, planned_pairs=_planned_pairs([j[0] for j in jobs], opts))
+            if extractor.device.type == "cpu" and extractor.compiled:
+                set_threads(1)  # the compiled kernels measured 5-10x slower on two CPU threads than on one
+            bar.write(f"flow: {extractor.describe()}")
+            _run_batched(jobs, opts, max(1, min(opts.workers, len(jobs))), record, extractor)
         else:
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads, os.getpid())) as pool:
-                futures = [pool.submit(_run_one, job) for job in work]
-                try:
-                    for future in as_completed(futures):
-                        record(future.result())
-                except BaseException:
-                    for f in futures:
-                        f.cancel()
-                    raise
+            if jobs and "flow" in opts.modalities and opts.flow == "tvl1":
+                # on the CPU each worker computes its items' flow a pair at a time; compiling is decided once here
+                planned = _planned_pairs([j[0] for j in jobs], opts) // workers
+                compiled = "yes" if flow_extractor(opts, planned_pairs=planned).compiled else "no"
+                work = [(items, paths, replace(o, flow_compile=compiled)) for items, paths, o in work]
+                bar.write(f"flow: tvl1 (PyTorch TV-L1 on cpu, {'compiled' if compiled == 'yes' else 'eager'}, "
+                          f"a pair at a time in each of {workers} process(es))")
+            if workers == 1:
+                set_threads(os.cpu_count() or 1)
+                for job in work:
+                    record(_run_one(job, show_frames=True))
+            else:
+                threads = max(1, (os.cpu_count() or 1) // workers)
+                with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
+                                         initargs=(threads, os.getpid())) as pool:
+                    futures = [pool.submit(_run_one, job) for job in work]
+                    try:
+                        for future in as_completed(futures):
+                            record(future.result())
+                    except BaseException:
+                        for f in futures:
+                            f.cancel()
+                        raise
     finally:
         bar.close()
         # Rows of items outside this run (other RAW_DIR content or removed sources) are kept as they were.

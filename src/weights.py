@@ -41,7 +41,7 @@ class Recipe:
 
 def flow_recipe(algorithm: str = "tvl1") -> Recipe:
     """The flow recipe: an optical-flow algorithm on grayscale frames, clipped to +-20 px and divided by 20."""
-    names = {"tvl1": "TV-L1", "farneback": "Farneback", "dis": "DIS"}
+    names = {"tvl1": "TV-L1", "tvl1-opencv": "TV-L1 (OpenCV's)", "farneback": "Farneback", "dis": "DIS"}
     return Recipe(flow=f"{names.get(algorithm, algorithm)} on grayscale, clipped to [-20, 20], divided by 20",
                   flow_algorithm=algorithm)
 

@@ -621,3 +621,46 @@ def test_annotation_shards_keep_each_recording_in_one_shard(shared, tmp_path):
         sources.append(rows[0]["source"])
     assert sorted(Path(s).name for s in sources) == ["arm_wrestling.mp4", "cleaning_pool.mp4"]
     assert len(_manifest(out / "manifest.csv")) == 4                          # merged by the last shard
+
+
+def test_batched_tvl1_pipeline_matches_opencv_tvl1(shared, tmp_path):
+    """--flow tvl1: workers decode, the parent computes flow in batches spanning items of different frame
+    sizes; each stored flow agrees with OpenCV's TV-L1 on the same frames, and the recipe equals tvl1-opencv's."""
+    from src.flow import FlowExtractor, rgb_to_gray
+    from src.transforms import resize_short_side
+    from src.video import read_frames
+
+    raw = _raw(tmp_path, shared, {"a": ["video_0.mov", "unordered.mov"], "b": ["video_90.mov"]})
+    out = tmp_path / "out"
+    opts = Options(val_ratio=0, size=48, flow="tvl1", workers=1, flow_device="cpu", flow_batch=3, dtype="uint8")
+    assert run(raw, out, opts, log=lambda m: None) == 0
+    rows = _manifest(out / "manifest.csv")
+    assert {r["status"] for r in rows.values()} == {"done"} and {r["flow_algorithm"] for r in rows.values()} == {"tvl1"}
+    opencv = FlowExtractor("tvl1-opencv")
+    for cls, name, suffix in [("a", "video_0", ".mov"), ("a", "unordered", ".mov"), ("b", "video_90", ".mov")]:
+        frames, _ = read_frames(raw / cls / (name + suffix), 25.0)
+        ref = opencv(rgb_to_gray(resize_short_side(frames, 48)))
+        got = load_array(out / "train" / cls / name / "flow-SampleRate_1.npy")
+        assert got.shape == ref.shape
+        ref8 = decode_array(encode_array(ref, "uint8"))
+        # error of the stored arrays against OpenCV's exact flow, in px: the PyTorch one adds at most 0.05 px
+        # (the two uint8 arrays themselves differ by a step where flow ~ 0: see test_flow's uint8 test)
+        err = [np.hypot(*(20 * (a - ref)).transpose(3, 0, 1, 2)).reshape(len(a), -1).mean(axis=1) for a in (got, ref8)]
+        assert (err[0] - err[1]).max() <= 0.05, (name, err)
+    # the same recipe: a rerun with OpenCV's TV-L1 is no conflict (everything is already done)
+    assert run(raw, out, Options(val_ratio=0, size=48, flow="tvl1-opencv", workers=1, dtype="uint8"), log=lambda m: None) == 0
+    with pytest.raises(PreprocessError, match=r"--flow tvl1 \(now farneback\)"):
+        run(raw, out, Options(val_ratio=0, size=48, flow="farneback", workers=1, dtype="uint8"), log=lambda m: None)
+
+
+def test_unusable_flow_device_is_one_clear_error(shared, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    raw = _raw(tmp_path, shared, {"a": ["video_0.mov"]})
+    result = subprocess.run([sys.executable, str(REPO / "pre-process.py"), str(raw), str(tmp_path / "out"),
+                             "--flow-device", "cuda", "--size", "32"], capture_output=True, text=True)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: --flow-device cuda:") and "Traceback" not in result.stderr
