@@ -19,12 +19,13 @@ import csv
 import json
 import logging
 import sys
-from pathlib import Path
 
 import numpy as np
 
+from src.arrays import save_array_atomic
 from src.dataset import DatasetError
 from src.device import pick_device
+from src.files import atomic_write
 from src.inference import add_inference_arguments, chosen_precision
 from src.predict import (InputError, check_positive, check_writable, exported_predictor, format_json, format_table,
                          predictor_from_run, predictor_from_weights, timeline, top_k)
@@ -35,12 +36,13 @@ from src.weights import WeightsUnavailable
 def write_timeline(rows: list[dict], out: str | None) -> None:
     """Timeline rows as JSON or CSV (by extension), or a table on stdout."""
     if out and out.endswith(".csv"):
-        with open(out, "w", newline="") as f:
+        with atomic_write(out, fsync=False) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
     elif out:
-        Path(out).write_text(json.dumps({"timeline": rows}, indent=2))
+        with atomic_write(out, fsync=False) as tmp:
+            tmp.write_text(json.dumps({"timeline": rows}, indent=2))
     for r in rows:
         if "labels" in r:  # multi-label
             found = ", ".join(f"{lab} {p}" for lab, p in zip(r["labels"].split(";"), r["probs"].split(";")) if lab)
@@ -67,6 +69,7 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=64, help="timeline window in frames (default: %(default)s)")
     parser.add_argument("--stride", type=int, default=32, help="timeline stride in frames (default: %(default)s)")
     parser.add_argument("--timeline-out", metavar="FILE", help="write the timeline as .json or .csv")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --logits-out / --timeline-out")
     add_inference_arguments(parser)
     parser.add_argument("--model", metavar="FILE", help="run an exported model (.onnx, .pt2 or TorchScript .pt) "
                                                           "with --weights' labels and recipe")
@@ -76,11 +79,12 @@ def main() -> int:
     try:  # options and output paths first: a mistake should cost nothing, not the whole computation
         for option in ("top_k", "frames", "window", "stride"):
             check_positive(getattr(args, option), "--" + option.replace("_", "-"))
+        if args.logits_out and not args.logits_out.endswith(".npy"):
+            args.logits_out += ".npy"  # as np.save names it
         if args.logits_out:
-            check_writable(args.logits_out if args.logits_out.endswith(".npy") else args.logits_out + ".npy",
-                           "--logits-out")  # np.save adds .npy
+            check_writable(args.logits_out, "--logits-out", args.overwrite)
         if args.timeline_out:
-            check_writable(args.timeline_out, "--timeline-out")
+            check_writable(args.timeline_out, "--timeline-out", args.overwrite)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -103,7 +107,7 @@ def main() -> int:
     logits = predictor.logits(clips, device)
     predictions = predictor.decide(logits, args.top_k)
     if args.logits_out:
-        np.save(args.logits_out, logits)
+        save_array_atomic(args.logits_out, logits)
     if args.json:
         print(format_json(predictions))
     else:

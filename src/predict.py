@@ -48,12 +48,14 @@ def load_npy_clip(path: Path, channels: int) -> np.ndarray:
     return clip
 
 
-def check_writable(path: str | Path, option: str) -> None:
-    """Raise InputError unless `path` can be written, so a bad output path fails before the work, not after."""
+def check_writable(path: str | Path, option: str, overwrite: bool = False) -> None:
+    """Raise InputError unless `path` can be written (and is new, or `overwrite`), before the work, not after."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{option} {path}: is a folder; give a file name")
     existed = path.exists()
+    if existed and not overwrite:
+        raise InputError(f"{option} {path}: exists; pass --overwrite to replace it")
     try:
         with open(path, "ab"):  # append mode: an existing file is left as it is
             pass

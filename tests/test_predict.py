@@ -212,8 +212,13 @@ def test_predict_unwritable_outputs_fail_before_the_work(shared, tmp_path, monke
     kept = tmp_path / "kept.npy"
     kept.write_bytes(b"the user's file")
     from src.predict import check_writable
-    check_writable(kept, "--logits-out")
+    check_writable(kept, "--logits-out", overwrite=True)
     assert kept.read_bytes() == b"the user's file"  # probing an existing file leaves it as it was
+    monkeypatch.setattr(sys, "argv", ["predict.py", clip, "--logits-out", str(kept)])
+    assert predict.main() == 1
+    out, err = capsys.readouterr()
+    assert err == f"error: --logits-out {kept}: exists; pass --overwrite to replace it\n"
+    assert kept.read_bytes() == b"the user's file"  # never replaced without --overwrite
 
 
 def test_predict_complex_npy_is_refused(tmp_path):
