@@ -62,14 +62,22 @@ def fma(a: torch.Tensor, b: torch.Tensor | float, c: torch.Tensor | float) -> to
 
 @lru_cache(maxsize=64)
 def _linear_taps(src: int, dst: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """cv::resize INTER_LINEAR taps along one axis: indices i0, i1 and the float weight of i1 (dst,)."""
+    """cv::resize INTER_LINEAR taps along one axis: indices i0, i1 and the float weight of i1 (dst,).
+
+    Before the first pixel the weight is 0 on pixels 0 and 1. Past the last one, where OpenCV 5 (IPP) reads the
+    last pixel when enlarging but p0 + 1 * (p1 - p0) from the last two when shrinking (which can differ from p1
+    in the last bit), so does this.
+    """
     pos = (torch.arange(dst, dtype=torch.float64) + 0.5) * scale - 0.5
     i0 = torch.floor(pos)
     frac = (pos - i0).to(torch.float32)  # the fraction is taken in double, then stored as float
     i0 = i0.to(torch.int64)
+    if src == 1:
+        return torch.zeros_like(i0), torch.zeros_like(i0), torch.zeros_like(frac)
     low, high = i0 < 0, i0 >= src - 1
-    frac = torch.where(low | high, torch.zeros_like(frac), frac)
-    i0 = torch.where(low, torch.zeros_like(i0), torch.where(high, torch.full_like(i0, src - 1), i0))
+    shrink = scale > 1
+    frac = torch.where(low, torch.zeros_like(frac), torch.where(high, torch.full_like(frac, float(shrink)), frac))
+    i0 = torch.where(low, torch.zeros_like(i0), torch.where(high, torch.full_like(i0, src - 1 - shrink), i0))
     return i0, (i0 + 1).clamp(max=src - 1), frac
 
 
@@ -206,6 +214,17 @@ def median5(x: torch.Tensor) -> torch.Tensor:
 
 # -- the inner iteration ---------------------------------------------------------------------------------------
 
+def divergence(px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
+    """OpenCV's divergence of (px, py) on (N, H, W): backward differences, the field taken as 0 outside.
+
+    Summed in OpenCV's order: (dx px) + (dy py), but (px + py) - py[y-1] in the first column.
+    """
+    up = F.pad(py, (0, 0, 1, 0))[..., :-1, :]
+    inner = (px[..., 1:] - px[..., :-1]) + (py[..., 1:] - up[..., 1:])
+    first = (px[..., :1] + py[..., :1]) - up[..., :1]
+    return torch.cat([first, inner], dim=-1)
+
+
 def tvl1_step(u1: torch.Tensor, u2: torch.Tensor, p11: torch.Tensor, p12: torch.Tensor, p21: torch.Tensor,
               p22: torch.Tensor, i1wx: torch.Tensor, i1wy: torch.Tensor, grad: torch.Tensor, rho_c: torch.Tensor,
               l_t: float, theta: float, taut: float):
@@ -221,8 +240,7 @@ def tvl1_step(u1: torch.Tensor, u2: torch.Tensor, p11: torch.Tensor, p12: torch.
         grad > FLT_EPSILON, -rho / torch.where(grad > FLT_EPSILON, grad, 1.0), 0.0)))
     v1 = u1 + fi * i1wx
     v2 = u2 + fi * i1wy
-    div1 = (p11 - F.pad(p11, (1, 0))[..., :-1]) + (p12 - F.pad(p12, (0, 0, 1, 0))[..., :-1, :])
-    div2 = (p21 - F.pad(p21, (1, 0))[..., :-1]) + (p22 - F.pad(p22, (0, 0, 1, 0))[..., :-1, :])
+    div1, div2 = divergence(p11, p12), divergence(p21, p22)
     nu1 = v1 + theta * div1
     nu2 = v2 + theta * div2
     d1, d2 = nu1 - u1, nu2 - u2
