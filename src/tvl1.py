@@ -71,7 +71,9 @@ def _linear_taps(src: int, dst: int, scale: float) -> tuple[torch.Tensor, torch.
     pos = (torch.arange(dst, dtype=torch.float64) + 0.5) * scale - 0.5
     i0 = torch.floor(pos)
     frac = (pos - i0).to(torch.float32)  # the fraction is taken in double, then stored as float
-    i0 = i0.to(torch.int64)
+    carry = frac == 1  # a position a hair below an integer (108.99999999999999) reads that pixel, as in OpenCV
+    i0 = i0.to(torch.int64) + carry
+    frac = torch.where(carry, torch.zeros_like(frac), frac)
     if src == 1:
         return torch.zeros_like(i0), torch.zeros_like(i0), torch.zeros_like(frac)
     low, high = i0 < 0, i0 >= src - 1
