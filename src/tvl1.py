@@ -49,68 +49,100 @@ def pyramid_sizes(h: int, w: int, nscales: int = 5, scale_step: float = 0.8) -> 
     return sizes
 
 
+def fma(a: torch.Tensor, b: torch.Tensor | float, c: torch.Tensor | float) -> torch.Tensor:
+    """a * b + c in float32 with one rounding (a fused multiply-add), as OpenCV's vectorised kernels compute it.
+
+    A product of two floats is exact in float64, so the float64 sum rounds to the fused value (a double rounding
+    could differ in about 2^-29 of cases). MPS has no float64: there it is the unfused float32 a * b + c.
+    """
+    if a.device.type == "mps":
+        return a * b + c
+    return (a.to(torch.float64) * b + c).to(torch.float32)
+
+
 @lru_cache(maxsize=64)
-def _linear_taps(src: int, dst: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """cv::resize INTER_LINEAR taps along one axis: indices i0, i1 and float weights w0, w1 (dst,)."""
+def _linear_taps(src: int, dst: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """cv::resize INTER_LINEAR taps along one axis: indices i0, i1 and the float weight of i1 (dst,).
+
+    Before the first pixel the weight is 0 on pixels 0 and 1. Past the last one, where OpenCV 5 (IPP) reads the
+    last pixel when enlarging but p0 + 1 * (p1 - p0) from the last two when shrinking (which can differ from p1
+    in the last bit), so does this.
+    """
     pos = (torch.arange(dst, dtype=torch.float64) + 0.5) * scale - 0.5
     i0 = torch.floor(pos)
     frac = (pos - i0).to(torch.float32)  # the fraction is taken in double, then stored as float
-    i0 = i0.to(torch.int64)
+    carry = frac == 1  # a position a hair below an integer (108.99999999999999) reads that pixel, as in OpenCV
+    i0 = i0.to(torch.int64) + carry
+    frac = torch.where(carry, torch.zeros_like(frac), frac)
+    if src == 1:
+        return torch.zeros_like(i0), torch.zeros_like(i0), torch.zeros_like(frac)
     low, high = i0 < 0, i0 >= src - 1
-    frac = torch.where(low | high, torch.zeros_like(frac), frac)
-    i0 = torch.where(low, torch.zeros_like(i0), torch.where(high, torch.full_like(i0, src - 1), i0))
-    return i0, (i0 + 1).clamp(max=src - 1), 1 - frac, frac
+    shrink = scale > 1
+    frac = torch.where(low, torch.zeros_like(frac), torch.where(high, torch.full_like(frac, float(shrink)), frac))
+    i0 = torch.where(low, torch.zeros_like(i0), torch.where(high, torch.full_like(i0, src - 1 - shrink), i0))
+    return i0, (i0 + 1).clamp(max=src - 1), frac
 
 
 def resize_linear(x: torch.Tensor, size: tuple[int, int], scale: tuple[float, float]) -> torch.Tensor:
     """Bilinear resize of (..., H, W) like cv::resize; scale = (src/dst along y, along x) as OpenCV uses it.
 
-    Horizontal pass then vertical, two taps each, in float32: OpenCV's order of operations.
+    Bit for bit what OpenCV 5 (its IPP path, on by default) gives for float32 images of TV-L1's sizes: a
+    horizontal pass then a vertical one, each p0 + f * (p1 - p0) as one fused multiply-add in float32.
     """
     h, w = x.shape[-2:]
-    x0, x1, a0, a1 = (t.to(x.device) for t in _linear_taps(w, size[1], scale[1]))
-    y0, y1, b0, b1 = (t.to(x.device) for t in _linear_taps(h, size[0], scale[0]))
-    rows = x.index_select(-1, x0) * a0 + x.index_select(-1, x1) * a1
-    return rows.index_select(-2, y0) * b0[:, None] + rows.index_select(-2, y1) * b1[:, None]
+    x0, x1, fx = (t.to(x.device) for t in _linear_taps(w, size[1], scale[1]))
+    y0, y1, fy = (t.to(x.device) for t in _linear_taps(h, size[0], scale[0]))
+    left = x.index_select(-1, x0)
+    rows = fma(x.index_select(-1, x1) - left, fx, left)
+    top = rows.index_select(-2, y0)
+    return fma(rows.index_select(-2, y1) - top, fy[:, None], top)
 
 
-def _cubic_weights(f: torch.Tensor) -> list[torch.Tensor]:
-    """The four bicubic weights (A = -0.75, OpenCV's interpolateCubic) at fractional offsets f."""
+def _cubic_weights(x: torch.Tensor) -> list[torch.Tensor]:
+    """The four bicubic weights (A = -0.75) at fractional offsets x in [0, 1), float32, rounded as OpenCV 5 does.
+
+    OpenCV 5 evaluates the outer weights as products A x (x-1)^2 and A x^2 (1-x), the inner one at distance x
+    as a fused polynomial, and the one at distance 1 - x as what makes the four sum to one.
+    """
     a = -0.75
-    g = 1 - f
-    c0 = ((a * (f + 1) - 5 * a) * (f + 1) + 8 * a) * (f + 1) - 4 * a
-    c1 = ((a + 2) * f - (a + 3)) * f * f + 1
-    c2 = ((a + 2) * g - (a + 3)) * g * g + 1
-    return [c0, c1, c2, 1 - c0 - c1 - c2]
+    xx = x * x
+    xm = x - 1
+    w0 = a * (x * (xm * xm))
+    w1 = fma(fma(x, a + 2, -(a + 3)), xx, 1.0)
+    w3 = a * (xx * (1 - x))
+    w2 = ((1 - w0) - w1) - w3
+    return [w0, w1, w2, w3]
 
 
 def remap_cubic(img: torch.Tensor, mx: torch.Tensor, my: torch.Tensor, tab: int | None = None) -> torch.Tensor:
     """cv::remap INTER_CUBIC, BORDER_CONSTANT 0 of (N, C, H, W) at float maps (N, H, W): (N, C, H, W).
 
-    OpenCV 5 interpolates at the exact map coordinates (tab None); OpenCV 4 rounded them to 1/32 px (tab 32).
+    OpenCV 5 interpolates at the exact map coordinates (tab None) and matches this bit for bit: per row of four
+    taps t0*w0 then three fused multiply-adds, the four rows combined the same way with the vertical weights;
+    taps outside the image read 0. OpenCV 4 rounded the coordinates to 1/32 px (tab 32; its weights were
+    rounded differently, so that mode is only close to it).
     """
     n, c, h, w = img.shape
     if tab:
         mx, my = torch.round(mx * tab) / tab, torch.round(my * tab) / tab
     fx, fy = torch.floor(mx), torch.floor(my)
-    # weights from the fraction in double and rounded once to float match OpenCV 5's values more often
-    wide = torch.float32 if img.device.type == "mps" else torch.float64
-    wx = [c.to(torch.float32) for c in _cubic_weights((mx - fx).to(wide))]
-    wy = [c.to(torch.float32) for c in _cubic_weights((my - fy).to(wide))]
+    wx = _cubic_weights(mx - fx)
+    wy = _cubic_weights(my - fy)
     ix, iy = fx.to(torch.int64), fy.to(torch.int64)
     flat = img.reshape(n, c, h * w)
-    out = torch.zeros_like(img)
+    zero = torch.zeros((), dtype=img.dtype, device=img.device)
+    out = None
     for j in range(4):
         yy = iy + (j - 1)
         vy = (yy >= 0) & (yy < h)
-        row = torch.zeros_like(img)
+        row = None
         for i in range(4):
             xx = ix + (i - 1)
-            valid = vy & (xx >= 0) & (xx < w)
+            valid = (vy & (xx >= 0) & (xx < w))[:, None]
             lin = (yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)).reshape(n, 1, h * w).expand(n, c, h * w)
-            tap = torch.gather(flat, 2, lin).reshape(n, c, h, w)
-            row += tap * (wx[i] * valid)[:, None]
-        out += row * wy[j][:, None]
+            tap = torch.where(valid, torch.gather(flat, 2, lin).reshape(n, c, h, w), zero)
+            row = tap * wx[i][:, None] if row is None else fma(tap, wx[i][:, None], row)
+        out = row * wy[j][:, None] if out is None else fma(row, wy[j][:, None], out)
     return out
 
 
@@ -184,6 +216,17 @@ def median5(x: torch.Tensor) -> torch.Tensor:
 
 # -- the inner iteration ---------------------------------------------------------------------------------------
 
+def divergence(px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
+    """OpenCV's divergence of (px, py) on (N, H, W): backward differences, the field taken as 0 outside.
+
+    Summed in OpenCV's order: (dx px) + (dy py), but (px + py) - py[y-1] in the first column.
+    """
+    up = F.pad(py, (0, 0, 1, 0))[..., :-1, :]
+    inner = (px[..., 1:] - px[..., :-1]) + (py[..., 1:] - up[..., 1:])
+    first = (px[..., :1] + py[..., :1]) - up[..., :1]
+    return torch.cat([first, inner], dim=-1)
+
+
 def tvl1_step(u1: torch.Tensor, u2: torch.Tensor, p11: torch.Tensor, p12: torch.Tensor, p21: torch.Tensor,
               p22: torch.Tensor, i1wx: torch.Tensor, i1wy: torch.Tensor, grad: torch.Tensor, rho_c: torch.Tensor,
               l_t: float, theta: float, taut: float):
@@ -199,8 +242,7 @@ def tvl1_step(u1: torch.Tensor, u2: torch.Tensor, p11: torch.Tensor, p12: torch.
         grad > FLT_EPSILON, -rho / torch.where(grad > FLT_EPSILON, grad, 1.0), 0.0)))
     v1 = u1 + fi * i1wx
     v2 = u2 + fi * i1wy
-    div1 = (p11 - F.pad(p11, (1, 0))[..., :-1]) + (p12 - F.pad(p12, (0, 0, 1, 0))[..., :-1, :])
-    div2 = (p21 - F.pad(p21, (1, 0))[..., :-1]) + (p22 - F.pad(p22, (0, 0, 1, 0))[..., :-1, :])
+    div1, div2 = divergence(p11, p12), divergence(p21, p22)
     nu1 = v1 + theta * div1
     nu2 = v2 + theta * div2
     d1, d2 = nu1 - u1, nu2 - u2

