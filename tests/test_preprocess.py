@@ -661,6 +661,6 @@ def test_unusable_flow_device_is_one_clear_error(shared, tmp_path):
     raw = _raw(tmp_path, shared, {"a": ["video_0.mov"]})
     result = subprocess.run([sys.executable, str(REPO / "pre-process.py"), str(raw), str(tmp_path / "out"),
                              "--flow-device", "cuda", "--size", "32"], capture_output=True, text=True)
-    assert result.returncode == 2
+    assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error: --flow-device cuda:") and "Traceback" not in result.stderr
