@@ -419,6 +419,15 @@ def decode_item(item: Item, paths: dict[str, Path], opts: Options) -> tuple[dict
     return _process(item, paths, opts, False, flow_outside=True)
 
 
+def _failure_message(item: Item, exc: Exception, writing: Path | None) -> str:
+    """The manifest message of a failed item: the video's own error, a full disk while writing, or anything else."""
+    if isinstance(exc, VideoError):
+        return str(exc)
+    if isinstance(exc, OSError) and writing is not None and is_disk_full(exc):
+        return disk_full_message(writing, exc)
+    return f"{item.source}: unexpected {type(exc).__name__}: {exc}"
+
+
 def _process(item: Item, paths: dict[str, Path], opts: Options, show_frames: bool, flow_outside: bool = False
              ) -> tuple[dict[str, str], np.ndarray | None]:
     row = _base_row(item, opts)
@@ -458,14 +467,8 @@ def _process(item: Item, paths: dict[str, Path], opts: Options, show_frames: boo
             save_array_atomic(writing, flow)
         row.update(status="done")
         row.update(_shapes_on_disk(paths))
-    except VideoError as exc:
-        row.update(status="failed", message=str(exc))
-    except OSError as exc:
-        full = writing is not None and is_disk_full(exc)
-        row.update(status="failed", message=disk_full_message(writing, exc) if full
-                   else f"{item.source}: unexpected {type(exc).__name__}: {exc}")
-    except Exception as exc:  # a bug or an OS problem on one item must not stop the batch
-        row.update(status="failed", message=f"{item.source}: unexpected {type(exc).__name__}: {exc}")
+    except Exception as exc:  # a bad video, a full disk or a bug on one item must not stop the batch
+        row.update(status="failed", message=_failure_message(item, exc, writing))
     finally:
         if bar is not None:
             bar.close()
@@ -515,14 +518,8 @@ def _write_item(frames: list[np.ndarray], item: Item, paths: dict[str, Path], op
             save_array_atomic(writing, flow)
         row.update(status="done", message=" | ".join(warnings), frames_written=str(len(stacked)))
         row.update(_shapes_on_disk(paths))
-    except VideoError as exc:
-        row.update(status="failed", message=str(exc))
-    except OSError as exc:
-        full = writing is not None and is_disk_full(exc)
-        row.update(status="failed", message=disk_full_message(writing, exc) if full
-                   else f"{item.source}: unexpected {type(exc).__name__}: {exc}")
     except Exception as exc:  # one bad segment must not stop the others
-        row.update(status="failed", message=f"{item.source}: unexpected {type(exc).__name__}: {exc}")
+        row.update(status="failed", message=_failure_message(item, exc, writing))
 
 
 def process_segments(items: list[Item], paths: list[dict[str, Path]], opts: Options) -> list[dict[str, str]]:
