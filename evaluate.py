@@ -16,11 +16,11 @@ import math
 import sys
 from pathlib import Path
 
+from src.cli import add_inference_arguments, chosen_precision
 from src.dataset import DatasetError
 from src.device import pick_device
-from src.evaluation import evaluate_run
-from src.inference import add_inference_arguments, chosen_precision
-from src.runs import TrainingError, plot_ap, plot_confusion
+from src.training.evaluation import evaluate_run
+from src.training.runs import TrainingError, plot_ap, plot_confusion
 
 
 def main() -> int:

@@ -18,12 +18,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from src.checkpoint import CheckpointError
-from src.export import FORMATS, MIN_FRAMES, SUFFIXES, ExportError, check_export, check_output_name, export_model, \
-    load_for_export
-from src.files import check_writable
-from src.predict import InputError, load_clip_tensor
+from src.clips import InputError, load_clip_tensor
+from src.export import (FORMATS, MIN_FRAMES, SUFFIXES, ExportError, check_export, check_output_name, export_model,
+                        load_for_export)
+from src.jobs.files import check_writable
 from src.weights import WeightsUnavailable
+from src.weights.checkpoint import CheckpointError
 
 DEFAULT_CLIP = Path(__file__).resolve().parent.parent / "shared" / "data" / "samples" / "v_CricketShot_g04_c01_rgb.gif"
 

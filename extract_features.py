@@ -25,11 +25,12 @@ from pathlib import Path
 
 import torch
 
-from src.arrays import save_array_atomic
+from src.cli import add_inference_arguments, chosen_precision
+from src.clips import InputError, clip_to_tensor, load_clip
 from src.device import pick_device
-from src.inference import add_inference_arguments, chosen_precision, optimize_for_inference
+from src.inference import optimize_for_inference
+from src.jobs.files import save_array_atomic
 from src.model import ENDPOINTS
-from src.predict import InputError, clip_to_tensor, load_clip
 from src.weights import FLOW_RECIPE, RGB_RECIPE, WeightsUnavailable, i3d
 
 
@@ -118,14 +119,14 @@ def main() -> int:
 
 def extract_dataset(args: argparse.Namespace) -> int:
     """The --out-dir form."""
-    from src.extraction import Config, ExtractionError, run, shard_from_env
-    from src.preprocess import PreprocessError, parse_shard
+    from src.extraction import Config, ExtractionError, run
+    from src.jobs import parse_shard, shard_from_env
 
     if args.frames is not None:
         raise ExtractionError("--frames belongs to the one-clip form (--out); use --window/--stride with --out-dir")
     try:
         shard = parse_shard(args.shard) if args.shard else (shard_from_env() or (1, 1))
-    except PreprocessError as exc:
+    except ValueError as exc:
         raise ExtractionError(str(exc)) from None
     cfg = Config(window=args.window, stride=args.stride, fps=getattr(args, "fps", "recipe"),
                  streams=tuple(s.strip() for s in args.streams.split(",") if s.strip()), concat=args.concat,

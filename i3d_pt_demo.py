@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.fetch import FetchError, download
+from src.clips import InputError, clip_to_tensor, load_official_sample
 from src.model import I3D
 from src.paths import REPO_ROOT, model_dir
-from src.predict import InputError, clip_to_tensor, format_official, load_official_sample, top_k
+from src.predict import format_official, top_k
 from src.weights import CHECKPOINTS, OFFICIAL_DEMO_OUTPUTS, SAMPLE_URL, WeightsUnavailable, fetch_state_dict
+from src.weights.fetch import FetchError, download
 
 STREAMS = {"imagenet": {"rgb": "rgb_imagenet", "flow": "flow_imagenet"},
            "scratch": {"rgb": "rgb_scratch", "flow": "flow_scratch"},

@@ -15,8 +15,8 @@ import json
 
 import torch
 
+from src.measure.profiling import profile_model, step
 from src.model import I3D, InceptionBlock, MaxPool3dSame, Unit3D
-from src.profiling import profile_model, step
 
 LINE_PROFILED = (Unit3D.forward, MaxPool3dSame.forward, InceptionBlock.forward)
 

@@ -18,11 +18,11 @@ import logging
 import sys
 from pathlib import Path
 
-from src.checkpoint import CheckpointError, load_any
-from src.naming import state_dict_from_tf
-from src.tfbundle import read_tf_checkpoint, read_tf_checkpoint_with_tensorflow
 from src.paths import model_dir
 from src.weights import CHECKPOINTS, WeightsUnavailable, fetch_state_dict, save_state_dict
+from src.weights.checkpoint import CheckpointError, load_any
+from src.weights.naming import state_dict_from_tf
+from src.weights.tfbundle import read_tf_checkpoint, read_tf_checkpoint_with_tensorflow
 
 CHECKPOINT_NAMES = {  # --checkpoint value -> registry name per stream
     "imagenet": {"rgb": "rgb_imagenet", "flow": "flow_imagenet"},

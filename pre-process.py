@@ -22,9 +22,10 @@ import sys
 from pathlib import Path
 
 from src.flow import ALGORITHMS
-from src.preprocess import Options, PreprocessError, parse_shard, run
-from src.seed import import_seed
-from src.transforms import DTYPES
+from src.jobs import parse_shard
+from src.media.transforms import STORAGE_DTYPES
+from src.preprocess import Options, PreprocessError, run
+from src.preprocess.legacy import import_legacy_layout
 
 DEFAULT_PAIRS = [(Path("data/videos/raw"), Path("data/videos/pre-processed")),
                  (Path("data/images/raw"), Path("data/images/pre-processed"))]
@@ -97,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "decode (default 0: 32 on a GPU; on a CPU each worker computes its items' flow a pair at a time)")
     p.add_argument("--flow-compile", choices=("auto", "yes", "no"), default="auto",
                    help="torch.compile the TV-L1 iteration (default auto: only for jobs long enough to pay the compile time)")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="storage type of the arrays (default float32)")
+    p.add_argument("--dtype", choices=STORAGE_DTYPES, default="float32", help="storage type of the arrays (default float32)")
     p.add_argument("--val-ratio", type=float, default=0.2, help="fraction of each class put in val when RAW_DIR has no train/val folders (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default 0)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes (default: all cores); with --flow tvl1 they decode and resize while this process computes flow")
@@ -113,6 +114,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def shard_option(text: str) -> tuple[int, int]:
+    """--shard i/n, as PreprocessError when it is not one."""
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise PreprocessError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run pre-processing for the given or the default folders; exit status 1 on any failure."""
     args = parse_args(argv)
@@ -124,14 +133,14 @@ def main(argv: list[str] | None = None) -> int:
             fps=args.fps or None, folder_fps=args.folder_fps, size=args.size, crop=args.crop,
             sample_rate=args.sample_rate, modalities=modalities, flow="tvl1" if args.flow == "none" else args.flow,
             dtype=args.dtype, val_ratio=args.val_ratio, seed=args.seed, workers=args.workers,
-            overwrite=args.overwrite, shard=parse_shard(args.shard), min_frames=args.min_frames,
+            overwrite=args.overwrite, shard=shard_option(args.shard), min_frames=args.min_frames,
             disk_check=not args.no_disk_check, flow_device=args.flow_device, flow_batch=args.flow_batch,
             flow_compile=args.flow_compile,
         )
         if args.from_seed:
             if not (args.raw_dir and args.out_dir):
                 raise PreprocessError("--from-seed needs SEED_DIR and OUT_DIR")
-            return 1 if import_seed(args.raw_dir, args.out_dir, opts) else 0
+            return 1 if import_legacy_layout(args.raw_dir, args.out_dir, opts) else 0
         if args.annotations and not (args.raw_dir and args.out_dir):
             raise PreprocessError("--annotations needs RAW_DIR (where its videos are) and OUT_DIR")
         if args.annotations and not args.annotations.is_file():

@@ -22,14 +22,14 @@ import sys
 
 import numpy as np
 
-from src.arrays import save_array_atomic
+from src.cli import add_inference_arguments, check_output, check_positive, chosen_precision
+from src.clips import InputError
 from src.dataset import DatasetError
 from src.device import pick_device
-from src.files import atomic_write
-from src.inference import add_inference_arguments, chosen_precision
-from src.predict import (InputError, check_positive, check_writable, exported_predictor, format_json, format_table,
-                         predictor_from_run, predictor_from_weights, timeline, top_k)
-from src.runs import TrainingError
+from src.jobs.files import atomic_write, save_array_atomic
+from src.predict import (exported_predictor, format_json, format_table, predictor_from_run, predictor_from_weights,
+                         timeline, top_k)
+from src.training.runs import TrainingError
 from src.weights import WeightsUnavailable
 
 
@@ -82,9 +82,9 @@ def main() -> int:
         if args.logits_out and not args.logits_out.endswith(".npy"):
             args.logits_out += ".npy"  # as np.save names it
         if args.logits_out:
-            check_writable(args.logits_out, "--logits-out", args.overwrite)
+            check_output(args.logits_out, "--logits-out", args.overwrite)
         if args.timeline_out:
-            check_writable(args.timeline_out, "--timeline-out", args.overwrite)
+            check_output(args.timeline_out, "--timeline-out", args.overwrite)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

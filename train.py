@@ -19,8 +19,8 @@ import sys
 from dataclasses import fields
 
 from src.dataset import DatasetError
-from src.runs import Config, TrainingError
-from src.training import train
+from src.training.loop import train
+from src.training.runs import RunConfig, TrainingError
 from src.weights import WeightsUnavailable
 
 HELP = {
@@ -57,8 +57,8 @@ CHOICES = {"modality": ("rgb", "flow", "joint"), "optimizer": ("sgd", "adamw"), 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = Config()
-    for f in fields(Config):
+    defaults = RunConfig()
+    for f in fields(RunConfig):
         if f.name in RECORDED:
             continue
         flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
@@ -72,7 +72,7 @@ def main() -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = Config(**{f.name: getattr(args, f.name) for f in fields(Config) if f.name not in RECORDED})
+    cfg = RunConfig(**{f.name: getattr(args, f.name) for f in fields(RunConfig) if f.name not in RECORDED})
     try:
         train(cfg, resume=args.resume, overwrite=args.overwrite)
     except (TrainingError, DatasetError, WeightsUnavailable) as exc:

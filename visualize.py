@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from src.predict import load_clip_tensor
+from src.clips import load_clip_tensor
 from src.model import ENDPOINTS
 from src.visualize import activation_frames, filter_frames, resolve_class, saliency_frames, save_gif
 from src.weights import i3d

@@ -26,13 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from src.bench import load_average  # noqa: E402
+from src.clips import load_clip  # noqa: E402
 from src.device import machine_description, pick_device  # noqa: E402
 from src.extraction import Config, load_models, run  # noqa: E402
 from src.flow import FlowExtractor, rgb_to_gray  # noqa: E402
-from src.predict import accelerate, load_clip  # noqa: E402
-from src.transforms import resize_short_side  # noqa: E402
-from src.video import FrameStream  # noqa: E402
+from src.inference import accelerate  # noqa: E402
+from src.measure.speed import load_average  # noqa: E402
+from src.media.transforms import resize_short_side  # noqa: E402
+from src.media.video import FrameStream  # noqa: E402
 from src.weights import i3d  # noqa: E402
 
 VIDEOS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "videos"

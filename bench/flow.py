@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from src.device import machine_description, pick_device  # noqa: E402
-from src.flow import set_threads  # noqa: E402
-from src.transforms import decode_array, encode_array, resize_short_side  # noqa: E402
-from src.tvl1 import TVL1  # noqa: E402
-from src.video import read_frames  # noqa: E402
+from src.flow.tvl1 import TVL1  # noqa: E402
+from src.jobs.workers import set_threads  # noqa: E402
+from src.media.transforms import decode_array, encode_array, resize_short_side  # noqa: E402
+from src.media.video import read_frames  # noqa: E402
 
 VIDEOS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "videos"
 

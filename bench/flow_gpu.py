@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.flow import epe, run_torch, sync  # noqa: E402
 from bench.flow_reference import QUANTUM  # noqa: E402
 from src.device import pick_device  # noqa: E402
-from src.tvl1 import TVL1  # noqa: E402
+from src.flow.tvl1 import TVL1  # noqa: E402
 
 
 def main() -> None:

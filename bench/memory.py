@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from src.bench import load_average  # noqa: E402
-from src.memory import measure  # noqa: E402
+from src.measure.memory import measure  # noqa: E402
+from src.measure.speed import load_average  # noqa: E402
 
 
 def main() -> None:

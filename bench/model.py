@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from src.bench import run  # noqa: E402
+from src.measure.speed import run  # noqa: E402
 
 
 def main() -> None:

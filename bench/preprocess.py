@@ -17,15 +17,15 @@ import tempfile
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from src.arrays import save_array_atomic  # noqa: E402
 from src.device import machine_description  # noqa: E402
-from src.flow import ALGORITHMS, FlowExtractor, rgb_to_gray, set_threads  # noqa: E402
+from src.flow import ALGORITHMS, FlowExtractor, rgb_to_gray  # noqa: E402
+from src.jobs.files import save_array_atomic  # noqa: E402
+from src.jobs.workers import set_threads  # noqa: E402
+from src.media.transforms import encode_array, resize_short_side, to_model_range  # noqa: E402
+from src.media.video import read_frames  # noqa: E402
 from src.preprocess import Options, run  # noqa: E402
-from src.transforms import encode_array, resize_short_side, to_model_range  # noqa: E402
-from src.video import read_frames  # noqa: E402
 
 VIDEOS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "videos"
 

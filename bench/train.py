@@ -23,11 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from src.arrays import save_array_atomic  # noqa: E402
 from src.device import machine_description  # noqa: E402
-from src.training import Config, train  # noqa: E402
-from src.transforms import encode_array, resize_short_side, to_model_range  # noqa: E402
-from src.video import read_frames  # noqa: E402
+from src.jobs.files import save_array_atomic  # noqa: E402
+from src.media.transforms import encode_array, resize_short_side, to_model_range  # noqa: E402
+from src.media.video import read_frames  # noqa: E402
+from src.training.loop import train  # noqa: E402
+from src.training.runs import RunConfig  # noqa: E402
 
 VIDEOS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "videos"
 CLIPS = {"arm_wrestling": "arm_wrestling.mp4", "cleaning_pool": "cleaning_pool.mp4"}
@@ -68,7 +69,7 @@ def main() -> int:
                 "cache": dict(cache_features="on")}                        # fast path once, then the cache
         seconds = {}
         for name, options in runs.items():
-            run = train(Config(out=str(Path(tmp) / name.replace(" ", "-")), **options, **common))
+            run = train(RunConfig(out=str(Path(tmp) / name.replace(" ", "-")), **options, **common))
             seconds[name] = [h["seconds"] for h in json.loads((run / "metrics.json").read_text())["history"]]
     items = args.items * len(CLIPS)
     print(f"\n{items} items ({args.clip_len} frames, {args.crop} crop), K = {args.freeze}, batch {args.batch_size}; "

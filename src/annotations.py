@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from src.video import VIDEO_EXTENSIONS, natural_key
+from src.media.video import VIDEO_EXTENSIONS, natural_key
 
 SPLIT_NAMES = {"train": "train", "val": "val", "validate": "val", "validation": "val", "test": "test"}
 COLUMN_ALIASES = {

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from src.transforms import decode_array
+from src.media import decode_array
 
 MODALITY_CHANNELS = {"rgb": 3, "flow": 2}
 
@@ -56,7 +56,7 @@ def targets(items: list[Item], num_classes: int) -> np.ndarray:
     return out
 
 
-def read_labels(folder: Path, classes: list[str], label: int) -> tuple[int, ...]:
+def read_item_labels(folder: Path, classes: list[str], label: int) -> tuple[int, ...]:
     """The label indices listed in folder/labels.txt (its class folder's label when there is none)."""
     path = Path(folder) / LABELS_FILE
     if not path.exists():
@@ -92,7 +92,8 @@ def read_classes(data_dir: Path) -> list[str]:
     return classes
 
 
-def _find_array(folder: Path, modality: str, sample_rate: int | None) -> Path | None:
+def find_array(folder: Path, modality: str, sample_rate: int | None) -> Path | None:
+    """An item folder's <modality>-SampleRate_<n>.npy (of `sample_rate`, or the first by name), or None."""
     pattern = re.compile(rf"{modality}(?:-SampleRate_(\d+))?\.npy$")
     found = sorted((p for p in folder.iterdir() if pattern.fullmatch(p.name)), key=lambda p: p.name)
     if sample_rate is not None:
@@ -115,9 +116,9 @@ def scan_split(data_dir: Path, split: str, classes: list[str], modality: str,
         class_dir = root / name
         if class_dir.is_dir():
             for folder in sorted(p for p in class_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                files = {m: _find_array(folder, m, sample_rate) for m in streams(modality)}
+                files = {m: find_array(folder, m, sample_rate) for m in streams(modality)}
                 if all(files.values()):
-                    items.append(Item(folder, label, files, read_labels(folder, classes, label)))
+                    items.append(Item(folder, label, files, read_item_labels(folder, classes, label)))
     if split == "train":
         present = {c for it in items for c in it.label_set()}
         for label, name in enumerate(classes):
@@ -255,3 +256,13 @@ def balanced_weights(items: list[Item], num_classes: int) -> torch.Tensor:
     """Per-item sampling weights that make every class equally likely."""
     counts = class_counts(items, num_classes)
     return torch.tensor([1.0 / counts[it.label] for it in items], dtype=torch.double)
+
+
+def load_array(path: Path, mmap: bool = False) -> np.ndarray:
+    """Load a stored rgb/flow .npy (float32, float16 or uint8) as float32 in [-1, 1]."""
+    path = Path(path)
+    try:
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot be read as a .npy array ({exc})") from exc
+    return decode_array(arr)

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.files import atomic_write
-from src.inference import FusedConv
+from src.inference.fast import FusedConv
+from src.jobs.files import atomic_write
 from src.model import I3D, InceptionBlock, LogitsPool, MaxPool3dSame, Unit3D
 
 FORMATS = ("onnx", "pt2", "torchscript")
@@ -215,7 +215,7 @@ def _check_single_stream(checkpoint: Path) -> None:
 
 def load_for_export(weights: str | None = None, run_dir: str | Path | None = None) -> I3D:
     """A model from a registry name/file (`weights`) or a fine-tuning run folder (best.safetensors + classes.txt)."""
-    from src.weights import i3d, read_labels
+    from src.weights import i3d, read_label_file
 
     if run_dir is None:
         return i3d(weights=weights).eval()
@@ -224,7 +224,7 @@ def load_for_export(weights: str | None = None, run_dir: str | Path | None = Non
     if not checkpoint.is_file():
         what = "has no best.safetensors" if run_dir.is_dir() else "is not a folder"
         raise ExportError(f"{run_dir} {what}; pass a fine-tuning run folder, or --weights NAME|FILE")
-    from src.checkpoint import load_any
+    from src.weights.checkpoint import load_any
 
     _check_single_stream(checkpoint)
     state_dict = load_any(checkpoint, source="state-dict")
@@ -233,7 +233,7 @@ def load_for_export(weights: str | None = None, run_dir: str | Path | None = Non
     model.load_state_dict(state_dict)
     model.weights = None
     classes = run_dir / "classes.txt"
-    model.categories = read_labels(classes) if classes.exists() else None
+    model.categories = read_label_file(classes) if classes.exists() else None
     config = run_dir / "config.json"
     model.config = json.loads(config.read_text()) if config.exists() else {}
     return model.eval()
@@ -241,7 +241,7 @@ def load_for_export(weights: str | None = None, run_dir: str | Path | None = Non
 
 def check_export(path: str | Path, model: I3D, clip: torch.Tensor) -> float:
     """Max |logit difference| between the exported file and the PyTorch model on `clip`."""
-    from src.inference import load_exported
+    from src.inference.exported import load_exported
 
     with torch.no_grad():
         want = model.eval()(clip)

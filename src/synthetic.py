@@ -71,8 +71,8 @@ def make_videos(root: Path, per_class: int = 8, frames: int = 50, height: int = 
 def make_arrays(root: Path, per_class: tuple[int, int] = (4, 2), frames: int = 20, size: int = 128,
                 speed: float = 2.0, seed: int = 0, classes: tuple[str, ...] = tuple(MOTIONS)) -> Path:
     """A pre-processed dataset (classes.txt, train/ and val/ rgb-SampleRate_1.npy as uint8) without video coding."""
-    from src.arrays import save_array_atomic
-    from src.transforms import encode_array, to_model_range
+    from src.jobs.files import save_array_atomic
+    from src.media.transforms import encode_array, to_model_range
 
     rng = np.random.default_rng(seed)
     root = Path(root)
@@ -128,8 +128,8 @@ def motion_clip(rng: np.random.Generator, labels: tuple[str, ...], frames: int, 
 def make_multilabel_arrays(root: Path, per_combo: tuple[int, int] = (3, 1), frames: int = 20, size: int = 128,
                            seed: int = 0) -> Path:
     """A pre-processed multi-label dataset (uint8 rgb arrays, labels.txt per multi-label item), no video coding."""
-    from src.arrays import save_array_atomic
-    from src.transforms import encode_array, to_model_range
+    from src.jobs.files import save_array_atomic
+    from src.media.transforms import encode_array, to_model_range
 
     rng = np.random.default_rng(seed)
     root = Path(root)

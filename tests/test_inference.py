@@ -9,7 +9,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from src.predict import clip_to_tensor, load_clip, load_clip_tensor
+from src.clips import clip_to_tensor, load_clip, load_clip_tensor
 from src.inference import FastI3D, auto_precision, cpu_has_bf16, optimize_for_inference
 from src.model import ENDPOINTS, I3D, split_same_padding
 from src.weights import FLOW_RECIPE, i3d

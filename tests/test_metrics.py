@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from src.metrics import average_precision, best_thresholds, f1_at, mean_ap, per_class_ap
+from src.training.metrics import average_precision, best_thresholds, f1_at, mean_ap, per_class_ap
 
 
 def test_average_precision_hand_computed():
@@ -37,7 +37,7 @@ def test_thresholds_maximise_f1_halfway_to_the_next_score():
 def test_summarize_multilabel_by_hand():
     import torch
 
-    from src.metrics import summarize_multilabel
+    from src.training.metrics import summarize_multilabel
     probs = torch.tensor([[0.9, 0.2, 0.6], [0.3, 0.8, 0.1], [0.4, 0.7, 0.2]])
     targets = torch.tensor([[1.0, 0, 1], [0, 1, 0], [0, 0, 0]])
     r = summarize_multilabel(probs, targets, loss_sum=1.5)

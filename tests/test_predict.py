@@ -91,6 +91,7 @@ def test_predict_npy_is_used_as_is_and_matches_extract_features(tmp_path):
     features = np.load(tmp_path / "f.npy")
     assert features.dtype == np.float32 and features.shape == (832, 3, 6, 7)  # T/4, H/16, W/16 rounded up
     import torch
+
     from src.weights import i3d
     model = i3d("rgb_scratch").eval()
     with torch.inference_mode():
@@ -107,7 +108,8 @@ def finetuned_run(shared, tmp_path_factory):
     """A joint run trained on the shared Kinetics clips pre-processed with DIS flow and --sample-rate 2."""
     import shutil
 
-    from src.training import Config, train
+    from src.training.loop import train
+    from src.training.runs import RunConfig
     root = tmp_path_factory.mktemp("finetune")
     for split in ("train", "val"):
         for cls, clip in (("pool", "cleaning_pool.mp4"), ("wrestling", "arm_wrestling.mp4")):
@@ -116,16 +118,16 @@ def finetuned_run(shared, tmp_path_factory):
     done = run("pre-process.py", str(root / "raw"), str(root / "data"), "--flow", "dis", "--sample-rate", "2",
                "--crop", "224", "--workers", "1")
     assert done.returncode == 0, done.stderr
-    run_dir = train(Config(data=str(root / "data"), out=str(root / "run"), modality="joint", epochs=2, clip_len=16,
+    run_dir = train(RunConfig(data=str(root / "data"), out=str(root / "run"), modality="joint", epochs=2, clip_len=16,
                            crop=112, batch_size=2, cache_views=1, no_flip=True))
     return root, run_dir
 
 
 @pytest.mark.slow
 def test_run_records_the_preprocessing_recipe_and_predict_follows_it(finetuned_run, shared):
-    from src.arrays import load_array
+    from src.dataset import load_array
+    from src.media.transforms import center_crop
     from src.predict import predictor_from_run
-    from src.transforms import center_crop
     root, run_dir = finetuned_run
     cfg = json.loads((run_dir / "config.json").read_text())
     assert (cfg["input_size"], cfg["input_fps"], cfg["input_sample_rate"], cfg["flow_algorithm"]) == (256, 25, 2, "dis")
@@ -211,8 +213,8 @@ def test_predict_unwritable_outputs_fail_before_the_work(shared, tmp_path, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # the checks leave nothing behind
     kept = tmp_path / "kept.npy"
     kept.write_bytes(b"the user's file")
-    from src.predict import check_writable
-    check_writable(kept, "--logits-out", overwrite=True)
+    from src.cli import check_output
+    check_output(kept, "--logits-out", overwrite=True)
     assert kept.read_bytes() == b"the user's file"  # probing an existing file leaves it as it was
     monkeypatch.setattr(sys, "argv", ["predict.py", clip, "--logits-out", str(kept)])
     assert predict.main() == 1

@@ -14,9 +14,10 @@ import cv2
 import numpy as np
 import pytest
 
-from src.arrays import load_array, save_array_atomic
+from src.dataset import load_array
+from src.jobs.files import save_array_atomic
+from src.media.transforms import decode_array, encode_array
 from src.preprocess import Item, Options, PreprocessError, assign_splits, discover, run
-from src.transforms import decode_array, encode_array
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = dict(size=64, flow="dis", workers=1, disk_check=True)
@@ -361,7 +362,7 @@ def test_empty_class_folder_is_noted(shared, tmp_path):
 
 
 def test_second_run_into_a_locked_out_dir_is_refused(shared, tmp_path):
-    from src.lock import FolderLock
+    from src.jobs.lock import FolderLock
 
     raw = _raw(tmp_path, shared, {"a": ["video_0.mov"], "b": ["video_90.mov"]})
     out = tmp_path / "out"
@@ -467,7 +468,7 @@ def test_workers_end_when_the_parent_is_killed(shared, tmp_path):
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 @pytest.mark.parametrize("writer", ["tofile", "save"])
 def test_full_disk_is_reported_as_such(shared, tmp_path, monkeypatch, writer):
-    import src.preprocess as pre
+    import src.preprocess.pipeline as pre
 
     def write_to_full_disk(path, arr):  # the kernel's own ENOSPC; numpy's tofile reports it without errno
         with open("/dev/full", "wb", buffering=0 if writer == "save" else -1) as f:
@@ -496,7 +497,7 @@ def _annotated(tmp_path: Path, shared: Path, csv_text: str) -> tuple[Path, Path]
 
 
 def test_segments_are_the_same_frames_as_the_whole_video_decoded_once(shared, tmp_path, monkeypatch):
-    import src.preprocess as pp
+    import src.preprocess.pipeline as pp
     # arm_wrestling.mp4: 280 frames at 28 fps = 10 s, i.e. 250 frames at 25 fps
     raw, ann = _annotated(tmp_path, shared, "video,label,start,end,split\n"
                                             "arm_wrestling.mp4,wrestle,2.0,4.0,train\n"
@@ -627,8 +628,8 @@ def test_batched_tvl1_pipeline_matches_opencv_tvl1(shared, tmp_path):
     """--flow tvl1: workers decode, the parent computes flow in batches spanning items of different frame
     sizes; each stored flow agrees with OpenCV's TV-L1 on the same frames, and the recipe equals tvl1-opencv's."""
     from src.flow import FlowExtractor, rgb_to_gray
-    from src.transforms import resize_short_side
-    from src.video import read_frames
+    from src.media.transforms import resize_short_side
+    from src.media.video import read_frames
 
     raw = _raw(tmp_path, shared, {"a": ["video_0.mov", "unordered.mov"], "b": ["video_90.mov"]})
     out = tmp_path / "out"

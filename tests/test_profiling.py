@@ -5,9 +5,9 @@ import json
 import subprocess
 import sys
 
-from src.flops import conv_macs_per_block, forward_flops
+from src.measure.flops import conv_macs_per_block, forward_flops
+from src.measure.profiling import profile_model
 from src.model import BLOCK_NAMES, I3D
-from src.profiling import profile_model
 
 REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 

@@ -9,13 +9,13 @@ import torch
 from torch import nn
 
 from src.model import I3D
-from src.runs import Config, TrainingError, load_run, new_run_dir, stream_state_dict
+from src.training.runs import RunConfig, TrainingError, load_run, new_run_dir, stream_state_dict
 from src.weights import save_state_dict
 
 
 def joint_run(tmp_path, keep: tuple[str, ...] = ("rgb", "flow")):
     """A joint run folder whose best.safetensors holds the streams in `keep` (random weights)."""
-    cfg = Config(modality="joint", classes=["a", "b", "c"])
+    cfg = RunConfig(modality="joint", classes=["a", "b", "c"])
     (tmp_path / "config.json").write_text(json.dumps(asdict(cfg)))
     models = nn.ModuleDict({"rgb": I3D(3, 3), "flow": I3D(3, 2)})
     state = {k: v for k, v in stream_state_dict(models).items() if k.split(".")[0] in keep}
@@ -52,8 +52,8 @@ def test_only_a_folder_with_last_pt_holds_a_run(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "config.json").write_text("{}")  # a run that stopped before its first epoch ended
-    assert new_run_dir(Config(out=str(out))) == out
+    assert new_run_dir(RunConfig(out=str(out))) == out
     (out / "last.pt").write_bytes(b"")
     with pytest.raises(TrainingError, match="already holds a run; use --resume"):
-        new_run_dir(Config(out=str(out)))
-    assert new_run_dir(Config(out=str(out)), overwrite=True) == out
+        new_run_dir(RunConfig(out=str(out)))
+    assert new_run_dir(RunConfig(out=str(out)), overwrite=True) == out

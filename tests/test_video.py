@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from src.transforms import center_crop, resize_short_side, to_model_range
-from src.video import VideoError, is_frame_folder, is_video_file, natural_key, probe, read_frames
+from src.media.transforms import center_crop, resize_short_side, to_model_range
+from src.media.video import VideoError, is_frame_folder, is_video_file, natural_key, probe, read_frames
 
 
 def _raw_frames(path, orientation_auto: int) -> np.ndarray:

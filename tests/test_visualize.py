@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image, ImageSequence
 
-from src.predict import load_clip_tensor
+from src.clips import load_clip_tensor
 from src.model import I3D
 from src.visualize import activation_frames, filter_frames, grad_cam, resolve_class, save_gif
 from src.weights import i3d

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-import src.weights as weights
-from src.fetch import FetchError
-from src.predict import clip_to_tensor, load_official_sample
+import src.weights.registry as weights
+from src.clips import clip_to_tensor, load_official_sample
+from src.weights.fetch import FetchError
 
 # ../shared/README.md: rgb_scratch on the cricket GIF, from an independent implementation.
 REFERENCE_NORM = 83.2416
@@ -81,7 +81,7 @@ def test_registry_describes_each_checkpoint(shared):
         assert entry.in_channels == (2 if entry.name.startswith("flow") else 3)
         assert entry.url(weights.INDEX).endswith(f"/{entry.name}/model.ckpt.index")
         # The recorded index checksums are those of the real official index files.
-        from src.fetch import sha256_of
+        from src.weights.fetch import sha256_of
         assert entry.files[weights.INDEX] == sha256_of(shared / "checkpoints" / entry.name / "model.ckpt.index")
 
 

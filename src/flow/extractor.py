@@ -1,0 +1,148 @@
+"""Optical flow between consecutive frames: TV-L1 (the official I3D recipe), Farneback or DIS.
+
+"tvl1" is OpenCV's DualTVL1OpticalFlow with its defaults, computed by the batched PyTorch port in src/flow/tvl1.py
+on any device (within ~0.01 px of OpenCV on real clips); "tvl1-opencv" runs OpenCV's own implementation.
+Convention (OpenCV's): flow[y, x] = (dx, dy) such that prev[y, x] ~ next[y + dy, x + dx], so content
+moving right gives positive x-flow and moving down positive y-flow. Values are clipped to
+[-bound, bound] pixels and divided by bound, giving float32 in [-1, 1]; T frames give T - 1 flows.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+
+ALGORITHMS = ("tvl1", "tvl1-opencv", "farneback", "dis")
+SAME_FLOW = {"tvl1-opencv": "tvl1"}  # algorithms whose flow agrees (tested within 0.02 px): one recipe
+# `auto` compiles only jobs with this many pairs: compiling takes ~1-3 min on a CPU and saves ~1 s per 256x340
+# pair there (see README); on a GPU the saving per pair is small; inductor on MPS is not used.
+COMPILE_MIN_PAIRS = {"cpu": 500, "cuda": 2000, "mps": 10**12}
+
+
+def recipe_name(algorithm: str) -> str:
+    """The flow recipe an algorithm produces: 'tvl1-opencv' and 'tvl1' are one recipe."""
+    return SAME_FLOW.get(algorithm, algorithm)
+
+
+def rgb_to_gray(frames: np.ndarray) -> np.ndarray:
+    """uint8 RGB (T, H, W, 3) or (H, W, 3) to uint8 grayscale (T, H, W) or (H, W)."""
+    if frames.ndim == 3:
+        return cv2.cvtColor(frames, cv2.COLOR_RGB2GRAY)
+    return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]) if len(frames) else frames[..., 0]
+
+
+class FlowExtractor:
+    """Reusable flow object; TV-L1 keeps OpenCV's defaults, which the official I3D flow used.
+
+    device and batch_size apply to "tvl1" (PyTorch): "auto" picks CUDA, then MPS, then the CPU; pairs are
+    computed batch_size at a time (0: 1 on a CPU, where one pair's working set stays in cache and batching
+    measured slower, 32 on a GPU). compile: True, False or "auto" (compile the inner iteration with
+    torch.compile only when `planned_pairs` is large enough to pay for the compile time on that device).
+    """
+
+    def __init__(self, algorithm: str = "tvl1", bound: float = 20.0, device: str = "auto", batch_size: int = 0,
+                 compile: bool | str = "auto", planned_pairs: int = 0) -> None:
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown flow algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+        if bound <= 0:
+            raise ValueError(f"flow bound must be positive, got {bound}")
+        if batch_size < 0:
+            raise ValueError(f"flow batch size must be 0 (auto) or more, got {batch_size}")
+        self.algorithm = algorithm
+        self.bound = float(bound)
+        self.batch_size = int(batch_size)
+        self.device = None
+        self._tvl1 = None
+        self._impl = None
+        if algorithm == "tvl1":
+            from src.device import pick_device
+            from src.flow.tvl1 import TVL1
+
+            try:
+                self.device = pick_device(device)
+                import torch
+
+                torch.empty(1, device=self.device)
+            except (RuntimeError, AssertionError) as exc:
+                raise ValueError(f"flow device {device!r} is not usable here: {str(exc).splitlines()[0]}") from None
+            if compile == "auto":
+                compile = planned_pairs >= COMPILE_MIN_PAIRS.get(self.device.type, 10**9)
+            self._tvl1 = TVL1(compile=bool(compile))
+            if not self.batch_size:
+                self.batch_size = 1 if self.device.type == "cpu" else 32
+        elif algorithm == "tvl1-opencv":
+            # tau 0.25, lambda 0.15, theta 0.3, 5 scales, 5 warps, epsilon 0.01: OpenCV's defaults.
+            self._impl = cv2.optflow.DualTVL1OpticalFlow_create()
+        elif algorithm == "dis":
+            self._impl = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the PyTorch TV-L1 runs torch.compile'd."""
+        return self._tvl1 is not None and self._tvl1.compile
+
+    def describe(self) -> str:
+        """Which implementation runs, e.g. 'tvl1 (PyTorch on cpu, eager, batch 8)'."""
+        if self._tvl1 is not None:
+            how = "compiled" if self._tvl1.compile else "eager"
+            return f"tvl1 (PyTorch TV-L1 on {self.device.type}, {how}, batch {self.batch_size})"
+        return f"{self.algorithm} (OpenCV)"
+
+    @staticmethod
+    def _check(prev: np.ndarray, nxt: np.ndarray, ndim: int) -> None:
+        if prev.dtype != np.uint8 or nxt.dtype != np.uint8 or prev.ndim != ndim or prev.shape != nxt.shape:
+            what = "two uint8 grayscale frames" if ndim == 2 else "two uint8 (N, H, W) grayscale stacks"
+            raise ValueError(f"flow needs {what} of one size, got {prev.shape} {prev.dtype} and {nxt.shape} {nxt.dtype}")
+
+    def raw_batch(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+        """Unscaled flow in pixels (N, H, W, 2) float32 between uint8 (N, H, W) stacks, pair i = prev[i] -> nxt[i]."""
+        self._check(prev, nxt, 3)
+        if self._tvl1 is None:
+            return np.stack([self._raw_opencv(a, b) for a, b in zip(prev, nxt)]) if len(prev) else \
+                np.empty((0, *prev.shape[1:], 2), np.float32)
+        import torch
+
+        out = np.empty((*prev.shape, 2), np.float32)
+        for s in range(0, len(prev), self.batch_size):
+            a = torch.from_numpy(np.ascontiguousarray(prev[s:s + self.batch_size])).to(self.device)
+            b = torch.from_numpy(np.ascontiguousarray(nxt[s:s + self.batch_size])).to(self.device)
+            out[s:s + len(a)] = self._tvl1(a, b).cpu().numpy()
+        return out
+
+    def _raw_opencv(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+        if self._impl is None:
+            return cv2.calcOpticalFlowFarneback(prev, nxt, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+        return self._impl.calc(prev, nxt, None)
+
+    def raw(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+        """Unscaled flow in pixels (H, W, 2) float32 between two uint8 grayscale frames."""
+        self._check(prev, nxt, 2)
+        if self._tvl1 is not None:
+            return self.raw_batch(prev[None], nxt[None])[0]
+        return self._raw_opencv(prev, nxt)
+
+    def _scale(self, flow: np.ndarray) -> np.ndarray:
+        np.clip(flow, -self.bound, self.bound, out=flow)
+        flow /= self.bound
+        return flow
+
+    def pair(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+        """Flow (H, W, 2) between two grayscale frames, clipped at +-bound and scaled to [-1, 1]."""
+        return self._scale(self.raw(prev, nxt))
+
+    def batch(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+        """Flow (N, H, W, 2) of N frame pairs (uint8 (N, H, W) each), clipped at +-bound and scaled to [-1, 1]."""
+        return self._scale(self.raw_batch(prev, nxt))
+
+    def __call__(self, gray_frames: np.ndarray, progress: Callable[[int], object] | None = None) -> np.ndarray:
+        """Flow between consecutive frames of uint8 (T, H, W): float32 (T - 1, H, W, 2) in [-1, 1]."""
+        t, h, w = gray_frames.shape
+        out = np.empty((max(0, t - 1), h, w, 2), dtype=np.float32)
+        step = self.batch_size if self._tvl1 is not None else 1
+        for s in range(0, t - 1, step):
+            e = min(s + step, t - 1)
+            out[s:e] = self.batch(gray_frames[s:e], gray_frames[s + 1:e + 1])
+            if progress is not None:
+                progress(e - s)
+        return out

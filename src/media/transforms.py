@@ -1,0 +1,62 @@
+"""Frame transforms and storage encodings shared by pre-processing, prediction and training (numpy and OpenCV)."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+STORAGE_DTYPES = ("float32", "float16", "uint8")
+
+
+def resize_short_side(frames: np.ndarray, size: int = 256) -> np.ndarray:
+    """Resize (T, H, W, C) or (H, W, C) frames so the short side is `size`, keeping aspect (bilinear)."""
+    h, w = frames.shape[-3:-1]
+    if min(h, w) == size:
+        return frames
+    if h <= w:
+        new_h, new_w = size, max(1, round(w * size / h))
+    else:
+        new_h, new_w = max(1, round(h * size / w)), size
+    if frames.ndim == 3:
+        return cv2.resize(frames, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    out = np.empty((frames.shape[0], new_h, new_w, frames.shape[-1]), dtype=frames.dtype)
+    for i, frame in enumerate(frames):
+        # cv2 drops a trailing channel axis of length 1 or 2; reshape keeps it.
+        out[i] = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR).reshape(out.shape[1:])
+    return out
+
+
+def center_crop(frames: np.ndarray, size: int = 224) -> np.ndarray:
+    """Centre `size` x `size` crop of (..., H, W, C) frames (a view); raises if a side is smaller."""
+    h, w = frames.shape[-3:-1]
+    if h < size or w < size:
+        raise ValueError(f"cannot crop {size}x{size} from {w}x{h} frames; resize to a short side of at least {size}")
+    top, left = (h - size) // 2, (w - size) // 2
+    return frames[..., top : top + size, left : left + size, :]
+
+
+def to_model_range(frames: np.ndarray) -> np.ndarray:
+    """uint8 pixels to float32 in [-1, 1] as x / 255 * 2 - 1 (the official I3D input range)."""
+    if frames.dtype != np.uint8:
+        raise TypeError(f"to_model_range expects uint8 frames, got {frames.dtype}")
+    return frames.astype(np.float32) / 255.0 * 2.0 - 1.0
+
+
+def encode_array(x: np.ndarray, dtype: str) -> np.ndarray:
+    """Store float values in [-1, 1] as float32, float16, or uint8 q = round((x + 1) / 2 * 255)."""
+    if dtype == "float32":
+        return np.asarray(x, dtype=np.float32)
+    if dtype == "float16":
+        return np.asarray(x, dtype=np.float16)
+    if dtype == "uint8":
+        q = np.rint((np.clip(x, -1.0, 1.0) + 1.0) * 127.5)
+        return q.astype(np.uint8)
+    raise ValueError(f"unknown storage dtype {dtype!r}; choose one of {', '.join(STORAGE_DTYPES)}")
+
+
+def decode_array(arr: np.ndarray) -> np.ndarray:
+    """Stored array back to float32 in [-1, 1]; uint8 is read as q / 255 * 2 - 1."""
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0 * 2.0 - 1.0
+    if arr.dtype in (np.float32, np.float16, np.float64):
+        return np.asarray(arr, dtype=np.float32)
+    raise ValueError(f"cannot decode an array of dtype {arr.dtype}; expected float32, float16 or uint8")

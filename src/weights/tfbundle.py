@@ -1,0 +1,454 @@
+"""TensorFlow's tensor-bundle checkpoint format, read and written without TensorFlow.
+
+A bundle is a `.index` file (a LevelDB-style table whose values are small protobufs, both parsed here)
+and data shards holding the raw tensor bytes, each checked by its masked CRC32C.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from src.weights.errors import CheckpointError
+
+try:
+    import crc32c as _crc32c_mod
+except ImportError:  # pragma: no cover - the package is pinned in requirements
+    _crc32c_mod = None
+
+
+# ----------------------------------------------------------------------------------------------
+# CRC32C (Castagnoli), masked the way LevelDB and TF store it
+# ----------------------------------------------------------------------------------------------
+
+_MASK_DELTA = 0xA282EAD8
+
+
+def crc32c(data: bytes | memoryview, value: int = 0) -> int:
+    """CRC32C of `data`, continuing from `value`."""
+    if _crc32c_mod is not None:
+        return _crc32c_mod.crc32c(data, value=value)
+    return _crc32c_python(bytes(data), value)
+
+
+def _make_crc_table() -> list[int]:
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC_TABLE: list[int] = []
+
+
+def _crc32c_python(data: bytes, value: int = 0) -> int:
+    # Slow fallback, only used when the crc32c package is absent.
+    if not _CRC_TABLE:
+        _CRC_TABLE.extend(_make_crc_table())
+    crc = value ^ 0xFFFFFFFF
+    for b in data:
+        crc = _CRC_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def mask_crc(crc: int) -> int:
+    """LevelDB/TF masking of a CRC32C: rotate right by 15 bits and add a constant."""
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def unmask_crc(masked: int) -> int:
+    """Inverse of `mask_crc`."""
+    rot = (masked - _MASK_DELTA) & 0xFFFFFFFF
+    return ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF
+
+
+# ----------------------------------------------------------------------------------------------
+# Minimal protobuf wire-format parsing
+# ----------------------------------------------------------------------------------------------
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    """Decode a base-128 varint at `pos`; return (value, next position)."""
+    result = 0
+    shift = 0
+    while True:
+        if pos >= len(buf):
+            raise IndexError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint longer than 10 bytes")
+
+
+def _proto_fields(buf: bytes) -> Iterator[tuple[int, int, int | bytes]]:
+    """Yield (field number, wire type, value) for each field of a serialized protobuf message."""
+    pos = 0
+    end = len(buf)
+    while pos < end:
+        tag, pos = _varint(buf, pos)
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 1:
+            if pos + 8 > end:
+                raise IndexError("truncated fixed64")
+            value = struct.unpack_from("<Q", buf, pos)[0]
+            pos += 8
+        elif wire == 2:
+            n, pos = _varint(buf, pos)
+            if pos + n > end:
+                raise IndexError("truncated length-delimited field")
+            value = bytes(buf[pos:pos + n])
+            pos += n
+        elif wire == 5:
+            if pos + 4 > end:
+                raise IndexError("truncated fixed32")
+            value = struct.unpack_from("<I", buf, pos)[0]
+            pos += 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        yield field, wire, value
+
+
+# ----------------------------------------------------------------------------------------------
+# LevelDB table (SSTable) reading
+# ----------------------------------------------------------------------------------------------
+
+_TABLE_MAGIC = 0xDB4775248B80FB57
+_FOOTER_SIZE = 48
+_BLOCK_TRAILER_SIZE = 5
+
+
+def _block_handle(buf: bytes, pos: int) -> tuple[int, int, int]:
+    offset, pos = _varint(buf, pos)
+    size, pos = _varint(buf, pos)
+    return offset, size, pos
+
+
+class _UnsupportedTable(ValueError):
+    pass
+
+
+def _read_block(data: bytes, offset: int, size: int) -> bytes:
+    """Contents of the table block at (offset, size), after checking its trailer's type and CRC."""
+    end = offset + size
+    if offset < 0 or end + _BLOCK_TRAILER_SIZE > len(data):
+        raise ValueError(f"block at offset {offset} (size {size}) runs past the end of the file")
+    contents = data[offset:end]
+    ctype = data[end]
+    stored = struct.unpack_from("<I", data, end + 1)[0]
+    actual = crc32c(data[offset:end + 1])  # the CRC covers the contents and the type byte
+    if unmask_crc(stored) != actual:
+        raise ValueError(f"block at offset {offset} fails its CRC32C check")
+    if ctype == 0:
+        return contents
+    if ctype == 1:
+        # TF's BundleWriter never compresses; a snappy block means some other LevelDB table.
+        raise _UnsupportedTable(f"block at offset {offset} is snappy-compressed, which this reader does not support "
+                                "(TF tensor-bundle indexes are uncompressed)")
+    raise ValueError(f"block at offset {offset} has unknown compression type {ctype}")
+
+
+def _block_entries(block: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """Yield (key, value) from a table block: prefix-compressed keys followed by a restart array."""
+    if len(block) < 4:
+        raise ValueError("block too short for its restart count")
+    num_restarts = struct.unpack_from("<I", block, len(block) - 4)[0]
+    limit = len(block) - 4 - 4 * num_restarts
+    if limit < 0:
+        raise ValueError("block restart array is larger than the block")
+    pos = 0
+    key = b""
+    while pos < limit:
+        shared, pos = _varint(block, pos)
+        non_shared, pos = _varint(block, pos)
+        value_len, pos = _varint(block, pos)
+        if shared > len(key) or pos + non_shared + value_len > limit:
+            raise ValueError("block entry runs past the block")
+        key = key[:shared] + block[pos:pos + non_shared]
+        pos += non_shared
+        yield key, block[pos:pos + value_len]
+        pos += value_len
+
+
+def _read_table(path: Path) -> list[tuple[bytes, bytes]]:
+    """All (key, value) pairs of a LevelDB table file, in key order."""
+    data = path.read_bytes()
+    if len(data) < _FOOTER_SIZE:
+        raise CheckpointError(f"{path}: {len(data)} bytes is too short for a TF checkpoint index (truncated?)")
+    footer = data[-_FOOTER_SIZE:]
+    magic = struct.unpack_from("<Q", footer, 40)[0]
+    if magic != _TABLE_MAGIC:
+        raise CheckpointError(f"{path}: bad magic number 0x{magic:016x}; not a TF checkpoint index (or truncated)")
+    try:
+        _, _, pos = _block_handle(footer, 0)  # metaindex: unused by TF bundles
+        index_offset, index_size, _ = _block_handle(footer, pos)
+        pairs = []
+        for _, handle in _block_entries(_read_block(data, index_offset, index_size)):
+            offset, size, _ = _block_handle(handle, 0)
+            pairs.extend(_block_entries(_read_block(data, offset, size)))
+    except _UnsupportedTable as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    except (ValueError, IndexError, struct.error) as e:
+        raise CheckpointError(f"{path}: corrupt TF checkpoint index: {e}") from None
+    return pairs
+
+
+# ----------------------------------------------------------------------------------------------
+# TF tensor bundles
+# ----------------------------------------------------------------------------------------------
+
+# tensorflow/core/framework/types.proto DataType -> numpy dtype (little-endian)
+_TF_DTYPES: dict[int, np.dtype] = {
+    1: np.dtype("<f4"), 2: np.dtype("<f8"), 3: np.dtype("<i4"), 4: np.dtype("u1"), 5: np.dtype("<i2"),
+    6: np.dtype("i1"), 8: np.dtype("<c8"), 9: np.dtype("<i8"), 10: np.dtype("?"), 17: np.dtype("<u2"),
+    18: np.dtype("<c16"), 19: np.dtype("<f2"), 22: np.dtype("<u4"), 23: np.dtype("<u8"),
+}
+_TF_BFLOAT16 = 14
+_TF_DTYPE_NAMES = {7: "string", 11: "qint8", 12: "quint8", 13: "qint32", 14: "bfloat16", 15: "qint16",
+                   16: "quint16", 20: "resource", 21: "variant"}
+
+
+@dataclass
+class TensorEntry:
+    """Where one tensor lives in a TF checkpoint: dtype, shape, shard, byte offset and size, masked CRC32C."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple
+    shard: int
+    offset: int
+    size: int
+    crc32c: int
+    tf_dtype: int = 1  # the raw DataType enum, for types numpy lacks (bfloat16 is read as uint16 bits)
+    sliced: bool = False
+
+
+@dataclass
+class _BundleHeader:
+    num_shards: int = 1
+    endianness: int = 0  # 0 little, 1 big
+
+
+def _parse_shape(buf: bytes) -> tuple:
+    dims = []
+    for field, _, value in _proto_fields(buf):
+        if field == 2:  # dim
+            size = 0
+            for f, _, v in _proto_fields(value):
+                if f == 1:
+                    size = v if v < (1 << 63) else v - (1 << 64)  # int64; -1 means unknown
+            dims.append(size)
+        elif field == 3 and value:
+            raise ValueError("tensor shape of unknown rank")
+    return tuple(dims)
+
+
+def _parse_entry(name: str, buf: bytes) -> TensorEntry:
+    fields: dict[str, Any] = {"tf_dtype": 0, "shape": (), "shard": 0, "offset": 0, "size": 0, "crc32c": 0,
+                              "sliced": False}
+    for field, _, value in _proto_fields(buf):
+        if field == 1:
+            fields["tf_dtype"] = value
+        elif field == 2:
+            fields["shape"] = _parse_shape(value)
+        elif field == 3:
+            fields["shard"] = value
+        elif field == 4:
+            fields["offset"] = value
+        elif field == 5:
+            fields["size"] = value
+        elif field == 6:
+            fields["crc32c"] = value
+        elif field == 7:
+            fields["sliced"] = True
+    tf_dtype = fields["tf_dtype"]
+    if tf_dtype in _TF_DTYPES:
+        dtype = _TF_DTYPES[tf_dtype]
+    elif tf_dtype == _TF_BFLOAT16:
+        dtype = np.dtype("<u2")
+    else:
+        dtype = np.dtype(object)  # not readable as a plain array; refused when read
+    return TensorEntry(name=name, dtype=dtype, **fields)
+
+
+def _parse_header(buf: bytes) -> _BundleHeader:
+    header = _BundleHeader()
+    for field, _, value in _proto_fields(buf):
+        if field == 1:
+            header.num_shards = value
+        elif field == 2:
+            header.endianness = value
+    return header
+
+
+def _read_bundle(path: Path) -> tuple[_BundleHeader, dict[str, TensorEntry]]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such TF checkpoint index file")
+    header = _BundleHeader()
+    entries: dict[str, TensorEntry] = {}
+    for key, value in _read_table(path):
+        try:
+            if key == b"":
+                header = _parse_header(value)
+            else:
+                name = key.decode("utf-8")
+                entries[name] = _parse_entry(name, value)
+        except (ValueError, IndexError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path}: corrupt entry {key[:80]!r} in TF checkpoint index: {e}") from None
+    if header.endianness == 1:
+        for entry in entries.values():
+            if entry.dtype != np.dtype(object):
+                entry.dtype = entry.dtype.newbyteorder(">")
+    return header, entries
+
+
+def read_index(path: str | Path) -> dict[str, TensorEntry]:
+    """Parse a TF checkpoint `.index` file into its tensor entries, ordered by name."""
+    return _read_bundle(Path(path))[1]
+
+
+def _resolve_prefix(prefix_or_dir: str | Path) -> Path:
+    """The checkpoint prefix (path without `.index`) for a prefix, an `.index` file, or a directory."""
+    p = Path(prefix_or_dir)
+    if p.is_dir():
+        state = p / "checkpoint"
+        if state.is_file():
+            # text-format CheckpointState: model_checkpoint_path: "model.ckpt-1234"
+            for line in state.read_text(errors="replace").splitlines():
+                if line.startswith("model_checkpoint_path:"):
+                    name = line.split(":", 1)[1].strip().strip('"')
+                    candidate = Path(name) if Path(name).is_absolute() else p / name
+                    if candidate.with_name(candidate.name + ".index").is_file():
+                        return candidate
+                    break
+        indexes = sorted(p.glob("*.index"))
+        if len(indexes) != 1:
+            found = ", ".join(i.name for i in indexes) or "none"
+            raise CheckpointError(f"{p}: expected exactly one *.index file in the directory, found {found}; "
+                                  "pass the checkpoint prefix instead")
+        return indexes[0].with_suffix("")
+    if p.suffix == ".index":
+        return p.with_suffix("")
+    return p
+
+
+def _shard_path(prefix: Path, shard: int, num_shards: int) -> Path:
+    return prefix.with_name(f"{prefix.name}.data-{shard:05d}-of-{num_shards:05d}")
+
+
+def _decode_tensor(entry: TensorEntry, raw: bytes) -> np.ndarray:
+    arr = np.frombuffer(raw, dtype=entry.dtype).reshape(entry.shape).copy()
+    if entry.tf_dtype == _TF_BFLOAT16:
+        arr = (arr.astype(np.uint32) << 16).view(np.float32)
+    elif arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    return arr
+
+
+def read_tf_checkpoint(prefix_or_dir: str | Path, verify: bool = True) -> dict[str, np.ndarray]:
+    """Read every tensor of a TF checkpoint (prefix, `.index` file, or directory) as numpy arrays; no TensorFlow."""
+    prefix = _resolve_prefix(prefix_or_dir)
+    index_path = prefix.with_name(prefix.name + ".index")
+    header, entries = _read_bundle(index_path)
+    problems: list[str] = []
+    for entry in entries.values():
+        if entry.sliced:
+            problems.append(f"{entry.name} is a partitioned (sliced) variable, which is not supported")
+        elif entry.dtype == np.dtype(object):
+            kind = _TF_DTYPE_NAMES.get(entry.tf_dtype, f"DataType {entry.tf_dtype}")
+            problems.append(f"{entry.name} has unsupported dtype {kind}")
+        elif entry.size != entry.dtype.itemsize * int(np.prod(entry.shape, dtype=np.int64)):
+            problems.append(f"{entry.name}: size {entry.size} bytes does not match dtype {entry.dtype} "
+                            f"and shape {entry.shape}")
+    if problems:
+        raise CheckpointError(f"{index_path}: " + "; ".join(problems))
+
+    by_shard: dict[int, list[TensorEntry]] = {}
+    for entry in entries.values():
+        by_shard.setdefault(entry.shard, []).append(entry)
+    out: dict[str, np.ndarray] = {}
+    bad_crc: list[str] = []
+    for shard, shard_entries in sorted(by_shard.items()):
+        path = _shard_path(prefix, shard, header.num_shards)
+        needed = max(e.offset + e.size for e in shard_entries)
+        if not path.is_file():
+            problems.append(f"missing data shard {path} (expected at least {needed} bytes)")
+            continue
+        actual = path.stat().st_size
+        if actual < needed:
+            problems.append(f"{path} is truncated: {actual} bytes, expected at least {needed}")
+            continue
+        with open(path, "rb") as f:
+            data = f.read()
+        view = memoryview(data)
+        for entry in shard_entries:
+            raw = view[entry.offset:entry.offset + entry.size]
+            if verify and mask_crc(crc32c(raw)) != entry.crc32c:
+                bad_crc.append(entry.name)
+                continue
+            out[entry.name] = _decode_tensor(entry, raw)
+        if bad_crc:
+            problems.append(f"{path}: CRC32C mismatch (corrupt data) for {len(bad_crc)} tensor(s): "
+                            + ", ".join(bad_crc))
+            bad_crc = []
+    if problems:
+        raise CheckpointError(f"{prefix}: " + "; ".join(problems))
+    return {name: out[name] for name in entries}
+
+
+def read_tf_checkpoint_with_tensorflow(prefix: str | Path) -> dict[str, np.ndarray]:
+    """Same as `read_tf_checkpoint`, but through TensorFlow's own reader (for cross-checking; TF is optional)."""
+    try:
+        import tensorflow as tf  # type: ignore[import-not-found]
+    except ImportError:
+        raise CheckpointError("TensorFlow is not installed; use read_tf_checkpoint, which needs no TensorFlow") from None
+    reader = tf.train.load_checkpoint(str(_resolve_prefix(prefix)))
+    names = sorted(reader.get_variable_to_shape_map())
+    return {name: np.asarray(reader.get_tensor(name)) for name in names}
+
+
+def write_tf_shard(index_entries: Mapping[str, TensorEntry], tensors_by_name: Mapping[str, np.ndarray]) -> bytes:
+    """Lay `tensors_by_name` out in the byte order an index describes, giving the bytes of its (single) data shard."""
+    entries = sorted(index_entries.values(), key=lambda e: e.offset)
+    problems = []
+    shards = {e.shard for e in entries}
+    if len(shards) > 1:
+        raise CheckpointError(f"index spans shards {sorted(shards)}; write_tf_shard builds one shard at a time")
+    missing = [e.name for e in entries if e.name not in tensors_by_name]
+    extra = sorted(set(tensors_by_name) - set(index_entries))
+    if missing:
+        problems.append("missing " + ", ".join(missing))
+    if extra:
+        problems.append("unexpected " + ", ".join(extra))
+    out = bytearray()
+    for entry in entries:
+        if entry.name not in tensors_by_name:
+            continue
+        arr = np.asarray(tensors_by_name[entry.name])
+        if tuple(arr.shape) != tuple(entry.shape) or arr.dtype.newbyteorder("=") != entry.dtype.newbyteorder("="):
+            problems.append(f"misshaped {entry.name}: got {arr.dtype} {tuple(arr.shape)}, "
+                            f"expected {entry.dtype} {tuple(entry.shape)}")
+            continue
+        if entry.offset < len(out):
+            problems.append(f"{entry.name} at offset {entry.offset} overlaps the previous tensor (ends at {len(out)})")
+            continue
+        out.extend(b"\0" * (entry.offset - len(out)))  # TF pads with zeros when it aligns tensors
+        raw = np.ascontiguousarray(arr, dtype=entry.dtype).tobytes()
+        if len(raw) != entry.size:
+            problems.append(f"{entry.name}: {len(raw)} bytes, index says {entry.size}")
+            continue
+        out.extend(raw)
+    if problems:
+        raise CheckpointError("tensors do not fit the index: " + "; ".join(problems))
+    return bytes(out)
