@@ -15,6 +15,16 @@ def pick_device(name: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def usable_device(name: str | None = None) -> torch.device:
+    """`pick_device(name)`, checked by allocating on it; ValueError in one line when it cannot be used here."""
+    try:
+        device = pick_device(name)
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        raise ValueError(f"device {name!r} is not usable here: {str(exc).splitlines()[0]}") from None
+    return device
+
+
 def cpu_flags() -> list[str]:
     """The CPU's SIMD flags that decide convolution speed (from /proc/cpuinfo where available)."""
     import re

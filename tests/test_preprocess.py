@@ -17,7 +17,7 @@ import pytest
 from src.dataset import load_array
 from src.jobs.files import save_array_atomic
 from src.media.transforms import decode_array, encode_array
-from src.preprocess import Item, Options, PreprocessError, assign_splits, discover, run
+from src.preprocess import Options, PreprocessError, RawItem, assign_splits, discover, run
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = dict(size=64, flow="dis", workers=1, disk_check=True)
@@ -108,7 +108,7 @@ def test_save_array_atomic_and_load(tmp_path):
 
 
 def _fake_items(counts: dict[str, int]) -> list[Item]:
-    return [Item(Path(f"/raw/{c}/clip{i}.mp4"), c, f"clip{i}") for c, n in counts.items() for i in range(n)]
+    return [RawItem(Path(f"/raw/{c}/clip{i}.mp4"), c, f"clip{i}") for c, n in counts.items() for i in range(n)]
 
 
 def test_split_is_deterministic_and_stratified():
@@ -363,17 +363,18 @@ def test_empty_class_folder_is_noted(shared, tmp_path):
 
 def test_second_run_into_a_locked_out_dir_is_refused(shared, tmp_path):
     from src.jobs.lock import FolderLock
+    from src.preprocess.options import JOB, TOOL
 
     raw = _raw(tmp_path, shared, {"a": ["video_0.mov"], "b": ["video_90.mov"]})
     out = tmp_path / "out"
     out.mkdir()
-    with FolderLock(out):  # stands for a run in progress, held by this process
+    with FolderLock(out, (1, 1), JOB, TOOL):  # stands for a run in progress, held by this process
         result = _cli(str(raw), str(out), "--modalities", "rgb", "--size", "32")
         _one_line_error(result, f"pid {os.getpid()}", "another pre-process.py")
         shard = _cli(str(raw), str(out), "--modalities", "rgb", "--size", "32", "--shard", "1/2")
         _one_line_error(shard, f"pid {os.getpid()}")
         assert not list(out.rglob("*.npy"))
-    with FolderLock(out, (2, 2)):  # a shard of 2 leaves shard 1/2 free, but not another split or a whole run
+    with FolderLock(out, (2, 2), JOB, TOOL):  # a shard of 2 leaves shard 1/2 free, but not another split or a whole run
         with pytest.raises(PreprocessError, match=rf"shard 2/2, pid {os.getpid()}"):
             run(raw, out, Options(shard=(1, 3), **{**FAST, "modalities": ("rgb",)}), log=lambda m: None)
         assert run(raw, out, Options(shard=(1, 2), val_ratio=0, **{**FAST, "modalities": ("rgb",)}), log=lambda m: None) == 0
@@ -381,7 +382,7 @@ def test_second_run_into_a_locked_out_dir_is_refused(shared, tmp_path):
     (out / ".preprocess-shard1of1.lock").write_text("999999999\n")
     (out / "classes.txt.part").write_text("old-style leftover")
     (out / "manifest.csv.999999999.0a1b2c3d.part").write_text("a dead run's")
-    with FolderLock(out, (1, 2)):  # while another run is on the folder, its temporary files are left alone
+    with FolderLock(out, (1, 2), JOB, TOOL):  # while another run is on the folder, its temporary files are left alone
         assert run(raw, out, Options(shard=(2, 2), val_ratio=0, **{**FAST, "modalities": ("rgb",)}), log=lambda m: None) == 0
         assert len(list(out.glob("*.part"))) == 2
     assert run(raw, out, Options(val_ratio=0, **{**FAST, "modalities": ("rgb",)}), log=lambda m: None) == 0
@@ -468,7 +469,7 @@ def test_workers_end_when_the_parent_is_killed(shared, tmp_path):
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 @pytest.mark.parametrize("writer", ["tofile", "save"])
 def test_full_disk_is_reported_as_such(shared, tmp_path, monkeypatch, writer):
-    import src.preprocess.pipeline as pre
+    import src.preprocess.item as pre
 
     def write_to_full_disk(path, arr):  # the kernel's own ENOSPC; numpy's tofile reports it without errno
         with open("/dev/full", "wb", buffering=0 if writer == "save" else -1) as f:
@@ -497,7 +498,7 @@ def _annotated(tmp_path: Path, shared: Path, csv_text: str) -> tuple[Path, Path]
 
 
 def test_segments_are_the_same_frames_as_the_whole_video_decoded_once(shared, tmp_path, monkeypatch):
-    import src.preprocess.pipeline as pp
+    import src.preprocess.item as pp
     # arm_wrestling.mp4: 280 frames at 28 fps = 10 s, i.e. 250 frames at 25 fps
     raw, ann = _annotated(tmp_path, shared, "video,label,start,end,split\n"
                                             "arm_wrestling.mp4,wrestle,2.0,4.0,train\n"
@@ -573,7 +574,7 @@ def test_bad_annotation_rows_are_one_line_each_and_the_rest_goes_on(shared, tmp_
 
 def test_recordings_are_split_whole():
     from src.preprocess import assign_splits_by_source
-    items = [Item(Path(f"rec{r}.mp4"), "a" if s % 2 else "b", f"rec{r}_{s}") for r in range(10) for s in range(4)]
+    items = [RawItem(Path(f"rec{r}.mp4"), "a" if s % 2 else "b", f"rec{r}_{s}") for r in range(10) for s in range(4)]
     note = assign_splits_by_source(items, 0.2, seed=0)
     by_source: dict[Path, set] = {}
     for it in items:

@@ -15,11 +15,14 @@ from typing import Callable
 
 import numpy as np
 
-from src.jobs.files import save_array_atomic, temporary_name
-from src.jobs.lock import FolderLock, LockError
-from src.media.video import is_hidden, natural_key
-from src.preprocess.pipeline import (Item, Options, PreprocessError, _base_row, _prepare_out_dir, _shape_text,
-                                     _write_text_atomic, assign_splits, manifest_name, output_paths, write_manifest)
+from src.jobs import FolderLock, LockError, save_array_atomic, temporary_name
+from src.media import is_hidden, natural_key
+from src.preprocess.discovery import RawItem
+from src.preprocess.manifest import base_row, manifest_name, shape_text, write_manifest, write_text
+from src.preprocess.options import JOB, TOOL, Options, PreprocessError
+from src.preprocess.pipeline import prepare_out_dir
+from src.preprocess.plan import item_paths
+from src.preprocess.splits import assign_splits
 
 SEED_NAMES = {"rgb": "test_rgb.npy", "flow": "test_flow.npy"}
 CHANNELS = {"rgb": 3, "flow": 2}
@@ -74,36 +77,36 @@ def import_legacy_layout(seed_dir: Path, out_dir: Path, opts: Options, log: Call
         raise PreprocessError(f"{seed_dir}: no <class>/<series>/test_rgb.npy or test_flow.npy found (the original toolkit's layout)")
     if out_dir.exists() and any(out_dir.iterdir()) and not opts.overwrite:
         raise PreprocessError(f"{out_dir}: OUT_DIR is not empty; use another folder or --overwrite")
-    items: list[Item] = []
+    items: list[RawItem] = []
     for class_dir in sorted(p for p in seed_dir.iterdir() if p.is_dir() and not is_hidden(p)):
         series = [p for p in sorted(class_dir.iterdir(), key=lambda p: natural_key(p.name))
                   if p.is_dir() and any((p / n).exists() for n in SEED_NAMES.values())]
         if not series:
             log(f"note: skipped {class_dir}: no <series>/test_rgb.npy or test_flow.npy in it")
-        items += [Item(p, class_dir.name, p.name) for p in series]
+        items += [RawItem(p, class_dir.name, p.name) for p in series]
     assign_splits(items, opts.val_ratio, opts.seed)
     classes = sorted({it.cls for it in items})
-    _prepare_out_dir(out_dir)
+    prepare_out_dir(out_dir)
     try:
-        with FolderLock(out_dir, (1, 1), "preprocess", "pre-process.py"):
+        with FolderLock(out_dir, (1, 1), JOB, TOOL):
             return _import_items(seed_dir, out_dir, items, classes, opts, log)
     except LockError as exc:
         raise PreprocessError(str(exc)) from None
 
 
-def _import_items(seed_dir: Path, out_dir: Path, items: list[Item], classes: list[str], opts: Options,
+def _import_items(seed_dir: Path, out_dir: Path, items: list[RawItem], classes: list[str], opts: Options,
                   log: Callable[[str], None]) -> int:
     """Place every series' arrays and write classes.txt and manifest.csv (OUT_DIR locked)."""
-    _write_text_atomic(out_dir / "classes.txt", "".join(f"{c}\n" for c in classes))
+    write_text(out_dir / "classes.txt", "".join(f"{c}\n" for c in classes))
     rows: dict[str, dict[str, str]] = {}
     failed = 0
     for item in items:
         present = tuple(m for m in opts.modalities if (item.source / SEED_NAMES[m]).exists())
-        row = _base_row(item, opts)
+        row = base_row(item, opts)
         try:
             if not present:
                 raise ValueError(f"{item.source}: none of {', '.join(SEED_NAMES[m] for m in opts.modalities)}")
-            paths = output_paths(out_dir, item, Options(**{**opts.__dict__, "modalities": present}))
+            paths = item_paths(out_dir, item, Options(**{**opts.__dict__, "modalities": present}))
             for modality, dest in paths.items():
                 src = item.source / SEED_NAMES[modality]
                 arr, batched = check_seed_array(src, modality)
@@ -111,7 +114,7 @@ def _import_items(seed_dir: Path, out_dir: Path, items: list[Item], classes: lis
                     save_array_atomic(dest, np.ascontiguousarray(arr))  # drop the batch axis
                 else:
                     _link_or_copy(src, dest)
-                row[f"{modality}_shape"] = _shape_text(arr.shape)
+                row[f"{modality}_shape"] = shape_text(arr.shape)
                 row["dtype"] = str(arr.dtype)
                 row["frames_written"] = row.get("frames_written") or str(arr.shape[0] + (modality == "flow"))
                 if opts.crop is None and arr.shape[1] == arr.shape[2]:

@@ -1,0 +1,152 @@
+"""The plan of a job: where each item's arrays go, which items are done already, the jobs left (one decode of
+one source each), and where and how flow is computed — decided once, by `plan_flow`, into one FlowPlan."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from src.device import usable_device
+from src.flow import COMPILE_MIN_PAIRS, FlowExtractor
+from src.jobs import PARTIAL_SUFFIX
+from src.preprocess.discovery import RawItem
+from src.preprocess.estimates import planned_pairs
+from src.preprocess.manifest import base_row, shapes_on_disk
+from src.preprocess.options import Options, PreprocessError
+
+LABELS_FILE = "labels.txt"  # in an item folder: the item's labels, one per line (multi-label items)
+
+
+def item_paths(out_dir: Path, item: RawItem, opts: Options) -> dict[str, Path]:
+    """Where each requested modality of an item is stored."""
+    folder = Path(out_dir) / str(item.split) / item.cls / item.name
+    return {m: folder / f"{m}-SampleRate_{opts.sample_rate}.npy" for m in opts.modalities}
+
+
+@dataclass
+class Job:
+    """One decode of one source: the items it gives (one whole item, or the segments cut from it) and their paths."""
+
+    source: Path
+    items: list[RawItem] = field(default_factory=list)
+    paths: list[dict[str, Path]] = field(default_factory=list)
+
+    @property
+    def segmented(self) -> bool:
+        """Whether the job cuts segments (rather than writing one whole item)."""
+        return any(item.start is not None for item in self.items)
+
+
+@dataclass
+class Plan:
+    """Rows of the items needing no work (done, or unusable), and the jobs left."""
+
+    rows: dict[str, dict[str, str]]
+    jobs: list[Job]
+    done: int
+    unusable: int
+
+    @property
+    def items(self) -> list[RawItem]:
+        """Every item the jobs will write."""
+        return [item for job in self.jobs for item in job.items]
+
+
+def plan_items(items: list[RawItem], out_dir: Path, opts: Options, previous: dict[str, dict[str, str]],
+               by_source: bool) -> Plan:
+    """Which of `items` are done or unusable (their rows), and the jobs for the rest (grouped by source if asked).
+
+    Temporary files a killed run left in an item's folder are removed here: they are never complete arrays.
+    """
+    rows: dict[str, dict[str, str]] = {}
+    jobs: dict[object, Job] = {}
+    done = unusable = 0
+    for item in items:
+        paths = item_paths(out_dir, item, opts)
+        folder = next(iter(paths.values())).parent
+        if folder.is_dir():
+            for stale in folder.glob(f"*{PARTIAL_SUFFIX}"):
+                stale.unlink()
+        if item.error:
+            rows[item.key] = {**base_row(item, opts), "status": "failed", "message": item.error}
+            unusable += 1
+        elif not opts.overwrite and all(p.exists() for p in paths.values()) and (
+                len(item.labels) < 2 or (folder / LABELS_FILE).exists()):
+            old = previous.get(item.key)
+            rows[item.key] = old if old and old.get("status") != "failed" else \
+                {**base_row(item, opts), "status": "done", **shapes_on_disk(paths)}
+            done += 1
+        else:
+            job = jobs.setdefault(item.source if by_source else len(jobs), Job(item.source))
+            job.items.append(item)
+            job.paths.append(paths)
+    return Plan(rows, list(jobs.values()), done, unusable)
+
+
+@dataclass(frozen=True)
+class FlowPlan:
+    """Where and how a job computes flow: None (no flow), in each worker a pair at a time, or in this process in
+    batches across items (the PyTorch TV-L1 on a GPU, or with --flow-batch) while the workers decode."""
+
+    algorithm: str | None
+    where: str = "workers"  # "workers" or "parent"
+    device: str = "cpu"
+    batch: int = 1
+    compiled: bool = False
+    bound: float = 20.0
+
+    @property
+    def batched(self) -> bool:
+        """Whether the parent computes flow in batches while the workers only decode."""
+        return self.algorithm is not None and self.where == "parent"
+
+    def extractor(self) -> FlowExtractor:
+        """This plan's flow object, one per process (reused across items)."""
+        if self not in _EXTRACTORS:
+            if self.algorithm == "tvl1":
+                _EXTRACTORS[self] = FlowExtractor("tvl1", self.bound, device=self.device, batch_size=self.batch,
+                                                  compile=self.compiled)
+            else:
+                _EXTRACTORS[self] = FlowExtractor(self.algorithm, self.bound)
+        return _EXTRACTORS[self]
+
+    def describe(self, workers: int) -> str:
+        """What computes flow, in words (None: no line to print)."""
+        if self.algorithm != "tvl1":
+            return ""
+        if self.batched:
+            return self.extractor().describe()  # the very object that computes this process's batches
+        how = "compiled" if self.compiled else "eager"
+        return f"tvl1 (PyTorch TV-L1 on cpu, {how}, a pair at a time in each of {workers} process(es))"
+
+
+_EXTRACTORS: dict[FlowPlan, FlowExtractor] = {}
+
+
+def flow_device(opts: Options):
+    """The --flow-device of a --flow tvl1 job, checked usable; PreprocessError in one line when it is not."""
+    try:
+        return usable_device(opts.flow_device)
+    except ValueError as exc:
+        raise PreprocessError(f"--flow-device {opts.flow_device}: {exc}") from None
+
+
+def plan_flow(opts: Options, plan: Plan, workers: int) -> FlowPlan:
+    """The one decision of where and how flow is computed, read by everything after it.
+
+    The PyTorch TV-L1 runs batched in this process on a GPU (or with --flow-batch on any device), and on
+    a CPU as one single-threaded pair at a time in each worker, which scales with cores where one
+    process's threads synchronise after every small op; jobs that cut segments compute flow in their
+    workers. Compiling pays only for jobs with enough pairs per process (COMPILE_MIN_PAIRS).
+    """
+    if "flow" not in opts.modalities or not plan.jobs:
+        return FlowPlan(None)
+    if opts.flow != "tvl1":
+        return FlowPlan(opts.flow, bound=opts.bound)
+    device = flow_device(opts)
+    batched = not any(job.segmented for job in plan.jobs) and (opts.flow_batch > 0 or device.type != "cpu")
+    pairs = planned_pairs(plan.items, opts)
+    where, share, batch = ("parent", pairs, opts.flow_batch or (1 if device.type == "cpu" else 32)) if batched else \
+        ("workers", pairs // workers, 1)
+    kind = device.type if batched else "cpu"
+    compiled = {"yes": True, "no": False}.get(opts.flow_compile, share >= COMPILE_MIN_PAIRS.get(kind, 10**9))
+    return FlowPlan("tvl1", where, str(device) if batched else "cpu", batch, compiled, opts.bound)
