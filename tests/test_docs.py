@@ -91,8 +91,8 @@ def layout_section(text: str) -> str:
 
 
 def test_readme_layout_lists_every_package_and_module() -> None:
-    """The layout has a line for every package of src/ (a folder with __init__.py) and every top-level module."""
-    listed = set(re.findall(r"^(src/\S+)", layout_section(README.read_text(encoding="utf-8")), re.M))
+    """The layout has a line (- `src/...` — ...) for every package of src/ (a folder with __init__.py) and top-level module."""
+    listed = set(re.findall(r"^- `(src/[^`]+)`", layout_section(README.read_text(encoding="utf-8")), re.M))
     src = REPO / "src"
     packages = {f"src/{p.parent.relative_to(src).as_posix()}/" for p in src.rglob("__init__.py") if p.parent != src}
     modules = {f"src/{p.name}" for p in src.glob("*.py") if p.name != "__init__.py"}
