@@ -2,7 +2,7 @@
 
 Examples:
 
-    python visualize.py filters --weights rgb_scratch --out docs/filters_rgb.gif
+    python visualize.py filters --weights rgb_scratch --out docs/img/filters_rgb.gif
     python visualize.py activations ../shared/data/videos/arm_wrestling.mp4 --endpoint Mixed_3c --out act.gif
     python visualize.py saliency ../shared/data/videos/arm_wrestling.mp4 --class "arm wrestling" --out sal.gif
 """

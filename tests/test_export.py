@@ -18,7 +18,7 @@ from src.weights import i3d, save_state_dict
 from src.weights.checkpoint import CheckpointError
 
 REPO = Path(__file__).resolve().parent.parent
-# README: max |delta logit| 9.5e-6 (ONNX, arm_wrestling); a small margin, so that a regression to 1e-3 fails.
+# docs/inference.md: max |delta logit| 9.5e-6 (ONNX, arm_wrestling); a small margin, so that a regression to 1e-3 fails.
 EXPORT_TOLERANCE = 5e-5
 
 

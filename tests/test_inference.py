@@ -15,7 +15,7 @@ from src.model import ENDPOINTS, I3D, split_same_padding
 from src.weights import FLOW_RECIPE, i3d
 
 CL = torch.channels_last_3d
-# README: the fp32 fast path is within 9.3e-6 (cricket) / 1.8e-5 (arm_wrestling) of the plain model, bf16 within
+# docs/inference.md: the fp32 fast path is within 9.3e-6 (cricket) / 1.8e-5 (arm_wrestling) of the plain model, bf16 within
 # 0.22 on every shared clip. The bounds leave a small margin, so that a regression to 1e-3 (fp32) or 0.5 fails.
 FP32_TOLERANCE = 5e-5
 BF16_TOLERANCE = 0.25

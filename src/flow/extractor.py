@@ -16,7 +16,7 @@ import numpy as np
 ALGORITHMS = ("tvl1", "tvl1-opencv", "farneback", "dis")
 SAME_FLOW = {"tvl1-opencv": "tvl1"}  # algorithms whose flow agrees (tested within 0.02 px): one recipe
 # `auto` compiles only jobs with this many pairs: compiling takes ~1-3 min on a CPU and saves ~1 s per 256x340
-# pair there (see README); on a GPU the saving per pair is small; inductor on MPS is not used.
+# pair there (docs/optical-flow.md); on a GPU the saving per pair is small; inductor on MPS is not used.
 COMPILE_MIN_PAIRS = {"cpu": 500, "cuda": 2000, "mps": 10**12}
 
 
