@@ -65,12 +65,18 @@ annotation files (--annotations FILE):
   are split by --val-ratio (no recording in both train and val). A missing video, a segment
   outside its video, an unknown split or an empty label is one line in the log and the manifest;
   the rest goes on. A segment running past the video's end is cut at the end, with a warning.
+  Nothing in the file decides where outputs go: a label or item name that is not a single folder name
+  (empty, '.', '..', a '/' or '\\', a control character such as a newline) fails its row, and a video
+  path that leaves RAW_DIR (../x.mp4, /abs/x.mp4) fails its row unless --allow-outside-raw-dir.
 
 resuming and clusters:
   every array is written under a temporary name and renamed, so rerunning the same command skips
   finished items and redoes interrupted ones; --overwrite redoes everything. --shard i/n processes
   every n-th item (same split and classes.txt in every shard) and writes manifest-shard<i>of<n>.csv;
-  each shard, when it ends, merges the shard manifests present into manifest.csv.
+  each shard, when it ends, merges the shard manifests present into manifest.csv. The first run (or
+  shard) into OUT_DIR records its recipe in OUT_DIR/recipe.json before any work; a run or shard with
+  another recipe is refused (--overwrite replaces it). Manifest rows that do not parse and arrays that
+  cannot be read back whole are redone, with a warning.
   A run locks OUT_DIR: a second run into it is refused (naming the first one's pid) unless it is
   another shard i/n of the same n; a killed run's lock is released with it, and its workers end too.
 """
@@ -105,6 +111,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shard", default="1/1", help="process shard i of n, e.g. 3/16, for cluster job arrays (default 1/1)")
     p.add_argument("--min-frames", type=int, default=2, help="items with fewer frames after sampling fail as too short (default 2)")
     p.add_argument("--annotations", type=Path, default=None, metavar="FILE", help="CSV (video,label[,start,end,split]) or `path label` list naming the items in RAW_DIR, e.g. segments of long recordings (see below)")
+    p.add_argument("--allow-outside-raw-dir", action="store_true",
+                   help="--annotations: read videos the file names outside RAW_DIR (../x.mp4, absolute paths); "
+                        "by default such rows fail, so a downloaded annotation file cannot make the job read elsewhere")
     p.add_argument("--overwrite", action="store_true", help="redo finished items and replace a differing classes.txt")
     p.add_argument("--no-disk-check", action="store_true", help="skip the free-space check before starting")
     p.add_argument("--from-seed", action="store_true",
@@ -135,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             dtype=args.dtype, val_ratio=args.val_ratio, seed=args.seed, workers=args.workers,
             overwrite=args.overwrite, shard=shard_option(args.shard), min_frames=args.min_frames,
             disk_check=not args.no_disk_check, flow_device=args.flow_device, flow_batch=args.flow_batch,
-            flow_compile=args.flow_compile,
+            flow_compile=args.flow_compile, outside_ok=args.allow_outside_raw_dir,
         )
         if args.from_seed:
             if not (args.raw_dir and args.out_dir):

@@ -20,6 +20,7 @@ A row that cannot be used (empty label, unknown split, bad times) becomes an Ann
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 from dataclasses import dataclass
@@ -130,21 +131,29 @@ def read_annotations(path: Path) -> list[Annotation]:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise AnnotationError(f"{path}: cannot be read as a text file ({exc})") from None
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     lines = text.splitlines()
     first = next((line for line in lines if line.strip() and not line.lstrip().startswith("#")), None)
     if first is None:
         raise AnnotationError(f"{path}: no annotations in the file")
     items: list[Annotation] = []
     if "," in first:
-        rows = list(csv.reader(lines))
-        start_row = next(i for i, r in enumerate(rows) if any(c.strip() for c in r))
-        cols = _columns(rows[start_row], path)
-        for n, row in enumerate(rows[start_row + 1:], start=start_row + 2):
-            if not any(c.strip() for c in row) or row[0].lstrip().startswith("#"):
-                continue
-            cell = {c: (row[i] if i < len(row) else "") for c, i in cols.items()}
-            items.append(_make(f"{path}:{n}", cell["video"], cell["label"].split(LABEL_SEPARATOR),
-                               cell.get("start", ""), cell.get("end", ""), cell.get("split", "")))
+        # the csv module reads quoted cells whole: a newline inside one stays in it (and the row is refused later)
+        reader = csv.reader(io.StringIO(text))
+        cols, row_start = None, 1
+        try:
+            for row in reader:
+                line, row_start = row_start, reader.line_num + 1
+                if not any(c.strip() for c in row) or (cols is not None and row[0].lstrip().startswith("#")):
+                    continue
+                if cols is None:
+                    cols = _columns(row, path)
+                    continue
+                cell = {c: (row[i] if i < len(row) else "") for c, i in cols.items()}
+                items.append(_make(f"{path}:{line}", cell["video"], cell["label"].split(LABEL_SEPARATOR),
+                                   cell.get("start", ""), cell.get("end", ""), cell.get("split", "")))
+        except csv.Error as exc:
+            raise AnnotationError(f"{path}:{reader.line_num}: not a readable CSV row ({exc})") from None
     else:
         for n, line in enumerate(lines, start=1):
             if not line.strip() or line.lstrip().startswith("#"):

@@ -7,5 +7,6 @@ from src.jobs.disk import DISK_FULL, disk_full_message, free_bytes, gigabytes, i
 from src.jobs.files import (PARTIAL_SUFFIX, atomic_write, check_writable, prepare_folder, reason, save_array_atomic,
                             temporary_name, write_text_atomic)
 from src.jobs.lock import FolderLock, LockError, folder_mutex
+from src.jobs.names import inside, path_component
 from src.jobs.shards import parse_shard, shard_from_env, take_shard
 from src.jobs.workers import die_with_parent, set_threads, worker_init

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from src.annotations import AnnotationError, read_annotations, resolve_video, segment_name
+from src.jobs import inside, path_component
 from src.media import is_frame_folder, is_hidden, is_video_file, natural_key
 from src.preprocess.options import SPLITS, PreprocessError
 
@@ -56,6 +57,11 @@ def _scan_class_root(root: Path, notes: list[str]) -> list[RawItem]:
             continue
         seen: dict[str, Path] = {}
         count = len(items)
+        try:
+            path_component(class_dir.name, "class folder name")
+            bad_class = None
+        except ValueError as exc:
+            bad_class = f"{class_dir}: {exc}; rename the folder"
         for entry in sorted(class_dir.iterdir(), key=lambda p: natural_key(p.name)):
             if is_hidden(entry):
                 notes.append(f"skipped hidden {entry}")
@@ -69,7 +75,11 @@ def _scan_class_root(root: Path, notes: list[str]) -> list[RawItem]:
                 notes.append(f"skipped {entry}: {what}")
                 continue
             item = RawItem(entry, class_dir.name, name)
-            if name in seen:
+            if bad_class:
+                item.error = bad_class
+            elif (bad_name := _unsafe(name, "item name")) is not None:
+                item.error = f"{entry}: {bad_name}; rename it"
+            elif name in seen:
                 item.error = f"{entry}: its output name {name!r} clashes with {seen[name].name}; rename one of them"
             else:
                 seen[name] = entry
@@ -105,14 +115,42 @@ def discover(raw_dir: Path) -> Discovery:
     else:
         items = _scan_class_root(raw_dir, notes)
         presplit = False
-    classes = sorted({item.cls for item in items})
+    classes = sorted({item.cls for item in items if not item.error})
     if not items:
         raise PreprocessError(f"{raw_dir}: no videos or frame folders found under <class>/ folders")
     return Discovery(items, classes, presplit, notes)
 
 
-def discover_annotations(annotations: Path, raw_dir: Path) -> Discovery:
-    """Items of an annotation file (src.annotations) over videos in RAW_DIR; bad rows become failed items."""
+def _unsafe(name: str, what: str) -> str | None:
+    """Why `name` cannot be a folder name inside OUT_DIR (src.jobs.path_component), or None when it can."""
+    try:
+        path_component(name, what)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def row_problem(row, raw_dir: Path, name: str, outside_ok: bool) -> str | None:
+    """What makes an annotation row unusable before any decoding: names that cannot be folders, a path leaving RAW_DIR."""
+    if row.error:
+        return row.error
+    for label in row.labels:
+        if (bad := _unsafe(label, "label")) is not None:
+            return f"{row.where}: {bad}"
+    if not outside_ok and not inside(raw_dir, row.video):
+        return (f"{row.where}: video {row.video!r} is outside RAW_DIR {raw_dir}; paths in an annotation file are "
+                "relative to RAW_DIR (pass --allow-outside-raw-dir to read videos elsewhere)")
+    if (bad := _unsafe(name, "item name")) is not None:
+        return f"{row.where}: {bad} (from video {row.video!r})"
+    return None
+
+
+def discover_annotations(annotations: Path, raw_dir: Path, outside_ok: bool = False) -> Discovery:
+    """Items of an annotation file (src.annotations) over videos in RAW_DIR; bad rows become failed items.
+
+    Nothing in the file decides where outputs go: every label and item name must be one folder name, and a
+    video path leaving RAW_DIR is refused unless `outside_ok` (--allow-outside-raw-dir).
+    """
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
         raise PreprocessError(f"{raw_dir}: not a folder; RAW_DIR must hold the videos the annotation file names")
@@ -125,8 +163,9 @@ def discover_annotations(annotations: Path, raw_dir: Path) -> Discovery:
     for row in rows:
         stem = Path(row.video).stem or row.video
         name = segment_name(stem, row.start, row.end) if row.is_segment else stem
-        source = None if row.error else resolve_video(raw_dir, row.video)
-        item = RawItem(source or raw_dir / row.video, row.labels[0] if row.labels else "", name, row.split, row.error,
+        problem = row_problem(row, raw_dir, name, outside_ok)
+        source = None if problem else resolve_video(raw_dir, row.video)
+        item = RawItem(source or raw_dir / row.video, row.labels[0] if row.labels else "", name, row.split, problem,
                        row.labels, row.start, row.end, row.where)
         if not item.error and source is None:
             item.error = f"{row.where}: {raw_dir / row.video}: no such video or frame folder"
@@ -136,6 +175,8 @@ def discover_annotations(annotations: Path, raw_dir: Path) -> Discovery:
             names[name] = item.key
         items.append(item)
     usable = [it for it in items if not it.error]
+    if not items:
+        raise PreprocessError(f"{annotations}: no rows after the header; add one row per video or segment")
     if not usable:
         raise PreprocessError(f"{annotations}: none of its {len(items)} rows is usable; first problem: {items[0].error}")
     # labels of rows that fail (missing video, ...) are left out: a class without items could not train

@@ -6,6 +6,7 @@ the shards' files are merged into manifest.csv under the folder's mutex when eac
 from __future__ import annotations
 
 import csv
+import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,6 +26,7 @@ MANIFEST_FIELDS = [
 ]
 # manifest column -> the option that sets it; the sample rate is not here: it names the files, so rates coexist
 RECIPE_OPTIONS = {"fps": "--fps", "size": "--size", "crop": "--crop", "dtype": "--dtype", "flow_algorithm": "--flow"}
+RECIPE_FILE = "recipe.json"  # the recipe of each sample rate, recorded by the first run (or shard) into OUT_DIR
 
 
 def shape_text(shape: tuple[int, ...] | None) -> str:
@@ -67,21 +69,59 @@ def shapes_on_disk(paths: dict[str, Path]) -> dict[str, str]:
     return row
 
 
+def recipe_difference(had: dict[str, str], want: dict[str, str]) -> str | None:
+    """The first recipe column where arrays made by `had` differ from what `want` would write, as option words."""
+    for column, option in RECIPE_OPTIONS.items():
+        old, new = had.get(column, ""), want[column]
+        if column == "flow_algorithm" and ("none" in (old, new) or recipe_name(old) == recipe_name(new)):
+            continue  # adding or leaving out flow is fine; tvl1 and tvl1-opencv give the same flow (bit-identical)
+        if old != new:
+            return f"{option} {old or 'unset'} (now {new or 'unset'})"
+    return None
+
+
 def manifest_conflict(previous: dict[str, dict[str, str]], opts: Options) -> str | None:
     """How the finished arrays of an earlier run differ from what `opts` would write (None if they agree)."""
     want = recipe_columns(opts)
     for row in previous.values():
-        if row.get("status") != "done" or row.get("sample_rate") != want["sample_rate"]:
-            continue
-        for column, option in RECIPE_OPTIONS.items():
-            had, asked = row.get(column, ""), want[column]
-            if column == "flow_algorithm" and "none" in (had, asked):
-                continue  # adding or leaving out the flow modality is fine
-            if column == "flow_algorithm" and recipe_name(had) == recipe_name(asked):
-                continue  # tvl1 (PyTorch) and tvl1-opencv give the same flow (bit-identical on the CPU)
-            if had != asked:
-                return f"{option} {had or 'unset'} (now {asked or 'unset'}), e.g. {row['source']}"
+        if row.get("status") == "done" and row.get("sample_rate") == want["sample_rate"]:
+            difference = recipe_difference(row, want)
+            if difference:
+                return f"{difference}, e.g. {row['source']}"
     return None
+
+
+def claim_recipe(out_dir: Path, opts: Options) -> None:
+    """Record this job's recipe in OUT_DIR/recipe.json before any work, or refuse one that differs from it.
+
+    Under the folder's mutex: of shards started together the first records its recipe and the others
+    compare against it, so two shards never mix recipes in one dataset. Each sample rate has its own entry
+    (its files have their own names); --overwrite replaces the entry.
+    """
+    path = Path(out_dir) / RECIPE_FILE
+    want = recipe_columns(opts)
+    with folder_mutex(out_dir, JOB):
+        try:
+            recorded = json.loads(path.read_text()) if path.exists() else {}
+            had = recorded.get(want["sample_rate"])
+            if not isinstance(recorded, dict) or not isinstance(had, (dict, type(None))):
+                raise ValueError("not a JSON object of recipes")
+        except (OSError, ValueError) as exc:
+            if not opts.overwrite:
+                raise PreprocessError(f"{path}: cannot be read ({exc}); restore it, or pass --overwrite to redo "
+                                      "OUT_DIR's arrays with this recipe") from None
+            recorded, had = {}, None
+        if had and not opts.overwrite:
+            difference = recipe_difference(had, want)
+            if difference:
+                raise PreprocessError(f"{out_dir}: its arrays are being made with {difference} by {path}; mixing "
+                                      "recipes in one dataset would skip items silently; use another OUT_DIR or "
+                                      "--overwrite")
+        if had and want["flow_algorithm"] == "none":
+            want["flow_algorithm"] = had.get("flow_algorithm", "none")  # leaving flow out keeps the recorded one
+        if had != want:
+            recorded[want["sample_rate"]] = want
+            write_text(path, json.dumps(recorded, indent=2, sort_keys=True) + "\n")
 
 
 def write_text(path: Path, text: str | Callable, newline: str | None = None) -> None:
@@ -105,12 +145,44 @@ def write_manifest(path: Path, rows: dict[str, dict[str, str]]) -> None:
     write_text(path, write, newline="")
 
 
-def read_manifest(path: Path) -> dict[str, dict[str, str]]:
-    """Rows of an existing manifest keyed by source path (empty if there is none)."""
+def row_problem(row: dict) -> str | None:
+    """Why a manifest row read back cannot be trusted (None when it parses)."""
+    if None in row or any(value is None for value in row.values()):
+        return "a row cut short or with extra cells"
+    if any(c in value for value in row.values() for c in "\n\r\0"):
+        return "a line break or NUL byte inside a cell (a stray quote?)"
+    if row.get("status") not in ("done", "failed") or not row.get("source"):
+        return f"status {row.get('status')!r} and source {row.get('source')!r}"
+    try:
+        row_key(row)
+    except ValueError:
+        return f"segment times {row.get('start')!r} / {row.get('end')!r} are not numbers"
+    return None
+
+
+def read_manifest(path: Path, problems: list[str] | None = None) -> dict[str, dict[str, str]]:
+    """Rows of an existing manifest keyed by source path (empty if there is none).
+
+    Rows that do not parse (a file cut mid-row, a stray quote, a NUL byte, times that are not numbers) are
+    left out, so their items are redone; each is described in `problems`.
+    """
     if not path.exists():
         return {}
-    with open(path, newline="") as f:
-        return {row_key(row): row for row in csv.DictReader(f)}
+    rows: dict[str, dict[str, str]] = {}
+    with open(path, newline="", errors="replace") as f:
+        reader = csv.DictReader(f)
+        try:
+            for row in reader:
+                problem = row_problem(row)
+                if problem is None:
+                    rows[row_key(row)] = row
+                elif problems is not None:
+                    problems.append(f"{path}:{reader.line_num}: a manifest row that does not parse ({problem}); "
+                                    "its item is redone")
+        except csv.Error as exc:
+            if problems is not None:
+                problems.append(f"{path}:{reader.line_num}: the manifest cannot be read on from here ({exc})")
+    return rows
 
 
 def manifest_name(shard: tuple[int, int]) -> str:

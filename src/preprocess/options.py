@@ -1,6 +1,7 @@
 """What a pre-processing job is asked to do: the recipe and the job settings, checked before anything runs."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from src.media import STORAGE_DTYPES
@@ -37,9 +38,13 @@ class Options:
     flow_device: str = "auto"
     flow_batch: int = 0  # 0: 32 pairs on a GPU; on a CPU each worker computes its items' flow a pair at a time
     flow_compile: str = "auto"
+    outside_ok: bool = False  # annotation files may name videos outside RAW_DIR (--allow-outside-raw-dir)
 
     def validate(self) -> None:
         """Raise PreprocessError for inconsistent settings."""
+        for option, value in (("--fps", self.fps), ("--folder-fps", self.folder_fps), ("--val-ratio", self.val_ratio)):
+            if value is not None and not math.isfinite(value):
+                raise PreprocessError(f"{option} must be a finite number, got {value}")
         if self.fps is not None and self.fps <= 0:
             raise PreprocessError(f"--fps must be positive, got {self.fps}")
         if self.folder_fps is not None and self.folder_fps <= 0:

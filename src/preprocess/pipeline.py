@@ -25,8 +25,8 @@ from src.preprocess.batched_flow import BatchedFlow
 from src.preprocess.discovery import Discovery, discover, discover_annotations
 from src.preprocess.estimates import estimate_bytes
 from src.preprocess.item import run_job
-from src.preprocess.manifest import (ManifestRecorder, manifest_conflict, manifest_name, merge_shard_manifests,
-                                     read_manifest, write_text)
+from src.preprocess.manifest import (ManifestRecorder, claim_recipe, manifest_conflict, manifest_name,
+                                     merge_shard_manifests, read_manifest, write_text)
 from src.preprocess.options import JOB, SPLITS, TOOL, Options, PreprocessError
 from src.preprocess.plan import FlowPlan, Plan, flow_device, plan_flow, plan_items
 from src.preprocess.splits import assign_splits, assign_splits_by_source, shard_by_source, shard_items
@@ -62,7 +62,7 @@ def run(raw_dir: Path, out_dir: Path, opts: Options, log: Log = print, annotatio
 
 def find_items(raw_dir: Path, opts: Options, log: Log, annotations: Path | None) -> Discovery:
     """The items of RAW_DIR (or of the annotation file), each with its split; the notes on what was skipped logged."""
-    found = discover_annotations(annotations, raw_dir) if annotations else discover(raw_dir)
+    found = discover_annotations(annotations, raw_dir, opts.outside_ok) if annotations else discover(raw_dir)
     if annotations and not found.presplit:
         found.notes.append(assign_splits_by_source(found.items, opts.val_ratio, opts.seed))
     for note in found.notes[:20]:
@@ -132,14 +132,18 @@ def run_locked(raw_dir: Path, out_dir: Path, opts: Options, log: Log, found: Dis
                annotations: Path | None = None) -> int:
     """The body of `run`, once OUT_DIR is locked for this shard: recipe check, plan, report, execution."""
     manifest_path = out_dir / manifest_name(opts.shard)
-    previous = read_manifest(manifest_path)
+    problems: list[str] = []
+    previous = read_manifest(manifest_path, problems)
     conflict = None if opts.overwrite else manifest_conflict(previous, opts)
     if conflict:
         raise PreprocessError(f"{out_dir}: its arrays were made with {conflict}; mixing recipes in one dataset "
                               "would skip those items silently; use another OUT_DIR or --overwrite")
+    claim_recipe(out_dir, opts)
     write_classes(out_dir, raw_dir, found.classes, opts.overwrite)
     mine = shard_by_source(found.items, opts.shard) if annotations else shard_items(found.items, opts.shard)
     plan = plan_items(mine, out_dir, opts, previous, by_source=annotations is not None)
+    for problem in problems + plan.warnings:
+        log(f"warning: {problem}")
     workers = min(opts.workers, max(1, len(plan.jobs)))
     log(describe_job(raw_dir, found, len(mine), plan, opts, annotations))
     if "flow" in opts.modalities and recipe_name(opts.flow) != "tvl1":

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from src.device import usable_device
 from src.flow import COMPILE_MIN_PAIRS, FlowExtractor
 from src.jobs import PARTIAL_SUFFIX
@@ -20,6 +22,17 @@ def item_paths(out_dir: Path, item: RawItem, opts: Options) -> dict[str, Path]:
     """Where each requested modality of an item is stored."""
     folder = Path(out_dir) / str(item.split) / item.cls / item.name
     return {m: folder / f"{m}-SampleRate_{opts.sample_rate}.npy" for m in opts.modalities}
+
+
+def unreadable(path: Path) -> str | None:
+    """Why an existing array file cannot be read back whole (None when it can, or does not exist)."""
+    if not path.exists():
+        return None
+    try:
+        np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        return f"not a complete .npy array ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    return None
 
 
 @dataclass
@@ -38,12 +51,13 @@ class Job:
 
 @dataclass
 class Plan:
-    """Rows of the items needing no work (done, or unusable), and the jobs left."""
+    """Rows of the items needing no work (done, or unusable), the jobs left, and what was found broken on the way."""
 
     rows: dict[str, dict[str, str]]
     jobs: list[Job]
     done: int
     unusable: int
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def items(self) -> list[RawItem]:
@@ -59,6 +73,7 @@ def plan_items(items: list[RawItem], out_dir: Path, opts: Options, previous: dic
     """
     rows: dict[str, dict[str, str]] = {}
     jobs: dict[object, Job] = {}
+    warnings: list[str] = []
     done = unusable = 0
     for item in items:
         paths = item_paths(out_dir, item, opts)
@@ -66,6 +81,11 @@ def plan_items(items: list[RawItem], out_dir: Path, opts: Options, previous: dic
         if folder.is_dir():
             for stale in folder.glob(f"*{PARTIAL_SUFFIX}"):
                 stale.unlink()
+        for path in paths.values():
+            problem = unreadable(path)
+            if problem:  # e.g. copied in part: never a finished array, whatever the manifest says
+                warnings.append(f"{path}: {problem}; it is made again")
+                path.unlink()
         if item.error:
             rows[item.key] = {**base_row(item, opts), "status": "failed", "message": item.error}
             unusable += 1
@@ -79,7 +99,7 @@ def plan_items(items: list[RawItem], out_dir: Path, opts: Options, previous: dic
             job = jobs.setdefault(item.source if by_source else len(jobs), Job(item.source))
             job.items.append(item)
             job.paths.append(paths)
-    return Plan(rows, list(jobs.values()), done, unusable)
+    return Plan(rows, list(jobs.values()), done, unusable, warnings)
 
 
 @dataclass(frozen=True)
