@@ -13,3 +13,11 @@ def model_dir() -> Path:
     path = Path(os.environ.get("I3D_MODEL_DIR", REPO_ROOT / "model"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def cache_dir() -> Path:
+    """Folder for what this toolkit measures about a machine (e.g. TV-L1 speeds): `$I3D_CACHE_DIR` or
+    ~/.cache/i3d-finetune."""
+    path = Path(os.environ.get("I3D_CACHE_DIR", Path.home() / ".cache" / "i3d-finetune"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -219,7 +219,7 @@ def test_resume_after_killed_process(shared, tmp_path):
     raw = _raw(tmp_path, shared, {"a": ["arm_wrestling.mp4:a1.mp4", "arm_wrestling.mp4:a2.mp4"], "b": ["cleaning_pool.mp4:b1.mp4"]})
     out = tmp_path / "out"
     cmd = [sys.executable, str(REPO / "pre-process.py"), str(raw), str(out), "--size", "32", "--fps", "2",
-           "--val-ratio", "0", "--workers", "1"]  # TV-L1: slow enough to be killed mid-item
+           "--val-ratio", "0", "--workers", "1", "--flow-compile", "no"]  # the eager TV-L1 port: killed mid-item
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 120
@@ -438,7 +438,8 @@ def _alive(pid: int) -> bool:
 def test_workers_end_when_the_parent_is_killed(shared, tmp_path):
     raw = _raw(tmp_path, shared, {"a": ["arm_wrestling.mp4"], "b": ["cleaning_pool.mp4"]})
     out = tmp_path / "out"
-    cmd = [sys.executable, SCRIPT, str(raw), str(out), "--size", "64", "--workers", "2", "--val-ratio", "0"]  # TV-L1
+    cmd = [sys.executable, SCRIPT, str(raw), str(out), "--size", "64", "--workers", "2", "--val-ratio", "0",
+           "--flow-compile", "no"]  # the eager TV-L1 port: slow enough to be killed while computing
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     workers: list[int] = []
     try:

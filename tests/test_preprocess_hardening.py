@@ -177,3 +177,12 @@ def test_broken_manifest_rows_and_arrays_are_redone_with_a_warning(tmp_path, sha
     with pytest.raises(PreprocessError, match="recipe.json: cannot be read"):
         (out / "recipe.json").write_text("{not json")
         run(raw, out, opts, log=lambda m: None)
+
+
+def test_decoding_workers_start_without_torch():
+    """A spawned worker re-imports pre-process.py as __mp_main__ and then the job's modules before it can set up
+    dying with its parent; without torch that window stays short (torch alone takes seconds on a loaded machine)."""
+    code = ("import runpy, sys; runpy.run_path('pre-process.py', run_name='__mp_main__'); "
+            "import src.preprocess.item, src.preprocess.batched_flow, src.jobs.workers; print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr

@@ -55,3 +55,16 @@ def planned_pairs(items: list[RawItem], opts: Options, sample: int = 16) -> int:
         except VideoError:
             continue
     return int(sum(counts) / max(len(counts), 1) * len(items))
+
+
+def planned_pixels(items: list[RawItem], opts: Options, sample: int = 8) -> int:
+    """Pixels of the frames flow is computed on (resized, before any crop), the largest of up to `sample` items."""
+    sizes = [256 * 340]
+    for item in _sample(items, sample):
+        try:
+            info = probe(item.source)
+        except VideoError:
+            continue
+        h, w = output_hw(info.width, info.height, Options(size=opts.size))
+        sizes.append(h * w)
+    return max(sizes[1:] or sizes)

@@ -175,7 +175,7 @@ def execute(plan: Plan, opts: Options, flow: FlowPlan, workers: int, recorder: M
     if flow.batched:
         BatchedFlow(plan.jobs, opts, flow, workers, recorder.record).run()
     elif workers == 1:
-        set_threads(cores)
+        set_threads(1 if flow.compiled else cores)  # the compiled kernels measured 5-10x slower on 2 threads
         for job in plan.jobs:
             for row in run_job(job, opts, flow, show_frames=True):
                 recorder.record(row)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from src.device import usable_device
 from src.flow import COMPILE_MIN_PAIRS, FlowExtractor
+from src.flow.choice import choose_cpu_tvl1, cpu_speeds
 from src.jobs import PARTIAL_SUFFIX
 from src.preprocess.discovery import RawItem
-from src.preprocess.estimates import planned_pairs
+from src.preprocess.estimates import planned_pairs, planned_pixels
 from src.preprocess.manifest import base_row, shapes_on_disk
 from src.preprocess.options import Options, PreprocessError
 
@@ -113,6 +113,8 @@ class FlowPlan:
     batch: int = 1
     compiled: bool = False
     bound: float = 20.0
+    implementation: str = ""  # tvl1 on the CPU: "opencv", "eager" or "compiled" (src.flow.choice), all bit-identical
+    reason: str = ""  # why that implementation
 
     @property
     def batched(self) -> bool:
@@ -122,7 +124,9 @@ class FlowPlan:
     def extractor(self) -> FlowExtractor:
         """This plan's flow object, one per process (reused across items)."""
         if self not in _EXTRACTORS:
-            if self.algorithm == "tvl1":
+            if self.implementation == "opencv":
+                _EXTRACTORS[self] = FlowExtractor("tvl1-opencv", self.bound)  # the same flow as the port, faster here
+            elif self.algorithm == "tvl1":
                 _EXTRACTORS[self] = FlowExtractor("tvl1", self.bound, device=self.device, batch_size=self.batch,
                                                   compile=self.compiled)
             else:
@@ -135,8 +139,10 @@ class FlowPlan:
             return ""
         if self.batched:
             return self.extractor().describe()  # the very object that computes this process's batches
-        how = "compiled" if self.compiled else "eager"
-        return f"tvl1 (PyTorch TV-L1 on cpu, {how}, a pair at a time in each of {workers} process(es))"
+        what = {"opencv": "OpenCV's TV-L1", "compiled": "PyTorch TV-L1 on cpu, compiled"}.get(
+            self.implementation, "PyTorch TV-L1 on cpu, eager")
+        why = f": {self.reason}" if self.reason else ""
+        return f"tvl1 ({what}, a pair at a time in each of {workers} process(es)){why}"
 
 
 _EXTRACTORS: dict[FlowPlan, FlowExtractor] = {}
@@ -144,6 +150,8 @@ _EXTRACTORS: dict[FlowPlan, FlowExtractor] = {}
 
 def flow_device(opts: Options):
     """The --flow-device of a --flow tvl1 job, checked usable; PreprocessError in one line when it is not."""
+    from src.device import usable_device  # imports torch, which the decoding workers never need
+
     try:
         return usable_device(opts.flow_device)
     except ValueError as exc:
@@ -153,20 +161,26 @@ def flow_device(opts: Options):
 def plan_flow(opts: Options, plan: Plan, workers: int) -> FlowPlan:
     """The one decision of where and how flow is computed, read by everything after it.
 
-    The PyTorch TV-L1 runs batched in this process on a GPU (or with --flow-batch on any device), and on
-    a CPU as one single-threaded pair at a time in each worker, which scales with cores where one
-    process's threads synchronise after every small op; jobs that cut segments compute flow in their
-    workers. Compiling pays only for jobs with enough pairs per process (COMPILE_MIN_PAIRS).
+    The PyTorch TV-L1 runs batched in this process on a GPU (or with --flow-batch on any device), compiled for
+    jobs with enough pairs (COMPILE_MIN_PAIRS). On a CPU each worker computes its items' flow a pair at a time
+    on one thread, which scales with cores where one process's threads synchronise after every small op, with
+    the fastest of OpenCV's TV-L1 and the port, eager or compiled, for this job on this machine
+    (src.flow.choice; they are bit-identical there), unless --flow-compile yes/no asks for the port.
+    Jobs that cut segments compute flow in their workers.
     """
     if "flow" not in opts.modalities or not plan.jobs:
         return FlowPlan(None)
     if opts.flow != "tvl1":
         return FlowPlan(opts.flow, bound=opts.bound)
     device = flow_device(opts)
-    batched = not any(job.segmented for job in plan.jobs) and (opts.flow_batch > 0 or device.type != "cpu")
     pairs = planned_pairs(plan.items, opts)
-    where, share, batch = ("parent", pairs, opts.flow_batch or (1 if device.type == "cpu" else 32)) if batched else \
-        ("workers", pairs // workers, 1)
-    kind = device.type if batched else "cpu"
-    compiled = {"yes": True, "no": False}.get(opts.flow_compile, share >= COMPILE_MIN_PAIRS.get(kind, 10**9))
-    return FlowPlan("tvl1", where, str(device) if batched else "cpu", batch, compiled, opts.bound)
+    if not any(job.segmented for job in plan.jobs) and (opts.flow_batch > 0 or device.type != "cpu"):
+        compiled = {"yes": True, "no": False}.get(opts.flow_compile, pairs >= COMPILE_MIN_PAIRS.get(device.type, 10**9))
+        return FlowPlan("tvl1", "parent", str(device), opts.flow_batch or (1 if device.type == "cpu" else 32),
+                        compiled, opts.bound)
+    if opts.flow_compile != "auto":  # the port, as asked
+        return FlowPlan("tvl1", compiled=opts.flow_compile == "yes", bound=opts.bound,
+                        implementation="compiled" if opts.flow_compile == "yes" else "eager")
+    choice = choose_cpu_tvl1(pairs / workers, planned_pixels(plan.items, opts), cpu_speeds())
+    return FlowPlan("tvl1", compiled=choice.implementation == "compiled", bound=opts.bound,
+                    implementation=choice.implementation, reason=choice.reason)
