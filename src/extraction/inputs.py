@@ -1,0 +1,140 @@
+"""The inputs of a features job: every video of the INPUTs (files, frame folders, folders, list files, pre-processed
+datasets) with the output name it gets, this shard's share of them, and where their feature files go."""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from src.dataset import find_array
+from src.extraction.config import STREAMS, ExtractionError, FeatureConfig
+from src.jobs import prepare_folder, reason, take_shard
+from src.media.video import VIDEO_EXTENSIONS, is_frame_folder, is_hidden, is_video_file, natural_key
+
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+
+
+@dataclass
+class Video:
+    """One input to extract: a video file, a frame folder, or a pre-processed item's arrays."""
+
+    source: Path
+    name: str  # output stem relative to OUT_DIR, '/'-separated
+    arrays: dict[str, Path] = field(default_factory=dict)  # pre-processed: stream -> .npy
+    array_fps: float | None = None
+    error: str | None = None
+
+
+def is_preprocessed(folder: Path) -> bool:
+    """Whether `folder` is a pre-process.py output folder (it has a manifest)."""
+    return (folder / "manifest.csv").is_file() or any(folder.glob("manifest-shard*of*.csv"))
+
+
+def preprocessed_items(root: Path) -> list[Video]:
+    """Items of a pre-process.py output folder (split/class/item/{rgb,flow}-SampleRate_n.npy)."""
+    fps_by_source: dict[str, str] = {}
+    for manifest in sorted(root.glob("manifest*.csv")):
+        with open(manifest, newline="") as f:
+            for row in csv.DictReader(f):
+                fps_by_source[f"{row.get('split')}/{row.get('class')}/{row.get('name')}"] = \
+                    f"{row.get('fps', '')}|{row.get('sample_rate', '1')}|{row.get('source_fps', '')}"
+    videos = []
+    for folder in sorted((p for p in root.glob("*/*/*") if p.is_dir() and not is_hidden(p)),
+                         key=lambda p: [natural_key(x) for x in p.relative_to(root).parts]):
+        arrays = {s: find_array(folder, s, None) for s in STREAMS}
+        arrays = {s: p for s, p in arrays.items() if p is not None}
+        if not arrays:
+            continue
+        name = folder.relative_to(root).as_posix()
+        fps_text, rate, source_fps = (fps_by_source.get(name, "") or "||").split("|")
+        fps = float(fps_text) if fps_text else (float(source_fps) if source_fps else None)
+        rgb_or_flow = next(iter(arrays.values())).name
+        sample_rate = int(rgb_or_flow.split("SampleRate_")[1].split(".")[0]) if "SampleRate_" in rgb_or_flow else 1
+        videos.append(Video(folder, name, arrays, (fps / sample_rate) if fps else None))
+    return videos
+
+
+def media_under(root: Path) -> list[Path]:
+    """Videos and frame folders under `root`, recursively (a frame folder is not searched further)."""
+    found = []
+    for entry in sorted(root.iterdir(), key=lambda p: natural_key(p.name)):
+        if is_hidden(entry):
+            continue
+        if is_video_file(entry):
+            found.append(entry)
+        elif entry.is_dir():
+            found.extend([entry] if is_frame_folder(entry) else media_under(entry))
+    return found
+
+
+def output_stem(path: Path) -> str:
+    """An output name: the path without its video extension ('/'-separated); frame folders keep their name."""
+    return (path.with_suffix("") if path.suffix.lower() in VIDEO_EXTENSIONS else path).as_posix()
+
+
+def _listed(path: Path) -> list[Video]:
+    """The videos a list file names, one path a line (relative to the current folder), named from their common folder."""
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    listed = [Path(line) for line in lines if line and not line.startswith("#")]
+    if not listed:
+        raise ExtractionError(f"{path}: the list names no videos (one path a line)")
+    absolute = [Path(os.path.abspath(p)) for p in listed]  # not resolve(): keep symlinks' own names
+    common = Path(os.path.commonpath([str(p.parent) for p in absolute]))
+    videos = []
+    for p, full in zip(listed, absolute):
+        video = Video(p, output_stem(full.relative_to(common)))
+        if not p.exists():
+            video.error = f"{p}: no such file (listed in {path})"
+        videos.append(video)
+    return videos
+
+
+def discover(inputs: list[str | Path]) -> list[Video]:
+    """Every video of the INPUTs (file, frame folder, folder searched recursively, list file, pre-processed folder)."""
+    videos: list[Video] = []
+    for text in inputs:
+        path = Path(text)
+        if not path.exists():
+            raise ExtractionError(f"{path}: no such file or folder")
+        if path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
+            videos.extend(_listed(path))
+        elif path.is_file():
+            videos.append(Video(path, output_stem(Path(path.name))))
+        elif is_frame_folder(path):
+            videos.append(Video(path, path.resolve().name))
+        elif is_preprocessed(path):
+            videos.extend(preprocessed_items(path))
+        else:
+            media = media_under(path)
+            if not media:
+                raise ExtractionError(f"{path}: no videos or frame folders found in it (searched recursively)")
+            videos.extend(Video(p, output_stem(p.relative_to(path))) for p in media)
+    seen: dict[str, Path] = {}
+    for video in videos:
+        if video.name in seen and video.error is None:
+            video.error = f"{video.source}: its output name {video.name!r} clashes with {seen[video.name]}; rename one"
+        seen.setdefault(video.name, video.source)
+    return videos
+
+
+def shard_videos(videos: list[Video], shard: tuple[int, int]) -> list[Video]:
+    """Shard i of n: every n-th video of the list sorted by output name, from the i-th (same on every machine)."""
+    return take_shard(videos, shard, key=lambda v: (natural_key(v.name), str(v.source)))
+
+
+def output_paths(out_dir: Path, name: str, cfg: FeatureConfig) -> dict[str, Path]:
+    """Feature files of one video: each stream (or 'rgb+flow' with concat) and 'times'."""
+    base = Path(out_dir) / name
+    keys = ["rgb+flow"] if cfg.concat else list(cfg.streams)
+    paths = {k: base.with_name(f"{base.name}_{k}.npy") for k in keys}
+    paths["times"] = base.with_name(f"{base.name}_times.npy")
+    return paths
+
+
+def prepare_out_dir(folder: Path) -> Path:
+    """Make `folder` if needed and check a file can be written in it; ExtractionError (one line) if not."""
+    try:
+        return prepare_folder(folder)
+    except OSError as exc:
+        raise ExtractionError(f"{folder}: cannot write there ({reason(exc)})") from None
