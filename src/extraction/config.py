@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
+from numbers import Integral, Real
 from pathlib import Path
 
 from src.model import ENDPOINTS
@@ -14,6 +16,22 @@ CROPS = (1, 5, 10)
 
 class ExtractionError(ValueError):
     """A problem with the whole job (inputs, options, output folder), as one sentence."""
+
+
+def _whole(value: object, option: str, least: int, unit: str = "") -> None:
+    """Raise ExtractionError unless `value` is an integer of at least `least` (bool, float and NaN are not)."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise ExtractionError(f"{option} must be a whole number, got {value!r}")
+    if value < least:
+        raise ExtractionError(f"{option} must be {least} or more{unit}, got {value}")
+
+
+def check_fps(fps: object, option: str = "--fps") -> None:
+    """Raise ExtractionError unless `fps` is None (native), 'recipe' or a positive finite number."""
+    if fps is None or fps == "recipe":
+        return
+    if isinstance(fps, bool) or not isinstance(fps, Real) or not (math.isfinite(fps) and fps > 0):
+        raise ExtractionError(f"{option} must be a positive finite number or 'native', got {fps}")
 
 
 @dataclass
@@ -46,12 +64,9 @@ class FeatureConfig:
 
     def validate(self) -> None:
         """Raise ExtractionError for an impossible setting."""
-        if self.window < 1:
-            raise ExtractionError(f"--window must be 1 or more frames, got {self.window}")
-        if self.stride < 1:
-            raise ExtractionError(f"--stride must be 1 or more frames, got {self.stride}")
-        if self.fps is not None and self.fps != "recipe" and not self.fps > 0:
-            raise ExtractionError(f"--fps must be positive or 'native', got {self.fps}")
+        _whole(self.window, "--window", 1, " frames")
+        _whole(self.stride, "--stride", 1, " frames")
+        check_fps(self.fps)
         bad = [s for s in self.streams if s not in STREAMS]
         if bad or not self.streams or len(set(self.streams)) != len(self.streams):
             raise ExtractionError(f"--streams must be rgb, flow or rgb,flow, got {','.join(self.streams)}")
@@ -63,12 +78,10 @@ class FeatureConfig:
             raise ExtractionError(f"--crops must be 1, 5 or 10, got {self.crops}")
         if self.endpoint not in ENDPOINTS:
             raise ExtractionError(f"--endpoint {self.endpoint}: unknown; choose one of {', '.join(ENDPOINTS)}")
-        if self.batch < 1:
-            raise ExtractionError(f"--batch must be 1 or more, got {self.batch}")
+        _whole(self.batch, "--batch", 1)
         if self.dtype not in ("float32", "float16"):
             raise ExtractionError(f"--dtype must be float32 or float16, got {self.dtype}")
-        if self.workers < 0:
-            raise ExtractionError(f"--workers must be 0 or more, got {self.workers}")
+        _whole(self.workers, "--workers", 0)
         i, n = self.shard
         if not 1 <= i <= n:
             raise ExtractionError(f"--shard {i}/{n}: need 1 <= i <= n")
@@ -105,6 +118,7 @@ def resolve_fps(cfg: FeatureConfig) -> float | None:
     path = Path(cfg.checkpoint) / "config.json"
     try:
         fps = json.loads(path.read_text()).get("input_fps", RGB_RECIPE.fps)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, AttributeError) as exc:
         raise ExtractionError(f"{path}: cannot read the run's config ({exc}); is --checkpoint a train.py run?") from None
+    check_fps(fps, f"{path}: input_fps")
     return fps

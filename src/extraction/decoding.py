@@ -10,6 +10,7 @@ import os
 import queue
 from collections.abc import Iterator
 from multiprocessing import get_context
+from pathlib import Path
 
 import numpy as np
 
@@ -34,6 +35,16 @@ def _centre(frames: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(center_crop(frames, size))
 
 
+def _check_finite(chunk: np.ndarray, path: Path, start: int) -> None:
+    """VideoError naming the file and frame when a stored float array holds NaN or infinite values."""
+    if chunk.dtype.kind != "f":
+        return
+    finite = np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1)
+    if not finite.all():
+        frame = start + int(np.argmin(finite))
+        raise VideoError(f"{path}: frame {frame} holds NaN or infinite values; re-make this item with pre-process.py")
+
+
 def _iter_arrays(video: Video, cfg: FeatureConfig, size: int) -> Iterator[tuple[str, object]]:
     """A pre-processed item: its stored arrays, chunk by chunk, then the end message."""
     missing = [s for s in cfg.streams if s not in video.arrays]
@@ -45,6 +56,7 @@ def _iter_arrays(video: Video, cfg: FeatureConfig, size: int) -> Iterator[tuple[
         lengths[stream] = len(arr)
         for start in range(0, len(arr), CHUNK):
             chunk = np.asarray(arr[start:start + CHUNK])
+            _check_finite(chunk, video.arrays[stream], start)
             yield stream, _centre(chunk, size) if cfg.crops == 1 else chunk
     frames = lengths.get("rgb", lengths.get("flow", 0) + 1)
     fps = video.array_fps or cfg.fps or 25.0

@@ -3,13 +3,15 @@ datasets) with the output name it gets, this shard's share of them, and where th
 from __future__ import annotations
 
 import csv
+import math
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from src.dataset import find_array
 from src.extraction.config import STREAMS, ExtractionError, FeatureConfig
-from src.jobs import prepare_folder, reason, take_shard
+from src.jobs import prepare_folder, reason, take_shard, walk_files
 from src.media.video import VIDEO_EXTENSIONS, is_frame_folder, is_hidden, is_video_file, natural_key
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
@@ -26,6 +28,30 @@ class Video:
     error: str | None = None
 
 
+def printable(text: str) -> str:
+    """`text` with its control characters (NUL, newline, ...) written as escapes, so it stays one line of a CSV."""
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in text)
+
+
+def name_problem(name: str) -> str | None:
+    """Why an output name cannot be a path inside OUT_DIR ('/'-separated parts, none empty, '.' or '..', no control
+    characters), or None when it can."""
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        return f"its output name {printable(name)!r} has a control character"
+    if not name or name.startswith("/") or any(part in ("", ".", "..") for part in name.split("/")):
+        return f"its output name {printable(name)!r} is not a path inside the output folder"
+    return None
+
+
+def _rate(text: str | None) -> float | None:
+    """A manifest's frame rate: a positive finite number, else None (unknown)."""
+    try:
+        value = float(text or "")
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
 def is_preprocessed(folder: Path) -> bool:
     """Whether `folder` is a pre-process.py output folder (it has a manifest)."""
     return (folder / "manifest.csv").is_file() or any(folder.glob("manifest-shard*of*.csv"))
@@ -33,12 +59,12 @@ def is_preprocessed(folder: Path) -> bool:
 
 def preprocessed_items(root: Path) -> list[Video]:
     """Items of a pre-process.py output folder (split/class/item/{rgb,flow}-SampleRate_n.npy)."""
-    fps_by_source: dict[str, str] = {}
+    rates: dict[str, float | None] = {}
     for manifest in sorted(root.glob("manifest*.csv")):
         with open(manifest, newline="") as f:
             for row in csv.DictReader(f):
-                fps_by_source[f"{row.get('split')}/{row.get('class')}/{row.get('name')}"] = \
-                    f"{row.get('fps', '')}|{row.get('sample_rate', '1')}|{row.get('source_fps', '')}"
+                rates[f"{row.get('split')}/{row.get('class')}/{row.get('name')}"] = \
+                    _rate(row.get("fps")) or _rate(row.get("source_fps"))
     videos = []
     for folder in sorted((p for p in root.glob("*/*/*") if p.is_dir() and not is_hidden(p)),
                          key=lambda p: [natural_key(x) for x in p.relative_to(root).parts]):
@@ -47,8 +73,7 @@ def preprocessed_items(root: Path) -> list[Video]:
         if not arrays:
             continue
         name = folder.relative_to(root).as_posix()
-        fps_text, rate, source_fps = (fps_by_source.get(name, "") or "||").split("|")
-        fps = float(fps_text) if fps_text else (float(source_fps) if source_fps else None)
+        fps = rates.get(name)
         rgb_or_flow = next(iter(arrays.values())).name
         sample_rate = int(rgb_or_flow.split("SampleRate_")[1].split(".")[0]) if "SampleRate_" in rgb_or_flow else 1
         videos.append(Video(folder, name, arrays, (fps / sample_rate) if fps else None))
@@ -56,16 +81,9 @@ def preprocessed_items(root: Path) -> list[Video]:
 
 
 def media_under(root: Path) -> list[Path]:
-    """Videos and frame folders under `root`, recursively (a frame folder is not searched further)."""
-    found = []
-    for entry in sorted(root.iterdir(), key=lambda p: natural_key(p.name)):
-        if is_hidden(entry):
-            continue
-        if is_video_file(entry):
-            found.append(entry)
-        elif entry.is_dir():
-            found.extend([entry] if is_frame_folder(entry) else media_under(entry))
-    return found
+    """Videos and frame folders under `root`, recursively (a frame folder is not searched further; a folder
+    reached again through a symlink is not searched twice)."""
+    return walk_files(root, is_video_file, is_frame_folder, skip=is_hidden, sort_key=lambda p: natural_key(p.name))
 
 
 def output_stem(path: Path) -> str:
@@ -106,10 +124,18 @@ def discover(inputs: list[str | Path]) -> list[Video]:
         elif is_preprocessed(path):
             videos.extend(preprocessed_items(path))
         else:
-            media = media_under(path)
+            try:
+                media = media_under(path)
+            except OSError as exc:
+                raise ExtractionError(f"{path}: cannot be searched for videos ({reason(exc)})") from None
             if not media:
                 raise ExtractionError(f"{path}: no videos or frame folders found in it (searched recursively)")
             videos.extend(Video(p, output_stem(p.relative_to(path))) for p in media)
+    for video in videos:
+        problem = name_problem(video.name)
+        if problem:  # refused for this input only; the row it gets stays one line of the CSV
+            video.error = f"{printable(str(video.source))}: {problem}; rename it"
+            video.name = printable(video.name) or "(empty)"
     seen: dict[str, Path] = {}
     for video in videos:
         if video.name in seen and video.error is None:

@@ -5,7 +5,8 @@ Layout written under OUT_DIR (NAME = the input's path relative to the INPUT fold
     NAME_rgb.npy, NAME_flow.npy     (T', C) or (T', crops, C); (T', C, t, h, w) ... with pool=False
     NAME_rgb+flow.npy               the two streams side by side on the last feature axis (RGB first)
     NAME_times.npy                  (T',) start of each window in seconds (per-frame: the frame's time)
-    features.csv                    one row per video: recipe, shapes, status
+    features.csv                    one row per video: recipe, shapes, status (checked when read)
+    features-recipe.json            the recipe the folder was started with: a job with another one is refused
 The window maths is in src.extraction.windows.
 """
 from __future__ import annotations
@@ -22,7 +23,8 @@ from src.extraction.batching import Extractor
 from src.extraction.config import ExtractionError, FeatureConfig, resolve_fps
 from src.extraction.decoding import Decoders, failure_message, iter_source
 from src.extraction.inputs import Video, discover, output_paths, prepare_out_dir, shard_videos
-from src.extraction.records import CSV_NAME, feature_row, is_finished, read_csv, recipe_conflict, update_csv
+from src.extraction.records import (CSV_NAME, Records, check_finished, check_recipe, feature_row, load_records,
+                                    recipe_conflict, update_csv)
 from src.jobs import PARTIAL_SUFFIX, save_array_atomic
 from src.media.video import VideoError
 
@@ -50,43 +52,50 @@ class Plan:
     todo: list[Video] = field(default_factory=list)
     failed: dict[str, dict[str, str]] = field(default_factory=dict)  # rows of inputs that failed before any work
     skipped: int = 0
+    warnings: list[str] = field(default_factory=list)  # rows of features.csv not trusted
 
 
-def check_job(inputs: list[str | Path], out_dir: Path,
-              cfg: FeatureConfig) -> tuple[FeatureConfig, list[Video], dict[str, dict[str, str]]]:
+def check_job(inputs: list[str | Path], out_dir: Path, cfg: FeatureConfig) -> tuple[FeatureConfig, list[Video], Records]:
     """Everything that can be wrong with the whole job, before any work: the options, the inputs, OUT_DIR and
-    the recipe of features already there; return the config (its frame rate resolved), the videos and the rows
-    of features.csv."""
+    the recipe of features already there; return the config (its frame rate resolved), the videos and what
+    features.csv holds."""
     cfg.validate()
     cfg = replace(cfg, fps=resolve_fps(cfg))
     videos = discover(inputs)
     prepare_out_dir(out_dir)
-    previous = read_csv(out_dir)
-    conflict = None if cfg.overwrite else recipe_conflict(previous, cfg)
+    records = load_records(out_dir)
+    conflict = None if cfg.overwrite else recipe_conflict(records.rows, cfg)
     if conflict:
         raise ExtractionError(f"{out_dir}: its features were made with {conflict}; use another --out-dir "
                               "or --overwrite")
-    return cfg, videos, previous
+    check_recipe(out_dir, cfg)  # early, as a courtesy: the recipe is recorded (and checked again) once models load
+    return cfg, videos, records
 
 
-def plan_job(videos: list[Video], previous: dict[str, dict[str, str]], out_dir: Path, cfg: FeatureConfig) -> Plan:
+def plan_job(videos: list[Video], records: Records, out_dir: Path, cfg: FeatureConfig) -> Plan:
     """This shard's videos, each failed (a bad input), skipped (done by an earlier run) or to do."""
-    plan = Plan(videos, shard_videos(videos, cfg.shard))
+    plan = Plan(videos, shard_videos(videos, cfg.shard), warnings=list(records.warnings))
     for video in plan.mine:
         for path in output_paths(out_dir, video.name, cfg).values():
             for stale in path.parent.glob(f"{glob.escape(path.name)}.*{PARTIAL_SUFFIX}"):
                 stale.unlink(missing_ok=True)  # left by a killed run; never a complete array
         if video.error:
             plan.failed[video.name] = feature_row(video, cfg, f"failed: {video.error}", out_dir=out_dir)
-        elif is_finished(previous, video, out_dir, cfg):
-            plan.skipped += 1
         else:
-            plan.todo.append(video)
+            finished, warning = check_finished(records.rows, video, out_dir, cfg)
+            if warning:
+                plan.warnings.append(warning)
+            if finished:
+                plan.skipped += 1
+            else:
+                plan.todo.append(video)
     return plan
 
 
 def report_plan(plan: Plan, out_dir: Path, cfg: FeatureConfig, log: Log) -> None:
-    """One line for the plan, the rows of inputs that failed already, and one FAILED line for each."""
+    """A line for each row of features.csv not trusted, one for the plan, and a FAILED line for each bad input."""
+    for warning in plan.warnings:
+        log(warning)
     shard_note = f"; shard {cfg.shard[0]}/{cfg.shard[1]} has {len(plan.mine)}" if cfg.shard[1] > 1 else ""
     log(f"{len(plan.videos)} videos{shard_note}; {plan.skipped} already done, {len(plan.todo)} to do -> {out_dir}")
     if plan.failed:
@@ -193,6 +202,7 @@ def execute(todo: list[Video], out_dir: Path, cfg: FeatureConfig, summary: Summa
     decoders = Decoders(cfg, min(cfg.workers, len(todo))) if cfg.workers else None
     try:
         extractor = Extractor(cfg)
+        check_recipe(out_dir, cfg, record=True)  # before any video: a shard started meanwhile may have another
         log(f"{extractor.path}; streams {','.join(cfg.streams)}, {cfg.crops} crop(s), batch {cfg.batch}")
         execution = Execution(todo, out_dir, cfg, summary, extractor)
         try:
@@ -210,8 +220,8 @@ def execute(todo: list[Video], out_dir: Path, cfg: FeatureConfig, summary: Summa
 def run(inputs: list[str | Path], out_dir: Path, cfg: FeatureConfig, log: Log = print) -> Summary:
     """Extract features of every video of the INPUTs into OUT_DIR (this shard's share); return a summary."""
     out_dir = Path(out_dir)
-    cfg, videos, previous = check_job(inputs, out_dir, cfg)
-    plan = plan_job(videos, previous, out_dir, cfg)
+    cfg, videos, records = check_job(inputs, out_dir, cfg)
+    plan = plan_job(videos, records, out_dir, cfg)
     summary = Summary(skipped=plan.skipped, failed=len(plan.failed))
     report_plan(plan, out_dir, cfg, log)
     if not plan.todo:

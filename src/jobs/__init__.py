@@ -9,3 +9,4 @@ from src.jobs.files import (PARTIAL_SUFFIX, atomic_write, check_writable, prepar
 from src.jobs.lock import FolderLock, LockError, folder_mutex
 from src.jobs.shards import parse_shard, shard_from_env, take_shard
 from src.jobs.workers import die_with_parent, set_threads, worker_init
+from src.jobs.walk import walk_files
