@@ -37,9 +37,9 @@ def name_problem(name: str) -> str | None:
     """Why an output name cannot be a path inside OUT_DIR ('/'-separated parts, none empty, '.' or '..', no control
     characters), or None when it can."""
     if any(unicodedata.category(c) == "Cc" for c in name):
-        return f"its output name {printable(name)!r} has a control character"
+        return f"its output name '{printable(name)}' has a control character"
     if not name or name.startswith("/") or any(part in ("", ".", "..") for part in name.split("/")):
-        return f"its output name {printable(name)!r} is not a path inside the output folder"
+        return f"its output name '{printable(name)}' is not a path inside the output folder"
     return None
 
 
