@@ -25,39 +25,14 @@ from pathlib import Path
 
 import torch
 
-from src.cli import add_inference_arguments, chosen_precision
+from src.cli import Parser, add_inference_arguments, chosen_precision, one_line, parse_fps
 from src.clips import InputError, clip_to_tensor, load_clip
 from src.device import pick_device
+from src.extraction import ExtractionError, FeatureConfig, prepare_out_dir, run
 from src.inference import optimize_for_inference
-from src.jobs.files import save_array_atomic
+from src.jobs import parse_shard, save_array_atomic, shard_from_env
 from src.model import ENDPOINTS
 from src.weights import FLOW_RECIPE, RGB_RECIPE, WeightsUnavailable, i3d
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception's message on one line (KeyError's quotes dropped)."""
-    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-    return " ".join(part.strip() for part in text.splitlines() if part.strip())
-
-
-def parse_fps(text: str) -> float | None:
-    """'native' -> None, '29.97' -> 29.97."""
-    if text == "native":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of frames per second or 'native', got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line and exit code 1, like every other user error here."""
-
-    def error(self, message: str):
-        self.exit(1, f"error: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,29 +94,25 @@ def main() -> int:
 
 def extract_dataset(args: argparse.Namespace) -> int:
     """The --out-dir form."""
-    from src.extraction import Config, ExtractionError, run
-    from src.jobs import parse_shard, shard_from_env
-
     if args.frames is not None:
         raise ExtractionError("--frames belongs to the one-clip form (--out); use --window/--stride with --out-dir")
     try:
         shard = parse_shard(args.shard) if args.shard else (shard_from_env() or (1, 1))
     except ValueError as exc:
         raise ExtractionError(str(exc)) from None
-    cfg = Config(window=args.window, stride=args.stride, fps=getattr(args, "fps", "recipe"),
-                 streams=tuple(s.strip() for s in args.streams.split(",") if s.strip()), concat=args.concat,
-                 per_frame=args.per_frame, pad=args.pad, crops=args.crops, endpoint=args.endpoint, pool=args.pool,
-                 weights=args.weights, flow_weights=args.flow_weights, checkpoint=args.checkpoint, batch=args.batch,
-                 dtype=args.dtype, precision=chosen_precision(args), compile=args.compile, device=args.device,
-                 workers=args.workers, overwrite=args.overwrite, shard=shard, force_resize=args.resize)
+    cfg = FeatureConfig(
+        window=args.window, stride=args.stride, fps=getattr(args, "fps", "recipe"),
+        streams=tuple(s.strip() for s in args.streams.split(",") if s.strip()), concat=args.concat,
+        per_frame=args.per_frame, pad=args.pad, crops=args.crops, endpoint=args.endpoint, pool=args.pool,
+        weights=args.weights, flow_weights=args.flow_weights, checkpoint=args.checkpoint, batch=args.batch,
+        dtype=args.dtype, precision=chosen_precision(args), compile=args.compile, device=args.device,
+        workers=args.workers, overwrite=args.overwrite, shard=shard, force_resize=args.resize)
     summary = run(args.input, args.out_dir, cfg)
     return 1 if summary.failed else 0
 
 
 def extract_one(args: argparse.Namespace) -> int:
     """The one-clip --out form: the endpoint tensor (C, T, H, W)."""
-    from src.extraction import ExtractionError, check_writable
-
     if len(args.input) != 1:
         raise ExtractionError(f"--out takes one input, got {len(args.input)}; use --out-dir for many")
     if args.frames is not None and args.frames < 1:
@@ -149,7 +120,7 @@ def extract_one(args: argparse.Namespace) -> int:
     out = args.out
     if out.exists() and not args.overwrite:
         raise ExtractionError(f"{out} exists; pass --overwrite to replace it")
-    check_writable(out.parent)
+    prepare_out_dir(out.parent)
     model = i3d(weights=args.weights).eval()
     recipe = FLOW_RECIPE if model.in_channels == 2 else RGB_RECIPE
     clip = load_clip(args.input[0], recipe, frames=args.frames, force_resize=args.resize)

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from src.clips import load_clip  # noqa: E402
 from src.device import machine_description, pick_device  # noqa: E402
-from src.extraction import Config, load_models, run  # noqa: E402
+from src.extraction import FeatureConfig, load_models, run  # noqa: E402
 from src.flow import FlowExtractor, rgb_to_gray  # noqa: E402
 from src.inference import accelerate  # noqa: E402
 from src.measure.speed import load_average  # noqa: E402
@@ -77,7 +77,7 @@ def main() -> None:
         for copy in range(args.copies):  # a dataset of several videos: start-up is paid once, as in real use
             for clip in clips:
                 os.symlink(clip.resolve(), folder / f"{clip.stem}_{copy}{clip.suffix}")
-        cfg = Config(window=args.window, stride=args.window, batch=args.batch, precision=args.precision, workers=1)
+        cfg = FeatureConfig(window=args.window, stride=args.window, batch=args.batch, precision=args.precision, workers=1)
         models, _, path = load_models(cfg, device)
         print(f"{path}; {args.copies} x {len(clips)} clips ({', '.join(c.name for c in clips)}), window {args.window}, "
               f"stride {args.window}, batch {args.batch}")

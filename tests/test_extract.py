@@ -1,4 +1,4 @@
-"""Dataset feature extraction (extract_features.py --out-dir, src/extraction.py) on the real clips in ../shared.
+"""Dataset feature extraction (extract_features.py --out-dir, src/extraction/) on the real clips in ../shared.
 
 Reference features come from the plain model run directly on windows cut by hand from frames decoded
 with OpenCV (or src.predict.load_clip, the one-clip path), never from the extractor's own output.
@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.extraction import Config, ExtractionError, Video, crop_boxes, run, shard_videos, window_count
+from src.extraction import (ExtractionError, FeatureConfig, Video, Windower, crop_boxes, run, shard_videos, window_count,
+                            window_starts)
 from src.jobs.shards import shard_from_env
 from tests.conftest import REPO
 
@@ -77,9 +78,9 @@ def pool_frames(shared) -> np.ndarray:
     return decode(shared / "videos" / "cleaning_pool.mp4", 12)
 
 
-def fast(**kw) -> Config:
+def fast(**kw) -> FeatureConfig:
     """A config for in-process tests: fp32 fast path, decoding in this process."""
-    return Config(**{"precision": "fp32", "workers": 0, "batch": 4, **kw})
+    return FeatureConfig(**{"precision": "fp32", "workers": 0, "batch": 4, **kw})
 
 
 def rows(out_dir: Path) -> dict[str, dict[str, str]]:
@@ -103,6 +104,29 @@ def test_crop_boxes_centre_first_corners_then_flips():
     assert boxes[:5] == [(16, 58, False), (0, 0, False), (0, 116, False), (32, 0, False), (32, 116, False)]
     assert boxes[5:] == [(t, l, True) for t, l, _ in boxes[:5]]
     assert crop_boxes(256, 340, 224, 5) == boxes[:5] and crop_boxes(256, 340, 224, 1) == boxes[:1]
+
+
+def windows_of(frames: np.ndarray, windower: Windower, chunk: int) -> dict[int, list[float]]:
+    """Every (row, window) a Windower hands out when fed `frames` `chunk` at a time, as lists of frame values."""
+    out = {}
+    for start in range(0, len(frames), chunk):
+        out.update({row: w[:, 0].tolist() for row, w in windower.push(frames[start:start + chunk])})
+    out.update({row: w[:, 0].tolist() for row, w in windower.finish()})
+    return out
+
+
+def test_windower_hands_out_the_documented_windows():
+    """Windows by hand: starts 0, S, 2S ...; a short clip is one window; per-frame rows centred, edge or zero padded."""
+    frames = np.arange(1, 11, dtype=np.float32)[:, None]  # frame i has the value i + 1; 0 is zero padding
+    assert windows_of(frames, Windower(4, 3, False, "edge"), chunk=3) == \
+        {0: [1, 2, 3, 4], 1: [4, 5, 6, 7], 2: [7, 8, 9, 10]}  # (10 - 4) // 3 + 1 = 3 rows, the tail dropped
+    assert windows_of(frames[:3], Windower(4, 4, False, "edge"), chunk=2) == {0: [1, 2, 3]}
+    edge = windows_of(frames, Windower(3, 1, True, "edge"), chunk=4)
+    assert len(edge) == 10 and edge[0] == [1, 1, 2] and edge[5] == [5, 6, 7] and edge[9] == [9, 10, 10]
+    zero = windows_of(frames, Windower(4, 1, True, "zero"), chunk=7)  # rows t - 2 .. t + 1
+    assert zero[0] == [0, 0, 1, 2] and zero[9] == [8, 9, 10, 0]
+    np.testing.assert_allclose(window_starts(10, 4, 3, False, 2.0), [0, 1.5, 3.0])
+    np.testing.assert_allclose(window_starts(3, 21, 16, True, 25.0), [0, 0.04, 0.08])
 
 
 def test_shards_cover_every_video_once():

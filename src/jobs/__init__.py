@@ -10,3 +10,4 @@ from src.jobs.lock import FolderLock, LockError, folder_mutex
 from src.jobs.names import inside, path_component
 from src.jobs.shards import parse_shard, shard_from_env, take_shard
 from src.jobs.workers import die_with_parent, set_threads, worker_init
+from src.jobs.walk import walk_files

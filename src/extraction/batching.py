@@ -1,0 +1,232 @@
+"""The model side of a features job: windows of every video in flight gathered into batches for the streams'
+models, and each finished video's feature arrays.
+
+A video is fed decoding messages (frame chunks, then its end); each stream's Windower hands out windows as
+their frames arrive, each window is cut into its crops, and crops of the same stream and shape from any
+video share a batch. Flow: T frames give T - 1 flows; the last flow is repeated once so the flow stream
+also has T frames and shares the RGB windows (window s uses flows s .. s + W - 1, i.e. frames s .. s + W).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from src.device import pick_device
+from src.extraction.config import ExtractionError, FeatureConfig
+from src.extraction.inputs import Video
+from src.extraction.windows import Windower, crop_boxes, window_count, window_starts
+from src.inference import accelerate
+from src.media.video import VideoError
+from src.training import run_streams
+from src.weights import STREAM_CHANNELS, Recipe, Streams, flow_recipe, pretrained_streams
+
+WEIGHT_OPTIONS = {"rgb": "--weights", "flow": "--flow-weights"}
+
+
+def load_models(cfg: FeatureConfig, device: torch.device) -> tuple[dict[str, torch.nn.Module], dict[str, Recipe], str]:
+    """Each requested stream's model (fast path or plain), its input recipe, and a line saying which path runs."""
+    if cfg.checkpoint:
+        streams = run_streams(cfg.checkpoint)
+        missing = [s for s in cfg.streams if s not in streams.models]
+        if missing:
+            raise ExtractionError(f"{cfg.checkpoint}: the run has no {missing[0]} stream "
+                                  f"(it has {', '.join(streams.models)}); pass --streams {','.join(streams.models)}")
+        models, recipes = streams.models, streams.recipes
+    else:
+        models, recipes = {}, {}
+        for stream in cfg.streams:
+            one = _pretrained(stream, cfg.weights if stream == "rgb" else cfg.flow_weights)
+            models.update(one.models)
+            recipes.update(one.recipes)
+    models = {s: models[s] for s in cfg.streams}
+    recipes = {s: recipes[s] for s in cfg.streams}
+    if "flow" in recipes and cfg.flow_algorithm:
+        recipes["flow"] = (replace(recipes["flow"], flow_algorithm=cfg.flow_algorithm) if cfg.checkpoint
+                           else flow_recipe(cfg.flow_algorithm))
+    fast, path = accelerate(models, device, cfg.precision, cfg.compile)
+    return fast, recipes, path
+
+
+def _pretrained(stream: str, weights: str) -> Streams:
+    """Pretrained weights for one stream; ExtractionError naming the option when they are of the other modality."""
+    streams = pretrained_streams(weights)  # its one stream is the checkpoint's modality
+    if stream not in streams.models:
+        kind, model = next(iter(streams.models.items()))
+        raise ExtractionError(f"{WEIGHT_OPTIONS[stream]} {weights}: a {'RGB' if kind == 'rgb' else 'flow'} checkpoint "
+                              f"({model.in_channels} input channels); the {stream} stream needs {STREAM_CHANNELS[stream]}")
+    return streams
+
+
+@dataclass
+class Pending:
+    """One clip waiting for the model: which video, stream, row and crop, and its window of frames."""
+
+    video: int
+    stream: str
+    row: int
+    crop: int
+    window: np.ndarray
+    box: tuple[int, int, bool]
+
+
+def to_model_input(windows: list[np.ndarray], boxes: list[tuple[int, int, bool]], size: int, stream: str,
+                   device: torch.device) -> torch.Tensor:
+    """Crop (and flip) each (t, H, W, C) window and stack them as a float32 (N, C, t, size, size) batch in [-1, 1]."""
+    clips = []
+    for window, (top, left, flip) in zip(windows, boxes):
+        x = torch.from_numpy(np.ascontiguousarray(window[:, top:top + size, left:left + size]))
+        clips.append(x.flip(2) if flip else x)
+    if len({c.dtype for c in clips}) > 1:  # zero-padded windows are float already
+        clips = [_model_range(c) for c in clips]
+    x = _model_range(torch.stack(clips).to(device))
+    if stream == "flow":
+        for i, (_, _, flip) in enumerate(boxes):
+            if flip:  # mirrored motion: horizontal flow changes sign
+                x[i, ..., 0].neg_()
+    return x.permute(0, 4, 1, 2, 3)
+
+
+def _model_range(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (or pre-processed uint8 arrays) as x / 255 * 2 - 1; float arrays are model range already."""
+    return x.float() / 255.0 * 2.0 - 1.0 if x.dtype == torch.uint8 else x.float()
+
+
+@dataclass
+class VideoState:
+    """What is known about one video while it is in flight."""
+
+    video: Video
+    windowers: dict[str, Windower]
+    results: dict[str, dict[int, np.ndarray]]
+    outstanding: int = 0
+    ended: bool = False
+    info: dict = field(default_factory=dict)
+    failed: str | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+class Extractor:
+    """Runs the streams' models over batches of windows gathered across videos, and gives each finished video's arrays."""
+
+    def __init__(self, cfg: FeatureConfig) -> None:
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        self.models, self.recipes, self.path = load_models(cfg, self.device)
+        self.queue: dict[tuple, list[Pending]] = {}
+        self.states: dict[int, VideoState] = {}
+        self.model_seconds = 0.0
+        self.windows_run = 0
+
+    def open(self, index: int, video: Video) -> None:
+        """Start collecting a video's windows."""
+        cfg = self.cfg
+        self.states[index] = VideoState(
+            video, {s: Windower(cfg.window, cfg.stride, cfg.per_frame, cfg.pad) for s in cfg.streams},
+            {s: {} for s in cfg.streams})
+
+    def feed(self, index: int, kind: str, payload) -> list[int]:
+        """Take one decoding message; return the indices of videos that are now finished."""
+        state = self.states.get(index)
+        if state is None or state.failed:
+            return []
+        if kind == "failed":
+            state.failed = str(payload)
+            state.ended = True
+            return self._drop(index)
+        if kind == "end":
+            state.info = payload
+            ready = {s: w.finish() if s == "rgb" else self._finish_flow(w) for s, w in state.windowers.items()}
+            state.ended = True
+            for stream, windows in ready.items():
+                self._enqueue(index, stream, windows)
+        elif kind in state.windowers:
+            self._enqueue(index, kind, state.windowers[kind].push(payload))
+        return self.run_full()
+
+    @staticmethod
+    def _finish_flow(windower: Windower) -> list[tuple[int, np.ndarray]]:
+        # T frames gave T - 1 flows: repeat the last so the flow stream has T frames and the RGB windows
+        last = windower.frames[-1] if windower.frames else None
+        ready = windower.push(np.asarray(last)[None]) if last is not None else []
+        return ready + windower.finish()
+
+    def _enqueue(self, index: int, stream: str, windows: list[tuple[int, np.ndarray]]) -> None:
+        state = self.states[index]
+        size = self.recipes[stream].crop
+        for row, window in windows:
+            # frames already crop-sized (centre-cropped by the decoder for one crop) give every box at (0, 0)
+            boxes = crop_boxes(window.shape[1], window.shape[2], size, self.cfg.crops)
+            for crop, box in enumerate(boxes):
+                key = (stream, window.shape)
+                self.queue.setdefault(key, []).append(Pending(index, stream, row, crop, window, box))
+                state.outstanding += 1
+
+    def _drop(self, index: int) -> list[int]:
+        for key in list(self.queue):
+            self.queue[key] = [p for p in self.queue[key] if p.video != index]
+        return [index]
+
+    def run_full(self) -> list[int]:
+        """Run every full batch; return videos finished by it."""
+        done = []
+        for key in list(self.queue):
+            while len(self.queue.get(key, [])) >= self.cfg.batch:
+                done += self._run(key)
+        return done + [i for i, s in self.states.items() if s.ended and s.outstanding == 0 and i not in done]
+
+    def flush(self) -> list[int]:
+        """Run every partial batch too (nothing else is coming soon); return videos finished."""
+        done = []
+        for key in list(self.queue):
+            while self.queue.get(key):
+                done += self._run(key)
+        return done + [i for i, s in self.states.items() if s.ended and s.outstanding == 0 and i not in done]
+
+    def _run(self, key: tuple) -> list[int]:
+        stream = key[0]
+        batch, self.queue[key] = self.queue[key][:self.cfg.batch], self.queue[key][self.cfg.batch:]
+        size = self.recipes[stream].crop
+        x = to_model_input([p.window for p in batch], [p.box for p in batch], size, stream, self.device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            y = self.models[stream].forward_features(x, self.cfg.endpoint)
+            if self.cfg.pool:
+                y = y.mean(dim=(2, 3, 4))
+            y = y.float().cpu().numpy()
+        self.model_seconds += time.perf_counter() - start
+        self.windows_run += len(batch)
+        done = []
+        for p, vector in zip(batch, y):
+            state = self.states[p.video]
+            rows = state.results[p.stream].setdefault(p.row, [None] * self.cfg.crops)
+            rows[p.crop] = vector
+            state.outstanding -= 1
+            if state.ended and state.outstanding == 0:
+                done.append(p.video)
+        return done
+
+    def arrays(self, index: int) -> dict[str, np.ndarray]:
+        """The finished video's feature arrays by output key, and its window times."""
+        state, cfg = self.states[index], self.cfg
+        info = state.info
+        t_prime = window_count(info["frames"], cfg.window, cfg.stride, cfg.per_frame)
+        out: dict[str, np.ndarray] = {}
+        for stream, rows in state.results.items():
+            if sorted(rows) != list(range(t_prime)):
+                raise VideoError(f"{state.video.source}: the {stream} stream gave {len(rows)} windows where its "
+                                 f"{info['frames']} frames make {t_prime} (rgb and flow arrays of unequal length?)")
+            stacked = np.stack([np.stack(rows[r]) for r in range(t_prime)])  # (T', crops, ...)
+            out[stream] = stacked[:, 0] if cfg.crops == 1 else stacked
+        if cfg.concat:
+            axis = -1 if cfg.pool else (2 if cfg.crops > 1 else 1)
+            out = {"rgb+flow": np.concatenate([out["rgb"], out["flow"]], axis=axis)}
+        out = {k: v.astype(cfg.dtype) for k, v in out.items()}
+        out["times"] = window_starts(info["frames"], cfg.window, cfg.stride, cfg.per_frame, info["fps"])
+        return out
+
+    def close(self, index: int) -> None:
+        """Forget a written video."""
+        self.states.pop(index, None)

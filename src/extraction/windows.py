@@ -1,0 +1,118 @@
+"""Window maths: which frames each row of a feature array reads, when each window starts, and the crop boxes.
+
+Windows: starts 0, S, 2S, ... while start + W <= T, so T' = (T - W) // S + 1 (the tail is dropped);
+a clip shorter than W gives one window of all its frames; per-frame gives T rows, row t from the
+window of W frames starting at t - W // 2, padded at the ends by repeating the end frame or by zeros.
+Everything here is pure (numpy only); the README documents it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def window_count(frames: int, window: int, stride: int, per_frame: bool = False) -> int:
+    """T': per-frame T; else (T - W) // S + 1 windows, and one window for a clip shorter than W (0 for none)."""
+    if frames <= 0:
+        return 0
+    if per_frame:
+        return frames
+    return (frames - window) // stride + 1 if frames >= window else 1
+
+
+def window_indices(row: int, frames: int, window: int, stride: int, per_frame: bool) -> np.ndarray:
+    """The frame indices of one window; -1 marks zero padding, indices past the ends are clamped (edge)."""
+    if per_frame:
+        idx = np.arange(row - window // 2, row - window // 2 + window)
+        return idx  # the caller clamps (edge) or zeroes out-of-range frames
+    start = row * stride
+    return np.arange(start, min(start + window, frames))
+
+
+def window_starts(frames: int, window: int, stride: int, per_frame: bool, fps: float) -> np.ndarray:
+    """Seconds at which each row's window starts (per-frame: the row's own frame time), float64 (T',)."""
+    n = window_count(frames, window, stride, per_frame)
+    step = 1 if per_frame else stride
+    return np.arange(n, dtype=np.float64) * step / fps
+
+
+def crop_boxes(height: int, width: int, size: int, crops: int) -> list[tuple[int, int, bool]]:
+    """(top, left, flipped) of each crop: centre; for 5, then the four corners TL, TR, BL, BR; 10 adds their flips."""
+    if height < size or width < size:
+        raise ValueError(f"cannot crop {size}x{size} from {width}x{height} frames")
+    centre = ((height - size) // 2, (width - size) // 2)
+    boxes = [centre]
+    if crops >= 5:
+        boxes += [(0, 0), (0, width - size), (height - size, 0), (height - size, width - size)]
+    out = [(top, left, False) for top, left in boxes]
+    if crops == 10:
+        out += [(top, left, True) for top, left in boxes]
+    return out
+
+
+class Windower:
+    """Collects one stream's frames as they are decoded and hands out each window once its frames are in."""
+
+    def __init__(self, window: int, stride: int, per_frame: bool, pad: str) -> None:
+        self.window, self.stride, self.per_frame, self.pad = window, stride, per_frame, pad
+        self.frames: list[np.ndarray] = []  # frames[i] is frame offset + i
+        self.offset = 0
+        self.count = 0  # frames received
+        self.next_row = 0
+        self.first: np.ndarray | None = None  # kept for edge padding at the start
+
+    def _needed_end(self, row: int) -> int:
+        """One past the last frame index that row's window reads (ignoring the end of the clip)."""
+        if self.per_frame:
+            return row - self.window // 2 + self.window
+        return row * self.stride + self.window
+
+    def _take(self, row: int, total: int | None) -> np.ndarray:
+        idx = window_indices(row, total if total is not None else self.count, self.window, self.stride,
+                             self.per_frame)
+        last = self.count - 1
+        parts = []
+        for i in idx:
+            if 0 <= i <= last:
+                parts.append(self.frames[i - self.offset])
+            elif self.pad == "zero" and self.per_frame:
+                parts.append(None)
+            else:
+                parts.append(self.first if i < 0 else self.frames[last - self.offset])
+        if any(p is None for p in parts):
+            # zero in model range (mid grey, no motion): uint8 frames go to float first
+            parts = [None if p is None else (p.astype(np.float32) / 255 * 2 - 1 if p.dtype == np.uint8
+                                             else p.astype(np.float32)) for p in parts]
+            like = next(p for p in parts if p is not None)
+            parts = [np.zeros_like(like) if p is None else p for p in parts]
+        return np.stack(parts)
+
+    def push(self, chunk: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Add frames; return the (row, window) pairs now complete."""
+        if self.first is None and len(chunk):
+            self.first = chunk[0]
+        self.frames.extend(chunk)
+        self.count += len(chunk)
+        ready = []
+        while self._needed_end(self.next_row) <= self.count:
+            ready.append((self.next_row, self._take(self.next_row, None)))
+            self.next_row += 1
+        self._trim()
+        return ready
+
+    def _trim(self) -> None:
+        if self.per_frame:
+            keep_from = self.next_row - self.window // 2
+        else:
+            keep_from = self.next_row * self.stride
+        keep_from = min(max(keep_from, 0), self.count - 1)
+        if keep_from > self.offset:
+            del self.frames[:keep_from - self.offset]
+            self.offset = keep_from
+
+    def finish(self) -> list[tuple[int, np.ndarray]]:
+        """The windows left once the clip has ended (end padding, or the one window of a short clip)."""
+        total = self.count
+        rows = window_count(total, self.window, self.stride, self.per_frame)
+        out = [(row, self._take(row, total)) for row in range(self.next_row, rows)]
+        self.next_row = rows
+        return out
