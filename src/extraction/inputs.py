@@ -11,7 +11,7 @@ from pathlib import Path
 
 from src.dataset import find_array
 from src.extraction.config import STREAMS, ExtractionError, FeatureConfig
-from src.jobs import prepare_folder, reason, take_shard, walk_files
+from src.jobs import path_component, prepare_folder, reason, take_shard, walk_files
 from src.media.video import VIDEO_EXTENSIONS, is_frame_folder, is_hidden, is_video_file, natural_key
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
@@ -34,12 +34,13 @@ def printable(text: str) -> str:
 
 
 def name_problem(name: str) -> str | None:
-    """Why an output name cannot be a path inside OUT_DIR ('/'-separated parts, none empty, '.' or '..', no control
-    characters), or None when it can."""
-    if any(unicodedata.category(c) == "Cc" for c in name):
-        return f"its output name '{printable(name)}' has a control character"
-    if not name or name.startswith("/") or any(part in ("", ".", "..") for part in name.split("/")):
-        return f"its output name '{printable(name)}' is not a path inside the output folder"
+    """Why an output name cannot be a path inside OUT_DIR (each '/'-separated part one file or folder name by
+    src.jobs.path_component: none empty, '.' or '..', no control characters), or None when it can."""
+    try:
+        for part in name.split("/"):
+            path_component(part, "part", separators="/")  # names of files on this system: '\\' is a character
+    except ValueError as exc:
+        return f"its output name '{printable(name)}' is not a path inside the output folder: {exc}"
     return None
 
 

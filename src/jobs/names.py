@@ -8,15 +8,19 @@ from pathlib import Path
 MAX_NAME_BYTES = 255  # the longest file name ext4, XFS, APFS and NTFS accept
 
 
-def path_component(name: str, what: str = "name") -> str:
-    """`name` itself if it can be one file or folder name; ValueError saying why not (`what` names it, e.g. 'label')."""
+def path_component(name: str, what: str = "name", separators: str = "/\\") -> str:
+    """`name` itself if it can be one file or folder name; ValueError saying why not (`what` names it, e.g. 'label').
+
+    `separators`: the characters that would split it into folders; both '/' and '\\' (Windows) by default, for
+    names read from files; the name of a file that exists on this system need only avoid '/'.
+    """
     if not name or not name.strip():
         raise ValueError(f"empty {what}")
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise ValueError(f"{what} {name!r} has a control character; it cannot be a file or folder name")
     if name in (".", ".."):
         raise ValueError(f"{what} {name!r} names a folder itself, not an entry in it")
-    if "/" in name or "\\" in name:
+    if any(c in name for c in separators):
         raise ValueError(f"{what} {name!r} has a path separator; it must be a single file or folder name")
     if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
         raise ValueError(f"{what} {name[:40]!r}... is longer than a file name may be ({MAX_NAME_BYTES} bytes)")
