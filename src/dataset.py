@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from src.media import decode_array
+from src.paths import ITEM_LABELS_FILE
 
 MODALITY_CHANNELS = {"rgb": 3, "flow": 2}
 
@@ -23,7 +24,6 @@ class DatasetError(ValueError):
     """The dataset folder is not usable; the message names the file or folder."""
 
 
-LABELS_FILE = "labels.txt"  # in an item folder: the item's labels, one per line (multi-label items)
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def targets(items: list[Item], num_classes: int) -> np.ndarray:
 
 def read_item_labels(folder: Path, classes: list[str], label: int) -> tuple[int, ...]:
     """The label indices listed in folder/labels.txt (its class folder's label when there is none)."""
-    path = Path(folder) / LABELS_FILE
+    path = Path(folder) / ITEM_LABELS_FILE
     if not path.exists():
         return ()
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LABELS_DIR = Path(__file__).resolve().parent / "labels"
+ITEM_LABELS_FILE = "labels.txt"  # in an item folder of the pre-processed layout: its labels, one per line (multi-label)
 
 
 def model_dir() -> Path:

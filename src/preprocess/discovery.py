@@ -130,7 +130,7 @@ def _unsafe(name: str, what: str) -> str | None:
     return None
 
 
-def row_problem(row, raw_dir: Path, name: str, outside_ok: bool) -> str | None:
+def annotation_problem(row, raw_dir: Path, name: str, outside_ok: bool) -> str | None:
     """What makes an annotation row unusable before any decoding: names that cannot be folders, a path leaving RAW_DIR."""
     if row.error:
         return row.error
@@ -163,7 +163,7 @@ def discover_annotations(annotations: Path, raw_dir: Path, outside_ok: bool = Fa
     for row in rows:
         stem = Path(row.video).stem or row.video
         name = segment_name(stem, row.start, row.end) if row.is_segment else stem
-        problem = row_problem(row, raw_dir, name, outside_ok)
+        problem = annotation_problem(row, raw_dir, name, outside_ok)
         source = None if problem else resolve_video(raw_dir, row.video)
         item = RawItem(source or raw_dir / row.video, row.labels[0] if row.labels else "", name, row.split, problem,
                        row.labels, row.start, row.end, row.where)

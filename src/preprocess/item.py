@@ -11,26 +11,27 @@ from src.annotations import frame_range
 from src.flow import FlowExtractor, rgb_to_gray
 from src.jobs import disk_full_message, is_disk_full, save_array_atomic
 from src.media import FrameStream, VideoError, center_crop, encode_array, resize_short_side, to_model_range
+from src.paths import ITEM_LABELS_FILE
 from src.preprocess.discovery import RawItem
 from src.preprocess.manifest import base_row, shapes_on_disk, write_text
 from src.preprocess.options import Options
-from src.preprocess.plan import LABELS_FILE, FlowPlan, Job
+from src.preprocess.plan import FlowPlan, Job
 
-CHUNK = 64  # frames converted to the storage dtype at a time (bounds float32 temporaries)
+ENCODE_CHUNK = 64  # frames converted to the storage dtype at a time (bounds float32 temporaries)
 
 
 def write_labels(folder: Path, labels: tuple[str, ...]) -> None:
     """An item's label set as <item>/labels.txt (one per line), for items with several labels."""
     folder.mkdir(parents=True, exist_ok=True)
-    write_text(folder / LABELS_FILE, "".join(f"{lab}\n" for lab in labels))
+    write_text(folder / ITEM_LABELS_FILE, "".join(f"{lab}\n" for lab in labels))
 
 
 def encode_frames(frames: np.ndarray, opts: Options) -> np.ndarray:
     """uint8 resized RGB frames -> cropped, model-range, storage-dtype array, a chunk at a time."""
     view = center_crop(frames, opts.crop) if opts.crop else frames
     out = np.empty(view.shape, dtype=np.dtype(opts.dtype))
-    for start in range(0, len(view), CHUNK):
-        out[start : start + CHUNK] = encode_array(to_model_range(view[start : start + CHUNK]), opts.dtype)
+    for start in range(0, len(view), ENCODE_CHUNK):
+        out[start:start + ENCODE_CHUNK] = encode_array(to_model_range(view[start:start + ENCODE_CHUNK]), opts.dtype)
     return out
 
 

