@@ -61,7 +61,7 @@ def fma(a: torch.Tensor, b: torch.Tensor | float, c: torch.Tensor | float) -> to
 
 
 @lru_cache(maxsize=64)
-def _linear_taps(src: int, dst: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def linear_taps(src: int, dst: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """cv::resize INTER_LINEAR taps along one axis: indices i0, i1 and the float weight of i1 (dst,).
 
     Before the first pixel the weight is 0 on pixels 0 and 1. Past the last one, where OpenCV 5 (IPP) reads the
@@ -90,8 +90,8 @@ def resize_linear(x: torch.Tensor, size: tuple[int, int], scale: tuple[float, fl
     horizontal pass then a vertical one, each p0 + f * (p1 - p0) as one fused multiply-add in float32.
     """
     h, w = x.shape[-2:]
-    x0, x1, fx = (t.to(x.device) for t in _linear_taps(w, size[1], scale[1]))
-    y0, y1, fy = (t.to(x.device) for t in _linear_taps(h, size[0], scale[0]))
+    x0, x1, fx = (t.to(x.device) for t in linear_taps(w, size[1], scale[1]))
+    y0, y1, fy = (t.to(x.device) for t in linear_taps(h, size[0], scale[0]))
     left = x.index_select(-1, x0)
     rows = fma(x.index_select(-1, x1) - left, fx, left)
     top = rows.index_select(-2, y0)
