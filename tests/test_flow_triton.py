@@ -148,18 +148,20 @@ def test_warp_median_step_kernels_bit_identical(kernels, shared, size, tile):
 def test_triton_flow_equals_opencv(kernels, shared):
     """A whole small real flow through the Triton path (pyramid, warps, schedule) is OpenCV's, bit for bit."""
     _, T = kernels
-    g = _gray(shared, "cleaning_pool.mp4", 2, (64, 85), start=4)
+    g = _gray(shared, "arm_wrestling.mp4", 2, (32, 43), start=55)  # 257 iterations: the interpreter is slow
     ref = cv2.optflow.DualTVL1OpticalFlow_create().calc(g[0], g[1], None)
     assert np.abs(ref).max() > 1
-    tv = T.TritonTVL1(capacity=1, tile=(64, 128) if DEVICE == "cpu" else (16, 32))
+    tv = T.TritonTVL1(capacity=1, tile=(32, 64) if DEVICE == "cpu" else (8, 32))
     got = tv(torch.from_numpy(g[:1]).to(DEVICE), torch.from_numpy(g[1:]).to(DEVICE))[0].cpu().numpy()
-    assert got.view(np.int32).tolist() == ref.view(np.int32).tolist() or np.array_equal(got, ref), \
-        f"max difference {np.abs(got - ref).max()} px"
+    assert np.array_equal(got.view(np.int32), ref.view(np.int32)), f"max difference {np.abs(got - ref).max()} px"
 
 
 def test_schedule_equals_single_pair_flows(shared):
     """The schedule (refill, skip, chunks) with the PyTorch building blocks on the CPU gives each pair the flow
     tvl1.TVL1 gives it alone: 5 real pairs through 2 slots per level, so pairs join and leave mid-way."""
+    from src.jobs.workers import set_threads
+
+    set_threads(1)  # oversubscribed threads on a shared CI box only slow things down
     gray = np.concatenate([_gray(shared, "arm_wrestling.mp4", 4, (32, 43)), _gray(shared, "cleaning_pool.mp4", 3, (32, 43))])
     prev, nxt = np.delete(gray[:-1], 3, axis=0), np.delete(gray[1:], 3, axis=0)  # no pair across the two clips
     sched = Schedule(TorchOps(), 32, 43, torch.device("cpu"), capacity=2, chunk=10)
@@ -168,9 +170,8 @@ def test_schedule_equals_single_pair_flows(shared):
     for i in range(len(prev)):
         want = tv(torch.from_numpy(prev[i:i + 1]), torch.from_numpy(nxt[i:i + 1]))[0]
         _same(got[i], want, f"pair {i}")
-    # the batch did not wait for its slowest pair: fewer chunks than 2 pairs at a time each running to the end
     assert all(o is None for lb in sched.levels for o in lb.owner)
-    assert sched.chunks < 3 * sum(30 * 5 for _ in sched.sizes) // 10
+    assert sched.refills == 3  # each pair after the first two replaced a finished one while the other ran on
 
 
 def test_schedule_rejects_a_chunk_that_does_not_divide_the_outer_iteration():
@@ -179,30 +180,35 @@ def test_schedule_rejects_a_chunk_that_does_not_divide_the_outer_iteration():
 
 
 _PTX_SCRIPT = r"""
-import json, re, subprocess, sys, tempfile, os
-from pathlib import Path
+import json, sys
 sys.path.insert(0, sys.argv[1])
-from src.flow.triton_kernels import compile_report
-print(json.dumps(compile_report(int(sys.argv[2]))))
+from src.flow.triton_ptx import compile_report
+print(json.dumps({str(arch): compile_report(arch) for arch in (80, 90)}))
 """
 
 
-@pytest.mark.parametrize("arch", [80, 90])
-def test_ptx_is_exact_and_does_not_spill(arch):
-    """Compiled for sm_80 / sm_90 without a GPU (Triton's bundled ptxas): IEEE division and square roots only, no
-    multiply-add contracted where OpenCV rounds twice, fused ones exactly where it fuses, no spills."""
+@pytest.fixture(scope="module")
+def ptx_reports():
+    """triton_ptx.compile_report for sm_80 and sm_90, made by a process without TRITON_INTERPRET."""
     pytest.importorskip("triton", reason="triton is not installed (pip install -r requirements.txt on Linux x86_64)")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", _PTX_SCRIPT, str(REPO), str(arch)], env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", _PTX_SCRIPT, str(REPO)], env=env, capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("arch", ["80", "90"])
+def test_ptx_is_exact_and_does_not_spill(ptx_reports, arch):
+    """Compiled for sm_80 / sm_90 without a GPU (Triton's bundled ptxas): IEEE division and square roots only, no
+    multiply-add contracted where OpenCV rounds twice, fused ones exactly where it fuses, no spills."""
+    report = ptx_reports[arch]
     for name, r in report.items():
         ops = r["ops"]
         assert not any(op.startswith(("div.full", "div.approx", "sqrt.approx", "rcp.approx", "rsqrt", "ex2", "lg2"))
                        for op in ops), (name, ops)
-        assert r["spill_bytes"] == 0 and r["stack_bytes"] == 0 and not r["local"], (name, r)
         assert not any(op.startswith("mad") and op.endswith(("f32", "f64")) for op in ops), (name, ops)
+        assert r["spill_bytes"] == 0 and r["stack_bytes"] == 0 and not r["local"], (name, r)
         fused = sum(n for op, n in ops.items() if op.startswith("fma"))
         assert fused == r["fma_sites"] * r["pixels_per_thread"], (name, fused, r)
     assert report["step"]["ops"].get("div.rn.f32", 0) > 0 and report["step"]["ops"].get("sqrt.rn.f64", 0) > 0

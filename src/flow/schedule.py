@@ -140,7 +140,8 @@ class Schedule:
         self.queues: list[deque] = [deque() for _ in self.sizes]
         self.capacity = capacity
         self.run_chunk = run_chunk or self.chunk_once
-        self.chunks = 0  # chunks run, for inspection
+        self.chunks = 0  # rounds of chunks run, for inspection
+        self.refills = 0  # pairs admitted to replace a finished one while others were mid-way
 
     def chunk_once(self, lb: LevelBatch) -> None:
         """`chunk` iterations of every slot of a level (the median before the first), no host synchronisation."""
@@ -213,6 +214,7 @@ class Schedule:
                     exhausted = True
                     break
                 self._admit(nxt[0], *nxt[1])
+                self.refills += bool(self.chunks and in_flight)
                 in_flight += 1
             for level in range(len(self.levels) - 1, -1, -1):
                 self._fill(level)
