@@ -213,3 +213,17 @@ def test_ptx_is_exact_and_does_not_spill(ptx_reports, arch):
         assert fused == r["fma_sites"] * r["pixels_per_thread"], (name, fused, r)
     assert report["step"]["ops"].get("div.rn.f32", 0) > 0 and report["step"]["ops"].get("sqrt.rn.f64", 0) > 0
     assert report["resize_emulated"]["ops"].get("fma.rn.f32", 0) == 0
+
+
+def test_extractor_picks_triton_on_cuda_only():
+    """FlowExtractor's choice: the Triton kernels on CUDA where triton imports, the PyTorch port elsewhere."""
+    from src.flow import FlowExtractor, tvl1_backend
+
+    assert tvl1_backend("cpu")[0] == "PyTorch" and tvl1_backend("mps")[0] == "PyTorch"
+    try:
+        import triton  # noqa: F401
+        assert tvl1_backend("cuda") == ("Triton", "CUDA with triton installed")
+    except ImportError:
+        assert tvl1_backend("cuda") == ("PyTorch", "triton is not installed")
+    extractor = FlowExtractor("tvl1", device="cpu", compile=False)
+    assert extractor.backend == "PyTorch" and extractor.describe().startswith("tvl1 (PyTorch TV-L1 on cpu")
