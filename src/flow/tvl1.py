@@ -284,16 +284,31 @@ def compiled_steps() -> tuple[object, object, object]:
 class TVL1:
     """Batched TV-L1: call with uint8/float (N, H, W) tensors prev, nxt -> float32 flow (N, H, W, 2) in px."""
 
-    def __init__(self, params: TVL1Params = TVL1Params(), compile: bool = False, check_every: int | None = None
-                 ) -> None:
+    def __init__(self, params: TVL1Params = TVL1Params(), compile: bool = False, check_every: int | None = None,
+                 cpu_threads: int | None = 1) -> None:
         if params.median not in (0, 1, 5):
             raise ValueError(f"only OpenCV's default 5x5 median (or none) is implemented, got {params.median}")
         self.p = params
         self.compile = compile
         self.check_every = check_every  # host checks of convergence: every iteration on CPU, every 10 elsewhere
+        # On a CPU every op of an iteration (eager) or every loop of the compiled kernel is an OpenMP parallel
+        # region ending in a barrier, and one pair's ops are small (~0.1 ms): on a busy machine a barrier waits
+        # for a descheduled thread, which measured 30x (eager) and 5-10x (compiled) slower on 2 threads than on 1.
+        # So the port runs one thread per process (None: leave torch's setting); parallelism is across processes.
+        self.cpu_threads = cpu_threads
 
     def __call__(self, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
         """Flow (N, H, W, 2) float32, flow[..., 0] = dx, flow[..., 1] = dy, on prev's device."""
+        threads = torch.get_num_threads()
+        if prev.device.type != "cpu" or not self.cpu_threads or self.cpu_threads == threads:
+            return self._call(prev, nxt)
+        torch.set_num_threads(self.cpu_threads)
+        try:
+            return self._call(prev, nxt)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _call(self, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
         if not self.compile:
             return self._flow(prev, nxt)
         try:
