@@ -10,6 +10,9 @@ Examples (from the repository root):
     python3 bench/flow.py --quick                       # CPU: batch 1 and 8, 1 thread and all, eager
     python3 bench/flow.py                               # CPU: batch 1, 8, 32; 1 thread and all; eager, compiled
     python3 bench/flow.py --device cuda --quick --fidelity 16   # GPU table + EPE vs OpenCV on 16 pairs
+
+On CUDA with triton installed it also prints the Triton kernels' rows (pairs/s at batch 32, 128, 512 with the
+device name) against the memory-bandwidth roofline of a fused inner iteration (--bandwidth overrides the table).
 """
 from __future__ import annotations
 
@@ -34,6 +37,62 @@ from src.media.transforms import decode_array, encode_array, resize_short_side  
 from src.media.video import read_frames  # noqa: E402
 
 VIDEOS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "videos"
+# The roofline of a fused inner iteration: it reads 40 and writes 24 bytes per pixel (u1, u2, four duals and four
+# warp constants in, six fields out); a 256x340 pair is 215,941 pixels over its pyramid, and OpenCV's early
+# stopping gave ~66.7 M pixel-iterations per pair on real clips (5 warps x 300 iterations at most: 324 M).
+BYTES_PER_PIXEL_ITERATION = 40 + 24
+PYRAMID_PIXELS = 215_941
+PIXEL_ITERATIONS = 66.7e6
+BANDWIDTH_TBS = {"H200": 4.8, "H100": 3.35, "A100": 2.0, "L40S": 0.864, "L4": 0.3}  # memory bandwidth, TB/s
+
+
+def device_bandwidth(name: str, override: float | None = None) -> float | None:
+    """Memory bandwidth in TB/s of a GPU by (a part of) its name, or the override."""
+    if override:
+        return override
+    return next((bw for key, bw in BANDWIDTH_TBS.items() if key.lower() in name.lower()), None)
+
+
+def roofline(bandwidth_tbs: float) -> tuple[float, float]:
+    """(pairs/s with OpenCV's early stopping, pairs/s running every warp to 300 iterations) at the bandwidth."""
+    per_pair = BYTES_PER_PIXEL_ITERATION * PIXEL_ITERATIONS
+    full = BYTES_PER_PIXEL_ITERATION * PYRAMID_PIXELS * 5 * 300
+    return bandwidth_tbs * 1e12 / per_pair, bandwidth_tbs * 1e12 / full
+
+
+def triton_rows(prev: np.ndarray, nxt: np.ndarray, batches: list[int], device: torch.device,
+                bandwidth: float | None = None) -> None:
+    """Pairs/s of the Triton TV-L1 at each batch (pairs in flight), 2 x batch pairs per run, against the roofline."""
+    from src.flow.triton_tvl1 import TritonTVL1
+
+    name = torch.cuda.get_device_name(device)
+    bw = device_bandwidth(name, bandwidth)
+    print(f"\nTriton TV-L1 on {name}: {prev.shape[1]}x{prev.shape[2]} pairs")
+    if bw:
+        stop, full = roofline(bw)
+        print(f"roofline at {bw} TB/s: {BYTES_PER_PIXEL_ITERATION} B/pixel-iteration x {PIXEL_ITERATIONS / 1e6:.1f} M "
+              f"pixel-iterations/pair = {BYTES_PER_PIXEL_ITERATION * PIXEL_ITERATIONS / 1e9:.2f} GB/pair: "
+              f"{stop:.0f} pairs/s ({full:.0f} pairs/s without early stopping)")
+    print(f"| device | batch | pairs/s | % of roofline | first run (compile, graphs) s | peak MiB |\n|---|---|---|---|---|---|")
+    for batch in batches:
+        n = 2 * batch
+        reps = -(-n // len(prev))
+        a, b = np.concatenate([prev] * reps)[:n], np.concatenate([nxt] * reps)[:n]
+        tv = TritonTVL1(capacity=batch)
+        start = time.perf_counter()
+        run_torch(tv, a[:batch], b[:batch], batch, device)  # compiles, captures the graphs
+        sync(device)
+        first = time.perf_counter() - start
+        torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        run_torch(tv, a, b, n, device)
+        sync(device)
+        rate = n / (time.perf_counter() - start)
+        pct = f"{100 * rate / roofline(bw)[0]:.0f}%" if bw else "?"
+        print(f"| {name} | {batch} | {rate:.1f} | {pct} | {first:.1f} | "
+              f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f} |", flush=True)
+        del tv
+        torch.cuda.empty_cache()
 
 
 def load_pairs(videos: Path, n: int, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -95,6 +154,10 @@ def main() -> None:
     p.add_argument("--min-pairs", type=int, default=4, help="pairs the PyTorch port computes per round, at least one batch (default 4)")
     p.add_argument("--fidelity", type=int, default=0, help="also compare N pairs with OpenCV: mean/max EPE per pair, and after uint8 storage")
     p.add_argument("--videos", type=Path, default=VIDEOS, help="folder with arm_wrestling.mp4 and cleaning_pool.mp4")
+    p.add_argument("--triton-batches", default="32,128,512", help="batches of the Triton rows on CUDA (default 32,128,512)")
+    p.add_argument("--triton-only", action="store_true", help="only the Triton rows (CUDA; no OpenCV contrib needed)")
+    p.add_argument("--bandwidth", type=float, default=None, help="GPU memory bandwidth in TB/s for the roofline "
+                   f"(default by device name: {', '.join(f'{k} {v}' for k, v in BANDWIDTH_TBS.items())})")
     args = p.parse_args()
 
     device = pick_device(args.device)
@@ -105,7 +168,7 @@ def main() -> None:
     threads = [cores if t == "all" else int(t) for t in (args.threads or ("1" if gpu else "1,all")).split(",")]
     threads = sorted(set(threads), key=threads.index)
     modes = (args.modes or ("eager" if args.quick and not gpu else "eager,compiled")).split(",")
-    need = max(max(batches), args.min_pairs, args.cv_pairs, args.fidelity)
+    need = 16 if args.triton_only else max(max(batches), args.min_pairs, args.cv_pairs, args.fidelity)
     prev, nxt = load_pairs(args.videos, need)
     h, w = prev.shape[1:]
     print(f"CPU: {machine_description()}; {cores} cores (shared machine: compare ratios, not absolute numbers)")
@@ -113,6 +176,16 @@ def main() -> None:
         print(f"GPU: {torch.cuda.get_device_name(device)}")
     print(f"pairs: {h}x{w} grayscale from {args.videos}; OpenCV {cv2.__version__}, torch {torch.__version__}")
 
+    if device.type == "cuda":
+        from src.flow import tvl1_backend
+
+        backend, why = tvl1_backend("cuda")
+        if backend == "Triton":
+            triton_rows(prev, nxt, [int(b) for b in args.triton_batches.split(",")], device, args.bandwidth)
+        else:
+            print(f"\n(no Triton rows: {why})")
+    if args.triton_only:
+        return
     of = cv2.optflow.DualTVL1OpticalFlow_create()
     if args.fidelity:
         set_threads(threads[0])

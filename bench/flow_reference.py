@@ -36,7 +36,9 @@ def main() -> None:
     rate = len(prev) / (time.perf_counter() - start)
     if np.abs(flows).max() * QUANTUM > 32767:
         sys.exit(f"flow of {np.abs(flows).max():.1f} px does not fit the int16 storage")
-    np.savez(args.out, prev=prev, nxt=nxt, flow_q=np.round(flows * QUANTUM).astype(np.int16), cv_rate_1thread=rate)
+    # flow: the exact float32 flows, for the bit-exactness check of the Triton kernels (16 pairs: 11 MB)
+    np.savez(args.out, prev=prev, nxt=nxt, flow_q=np.round(flows * QUANTUM).astype(np.int16), flow=flows,
+             cv_rate_1thread=rate)
     print(f"{args.out}: {len(prev)} pairs {prev.shape[1:]}; OpenCV TV-L1 on 1 thread {rate:.3f} pairs/s here")
 
 

@@ -227,3 +227,24 @@ def test_tvl1_flow_stream_keeps_top1(flow_stream_logits):
 def test_tvl1_flow_stream_logits_within_issue_bound(flow_stream_logits):
     for clip, (ref, got) in flow_stream_logits.items():
         assert (ref - got).abs().max() <= 0.05, clip
+
+
+def test_tvl1_cpu_port_runs_one_thread_and_restores_the_setting(monkeypatch):
+    """One pair's ops are too small for OpenMP's barriers (2 threads measured 5-30x slower on a busy 2-core CPU):
+    the port runs on one thread and leaves torch's thread setting as it was."""
+    import torch
+
+    import src.flow.tvl1 as tvl1
+
+    seen = []
+    step = tvl1.tvl1_step
+    monkeypatch.setattr(tvl1, "tvl1_step", lambda *a: seen.append(torch.get_num_threads()) or step(*a))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        pair = torch.from_numpy(_shifted_pair(1, 0)[:, :24, :24].copy())
+        tvl1.TVL1()(pair[:1], pair[1:])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1}

@@ -1,7 +1,8 @@
 """Optical flow between consecutive frames: TV-L1 (the official I3D recipe), Farneback or DIS.
 
-"tvl1" is OpenCV's DualTVL1OpticalFlow with its defaults, computed by the batched PyTorch port in src/flow/tvl1.py
-on any device (within ~0.01 px of OpenCV on real clips); "tvl1-opencv" runs OpenCV's own implementation.
+"tvl1" is OpenCV's DualTVL1OpticalFlow with its defaults, computed on CUDA by the Triton kernels of
+src/flow/triton_tvl1.py where triton is installed, else by the batched PyTorch port in src/flow/tvl1.py (any device;
+bit-identical to OpenCV on the CPU); "tvl1-opencv" runs OpenCV's own implementation.
 Convention (OpenCV's): flow[y, x] = (dx, dy) such that prev[y, x] ~ next[y + dy, x + dx], so content
 moving right gives positive x-flow and moving down positive y-flow. Values are clipped to
 [-bound, bound] pixels and divided by bound, giving float32 in [-1, 1]; T frames give T - 1 flows.
@@ -18,6 +19,18 @@ SAME_FLOW = {"tvl1-opencv": "tvl1"}  # algorithms whose flow agrees (tested with
 # `auto` compiles only jobs with this many pairs: compiling takes ~1-3 min on a CPU and saves ~1 s per 256x340
 # pair there (docs/optical-flow.md); on a GPU the saving per pair is small; inductor on MPS is not used.
 COMPILE_MIN_PAIRS = {"cpu": 500, "cuda": 2000, "mps": 10**12}
+TRITON_BATCH = 128  # pairs in flight on CUDA with the Triton kernels (slots per pyramid level)
+
+
+def tvl1_backend(device_type: str) -> tuple[str, str]:
+    """("Triton" or "PyTorch", why) for the TV-L1 of --flow tvl1 on a device type."""
+    if device_type != "cuda":
+        return "PyTorch", f"the Triton kernels run on CUDA only, not {device_type}"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "PyTorch", "triton is not installed"
+    return "Triton", "CUDA with triton installed"
 
 
 def recipe_name(algorithm: str) -> str:
@@ -35,10 +48,12 @@ def rgb_to_gray(frames: np.ndarray) -> np.ndarray:
 class FlowExtractor:
     """Reusable flow object; TV-L1 keeps OpenCV's defaults, which the official I3D flow used.
 
-    device and batch_size apply to "tvl1" (PyTorch): "auto" picks CUDA, then MPS, then the CPU; pairs are
-    computed batch_size at a time (0: 1 on a CPU, where one pair's working set stays in cache and batching
-    measured slower, 32 on a GPU). compile: True, False or "auto" (compile the inner iteration with
-    torch.compile only when `planned_pairs` is large enough to pay for the compile time on that device).
+    device and batch_size apply to "tvl1": "auto" picks CUDA, then MPS, then the CPU. On CUDA with triton
+    installed the Triton kernels run with batch_size pairs in flight (0: 128), finished pairs replaced at once;
+    otherwise the PyTorch port computes pairs batch_size at a time (0: 1 on a CPU, where one pair's working set
+    stays in cache and batching measured slower, 32 on a GPU). compile: True, False or "auto" (compile the
+    port's inner iteration with torch.compile only when `planned_pairs` is large enough to pay for the compile
+    time on that device; the Triton kernels are always compiled).
     """
 
     def __init__(self, algorithm: str = "tvl1", bound: float = 20.0, device: str = "auto", batch_size: int = 0,
@@ -55,6 +70,7 @@ class FlowExtractor:
         self.device = None
         self._tvl1 = None
         self._impl = None
+        self.backend, self.backend_reason = "", ""
         if algorithm == "tvl1":
             from src.device import pick_device
             from src.flow.tvl1 import TVL1
@@ -66,11 +82,18 @@ class FlowExtractor:
                 torch.empty(1, device=self.device)
             except (RuntimeError, AssertionError) as exc:
                 raise ValueError(f"flow device {device!r} is not usable here: {str(exc).splitlines()[0]}") from None
-            if compile == "auto":
-                compile = planned_pairs >= COMPILE_MIN_PAIRS.get(self.device.type, 10**9)
-            self._tvl1 = TVL1(compile=bool(compile))
-            if not self.batch_size:
-                self.batch_size = 1 if self.device.type == "cpu" else 32
+            self.backend, self.backend_reason = tvl1_backend(self.device.type)
+            if self.backend == "Triton":
+                from src.flow.triton_tvl1 import TritonTVL1
+
+                self.batch_size = self.batch_size or TRITON_BATCH
+                self._tvl1 = TritonTVL1(capacity=self.batch_size)
+            else:
+                if compile == "auto":
+                    compile = planned_pairs >= COMPILE_MIN_PAIRS.get(self.device.type, 10**9)
+                self._tvl1 = TVL1(compile=bool(compile))
+                if not self.batch_size:
+                    self.batch_size = 1 if self.device.type == "cpu" else 32
         elif algorithm == "tvl1-opencv":
             # tau 0.25, lambda 0.15, theta 0.3, 5 scales, 5 warps, epsilon 0.01: OpenCV's defaults.
             self._impl = cv2.optflow.DualTVL1OpticalFlow_create()
@@ -79,14 +102,17 @@ class FlowExtractor:
 
     @property
     def compiled(self) -> bool:
-        """Whether the PyTorch TV-L1 runs torch.compile'd."""
-        return self._tvl1 is not None and self._tvl1.compile
+        """Whether the PyTorch TV-L1 runs torch.compile'd (False for the Triton kernels)."""
+        return self._tvl1 is not None and bool(getattr(self._tvl1, "compile", False))
 
     def describe(self) -> str:
-        """Which implementation runs, e.g. 'tvl1 (PyTorch on cpu, eager, batch 8)'."""
+        """Which implementation runs, e.g. 'tvl1 (PyTorch TV-L1 on cpu, eager, batch 8)'."""
+        if self.backend == "Triton":
+            return f"tvl1 (Triton TV-L1 on cuda, {self.batch_size} pairs in flight)"
         if self._tvl1 is not None:
             how = "compiled" if self._tvl1.compile else "eager"
-            return f"tvl1 (PyTorch TV-L1 on {self.device.type}, {how}, batch {self.batch_size})"
+            why = f"; {self.backend_reason}" if self.device.type == "cuda" else ""
+            return f"tvl1 (PyTorch TV-L1 on {self.device.type}, {how}, batch {self.batch_size}{why})"
         return f"{self.algorithm} (OpenCV)"
 
     @staticmethod
@@ -103,6 +129,10 @@ class FlowExtractor:
                 np.empty((0, *prev.shape[1:], 2), np.float32)
         import torch
 
+        if self.backend == "Triton":  # all pairs through the schedule: a finished pair's slot takes the next one
+            a, b = torch.from_numpy(np.ascontiguousarray(prev)), torch.from_numpy(np.ascontiguousarray(nxt))
+            return self._tvl1(a.to(self.device), b.to(self.device)).cpu().numpy() if len(prev) else \
+                np.empty((0, *prev.shape[1:], 2), np.float32)
         out = np.empty((*prev.shape, 2), np.float32)
         for s in range(0, len(prev), self.batch_size):
             a = torch.from_numpy(np.ascontiguousarray(prev[s:s + self.batch_size])).to(self.device)
@@ -140,6 +170,8 @@ class FlowExtractor:
         t, h, w = gray_frames.shape
         out = np.empty((max(0, t - 1), h, w, 2), dtype=np.float32)
         step = self.batch_size if self._tvl1 is not None else 1
+        if self.backend == "Triton":
+            step = max(1, t - 1)  # the whole clip in one schedule, so that no pair waits for a slower one
         for s in range(0, t - 1, step):
             e = min(s + step, t - 1)
             out[s:e] = self.batch(gray_frames[s:e], gray_frames[s + 1:e + 1])

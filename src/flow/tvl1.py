@@ -61,7 +61,7 @@ def fma(a: torch.Tensor, b: torch.Tensor | float, c: torch.Tensor | float) -> to
 
 
 @lru_cache(maxsize=64)
-def _linear_taps(src: int, dst: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def linear_taps(src: int, dst: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """cv::resize INTER_LINEAR taps along one axis: indices i0, i1 and the float weight of i1 (dst,).
 
     Before the first pixel the weight is 0 on pixels 0 and 1. Past the last one, where OpenCV 5 (IPP) reads the
@@ -90,8 +90,8 @@ def resize_linear(x: torch.Tensor, size: tuple[int, int], scale: tuple[float, fl
     horizontal pass then a vertical one, each p0 + f * (p1 - p0) as one fused multiply-add in float32.
     """
     h, w = x.shape[-2:]
-    x0, x1, fx = (t.to(x.device) for t in _linear_taps(w, size[1], scale[1]))
-    y0, y1, fy = (t.to(x.device) for t in _linear_taps(h, size[0], scale[0]))
+    x0, x1, fx = (t.to(x.device) for t in linear_taps(w, size[1], scale[1]))
+    y0, y1, fy = (t.to(x.device) for t in linear_taps(h, size[0], scale[0]))
     left = x.index_select(-1, x0)
     rows = fma(x.index_select(-1, x1) - left, fx, left)
     top = rows.index_select(-2, y0)
@@ -284,16 +284,31 @@ def compiled_steps() -> tuple[object, object, object]:
 class TVL1:
     """Batched TV-L1: call with uint8/float (N, H, W) tensors prev, nxt -> float32 flow (N, H, W, 2) in px."""
 
-    def __init__(self, params: TVL1Params = TVL1Params(), compile: bool = False, check_every: int | None = None
-                 ) -> None:
+    def __init__(self, params: TVL1Params = TVL1Params(), compile: bool = False, check_every: int | None = None,
+                 cpu_threads: int | None = 1) -> None:
         if params.median not in (0, 1, 5):
             raise ValueError(f"only OpenCV's default 5x5 median (or none) is implemented, got {params.median}")
         self.p = params
         self.compile = compile
         self.check_every = check_every  # host checks of convergence: every iteration on CPU, every 10 elsewhere
+        # On a CPU every op of an iteration (eager) or every loop of the compiled kernel is an OpenMP parallel
+        # region ending in a barrier, and one pair's ops are small (~0.1 ms): on a busy machine a barrier waits
+        # for a descheduled thread, which measured 30x (eager) and 5-10x (compiled) slower on 2 threads than on 1.
+        # So the port runs one thread per process (None: leave torch's setting); parallelism is across processes.
+        self.cpu_threads = cpu_threads
 
     def __call__(self, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
         """Flow (N, H, W, 2) float32, flow[..., 0] = dx, flow[..., 1] = dy, on prev's device."""
+        threads = torch.get_num_threads()
+        if prev.device.type != "cpu" or not self.cpu_threads or self.cpu_threads == threads:
+            return self._call(prev, nxt)
+        torch.set_num_threads(self.cpu_threads)
+        try:
+            return self._call(prev, nxt)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _call(self, prev: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
         if not self.compile:
             return self._flow(prev, nxt)
         try:
