@@ -158,7 +158,16 @@ def main() -> None:
     p.add_argument("--triton-only", action="store_true", help="only the Triton rows (CUDA; no OpenCV contrib needed)")
     p.add_argument("--bandwidth", type=float, default=None, help="GPU memory bandwidth in TB/s for the roofline "
                    f"(default by device name: {', '.join(f'{k} {v}' for k, v in BANDWIDTH_TBS.items())})")
+    p.add_argument("--calibrate", action="store_true",
+                   help="measure OpenCV's, the eager and the compiled port's speed on one thread here (compiling "
+                        "once) and keep them for --flow tvl1's choice of implementation (src/flow/choice.py), then exit")
     args = p.parse_args()
+    if args.calibrate:
+        from src.flow.choice import calibration_file, cpu_speeds
+
+        print(f"CPU: {machine_description()}")
+        print(f"{cpu_speeds(measure_compiled=True, fresh=True)}\nkept in {calibration_file()}")
+        return
 
     device = pick_device(args.device)
     cores = os.cpu_count() or 1

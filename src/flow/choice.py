@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from src.jobs import write_text_atomic
 from src.paths import cache_dir
 
 IMPLEMENTATIONS = ("opencv", "eager", "compiled")
@@ -112,19 +113,17 @@ def calibration_file() -> Path:
     return cache_dir() / f"tvl1-cpu-{key}.json"
 
 
-def cpu_speeds(measure_compiled: bool = False) -> CpuSpeeds:
-    """This machine's speeds: the calibration file's, else measured now (and kept there)."""
+def cpu_speeds(measure_compiled: bool = False, fresh: bool = False) -> CpuSpeeds:
+    """This machine's speeds: the calibration file's (unless `fresh`), else measured now (and kept there)."""
     path = calibration_file()
     try:
         saved = CpuSpeeds(**json.loads(path.read_text()))
-        if not measure_compiled or "compiled: measured" in saved.source:
+        if not fresh and (not measure_compiled or "compiled: measured" in saved.source):
             return saved
     except (OSError, ValueError, TypeError):
         pass
     speeds = measure_speeds(measure_compiled)
     try:
-        from src.jobs import write_text_atomic
-
         write_text_atomic(path, json.dumps(asdict(speeds), indent=2) + "\n")
     except OSError:
         pass  # a read-only cache only costs the measurement again next time

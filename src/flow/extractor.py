@@ -51,13 +51,14 @@ class FlowExtractor:
     device and batch_size apply to "tvl1": "auto" picks CUDA, then MPS, then the CPU. On CUDA with triton
     installed the Triton kernels run with batch_size pairs in flight (0: 128), finished pairs replaced at once;
     otherwise the PyTorch port computes pairs batch_size at a time (0: 1 on a CPU, where one pair's working set
-    stays in cache and batching measured slower, 32 on a GPU). compile: True, False or "auto" (compile the
-    port's inner iteration with torch.compile only when `planned_pairs` is large enough to pay for the compile
-    time on that device; the Triton kernels are always compiled).
+    stays in cache and batching measured slower, 32 on a GPU). compile: True, False (the port, compiled or
+    eager) or "auto": on a CPU the fastest of OpenCV's own TV-L1 and the port, eager or compiled, for
+    `planned_pairs` pairs of `planned_pixels` pixels on this machine (src.flow.choice: bit-identical there);
+    on a GPU the port is compiled only when `planned_pairs` pays for the compile; the Triton kernels always are.
     """
 
     def __init__(self, algorithm: str = "tvl1", bound: float = 20.0, device: str = "auto", batch_size: int = 0,
-                 compile: bool | str = "auto", planned_pairs: int = 0) -> None:
+                 compile: bool | str = "auto", planned_pairs: int = 0, planned_pixels: int = 256 * 340) -> None:
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown flow algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
         if bound <= 0:
@@ -72,23 +73,30 @@ class FlowExtractor:
         self._impl = None
         self.backend, self.backend_reason = "", ""
         if algorithm == "tvl1":
-            from src.device import pick_device
+            from src.device import usable_device
             from src.flow.tvl1 import TVL1
 
             try:
-                self.device = pick_device(device)
-                import torch
-
-                torch.empty(1, device=self.device)
-            except (RuntimeError, AssertionError) as exc:
-                raise ValueError(f"flow device {device!r} is not usable here: {str(exc).splitlines()[0]}") from None
+                self.device = usable_device(device)
+            except ValueError as exc:
+                raise ValueError(f"flow {exc}") from None
             self.backend, self.backend_reason = tvl1_backend(self.device.type)
+            if self.device.type == "cpu" and compile == "auto":
+                # bit-identical on the CPU: OpenCV's own, the eager or the compiled port, whichever is fastest here
+                from src.flow.choice import choose_cpu_tvl1, cpu_speeds
+
+                choice = choose_cpu_tvl1(planned_pairs or 64, planned_pixels, cpu_speeds())
+                self.backend_reason = choice.reason
+                if choice.implementation == "opencv":
+                    self.backend = "OpenCV"
+                    self._impl = cv2.optflow.DualTVL1OpticalFlow_create()
+                compile = choice.implementation == "compiled"
             if self.backend == "Triton":
                 from src.flow.triton_tvl1 import TritonTVL1
 
                 self.batch_size = self.batch_size or TRITON_BATCH
                 self._tvl1 = TritonTVL1(capacity=self.batch_size)
-            else:
+            elif self.backend != "OpenCV":
                 if compile == "auto":
                     compile = planned_pairs >= COMPILE_MIN_PAIRS.get(self.device.type, 10**9)
                 self._tvl1 = TVL1(compile=bool(compile))
@@ -107,11 +115,13 @@ class FlowExtractor:
 
     def describe(self) -> str:
         """Which implementation runs, e.g. 'tvl1 (PyTorch TV-L1 on cpu, eager, batch 8)'."""
+        if self.backend == "OpenCV":
+            return f"tvl1 (OpenCV's TV-L1 on cpu, the fastest here: {self.backend_reason})"
         if self.backend == "Triton":
             return f"tvl1 (Triton TV-L1 on cuda, {self.batch_size} pairs in flight)"
         if self._tvl1 is not None:
             how = "compiled" if self._tvl1.compile else "eager"
-            why = f"; {self.backend_reason}" if self.device.type == "cuda" else ""
+            why = f"; {self.backend_reason}" if self.backend_reason else ""
             return f"tvl1 (PyTorch TV-L1 on {self.device.type}, {how}, batch {self.batch_size}{why})"
         return f"{self.algorithm} (OpenCV)"
 
