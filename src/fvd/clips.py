@@ -83,10 +83,12 @@ def decode(item: VideoEntry, protocol: Protocol, limit: int | None) -> np.ndarra
 
 def load_frames(item: VideoEntry, protocol: Protocol, array: np.ndarray | None = None) -> np.ndarray:
     """All the frames of one video that its clips can reach, (T, H, W, 3)."""
+    if item.path.suffix.lower() not in (".npy", ".npz"):
+        return decode(item, protocol, protocol.frames_needed())
+    if protocol.fps is not None:
+        raise InputError(f"{item.name}: an array has no timestamps to resample; --fps applies to video files only")
     if item.row is not None:
         return array[item.row]
-    if item.path.suffix.lower() != ".npy":
-        return decode(item, protocol, protocol.frames_needed())
     try:
         frames = np.load(item.path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:
@@ -95,8 +97,6 @@ def load_frames(item: VideoEntry, protocol: Protocol, array: np.ndarray | None =
         frames = frames[0]
     if frames.ndim != 4 or frames.shape[-1] != 3 or min(frames.shape) == 0:
         raise InputError(f"{item.name}: shape {frames.shape}; expected a clip (T, H, W, 3)")
-    if protocol.fps is not None:
-        raise InputError(f"{item.name}: a .npy clip has no timestamps to resample; --fps applies to video files only")
     return frames
 
 
