@@ -19,27 +19,23 @@ import json
 import logging
 import sys
 
-from src.cli import Parser, add_inference_arguments, check_output, chosen_precision, one_line
+from src.cli import Parser, add_inference_arguments, check_output, chosen_precision, one_line, parse_fps
 from src.clips import InputError
 from src.fvd import PROTOCOLS, Protocol, RunOptions, run_fvd
 from src.fvd.pipeline import default_workers
 from src.weights import WeightsUnavailable
 
 
-def frames_option(text: str) -> int | None:
-    """--frames: a number of frames, or 'all' (None)."""
-    return None if text == "all" else int(text)
-
-
-def start_option(text: str) -> int | None:
-    """--start: a frame index, or 'random' (None)."""
-    return None if text == "random" else int(text)
-
-
-def fps_option(text: str) -> float | None:
-    """--fps: 'native' (None) or frames per second."""
-    from src.cli import parse_fps
-    return parse_fps(text)
+def number_or(word: str):
+    """An argparse type: an integer, or `word` (read as None)."""
+    def parse(text: str) -> int | None:
+        if text == word:
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number or '{word}', got {text!r}") from None
+    return parse
 
 
 def main() -> int:
@@ -48,11 +44,11 @@ def main() -> int:
     parser.add_argument("b", metavar="B", nargs="?", help="the second set (omit it with --save-stats to only save A's)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="tf",
                         help="tf: google-research's frechet_video_distance.py (default: %(default)s)")
-    parser.add_argument("--frames", type=frames_option, default=16, metavar="N|all",
+    parser.add_argument("--frames", type=number_or("all"), default=16, metavar="N|all",
                         help="clip length in frames, at least 9; 'all': each video whole (default: 16)")
     parser.add_argument("--clips-per-video", type=int, default=1, metavar="K",
                         help="clips taken from each video (default: 1)")
-    parser.add_argument("--start", type=start_option, default=0, metavar="F|random",
+    parser.add_argument("--start", type=number_or("random"), default=0, metavar="F|random",
                         help="first frame of the first clip, or 'random' (uniform, with --seed) (default: 0)")
     parser.add_argument("--stride", type=int, default=None,
                         help="frames between the starts of a video's clips (default: --frames, back to back)")
@@ -60,7 +56,7 @@ def main() -> int:
     parser.add_argument("--max-videos", type=int, default=None, metavar="N",
                         help="use the first N videos of each set (natural order of paths, a list's own order, "
                              "an array's first rows)")
-    parser.add_argument("--fps", type=fps_option, default=None, metavar="native|F",
+    parser.add_argument("--fps", type=parse_fps, default=None, metavar="native|F",
                         help="resample video files to F frames/s by timestamps (default: native, as given)")
     parser.add_argument("--batch", type=int, default=8, help="clips per network batch (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=default_workers(),
@@ -103,7 +99,9 @@ def main() -> int:
         return 1
     if args.b is None:
         if args.json:
-            print(json.dumps({"n_a": result.n, "saved": args.save_stats[0], **result.protocol.as_dict()}))
+            protocol = result.protocol.as_dict()
+            print(json.dumps({"n_a": result.n, "saved": args.save_stats[0], "frames": protocol.pop("frames"),
+                              "protocol": protocol.pop("name"), **protocol}))
         else:
             print(f"saved the statistics of {result.n} clips of {args.a} to {args.save_stats[0]} "
                   f"(protocol {result.protocol.describe()})")
