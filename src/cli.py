@@ -23,19 +23,26 @@ def one_line(exc: BaseException) -> str:
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
-def add_inference_arguments(parser: argparse.ArgumentParser, precision: str = "auto") -> None:
-    """The --device, --precision, --plain and --compile options shared by the inference scripts."""
+def add_inference_arguments(parser: argparse.ArgumentParser, precision: str = "auto", plain: bool = False) -> None:
+    """The --device, --precision, --plain (or, where the plain model is the default, --fast) and --compile options
+    shared by the inference scripts."""
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     parser.add_argument("--precision", choices=PRECISIONS, default=precision,
                         help="fast inference path: auto picks bf16/fp16 only where this hardware makes it faster "
                              "(bf16 CPUs, CUDA), else the fp32 fast path (default: %(default)s)")
-    parser.add_argument("--plain", action="store_true", help="run the plain float32 model instead of the fast path")
+    if plain:
+        parser.add_argument("--fast", action="store_true",
+                            help="run the fast path at --precision instead of the plain float32 model (the default)")
+    else:
+        parser.add_argument("--plain", action="store_true", help="run the plain float32 model instead of the fast path")
     parser.add_argument("--compile", action="store_true",
                         help="also wrap the fast path in torch.compile: slow to start, pays off over many clips")
 
 
 def chosen_precision(args: argparse.Namespace) -> str | None:
     """The precision asked for by add_inference_arguments' options; None for the plain model."""
+    if hasattr(args, "fast"):
+        return args.precision if args.fast else None
     return None if args.plain else args.precision
 
 

@@ -24,12 +24,10 @@ from torch import nn
 
 from src.inference.fast import FusedConv
 from src.jobs.files import atomic_write
-from src.model import I3D, InceptionBlock, LogitsPool, MaxPool3dSame, Unit3D
+from src.model import MIN_FRAMES, MIN_SIZE, I3D, InceptionBlock, LogitsPool, MaxPool3dSame, Unit3D
 
 FORMATS = ("onnx", "pt2", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".pt"}
-MIN_FRAMES = 9  # the (2, 7, 7) logits pool needs 2 time steps at Mixed_5c; shorter clips are not exported
-MIN_SIZE = 193  # and 7 x 7 positions, i.e. frames of at least 193 x 193 (Mixed_5c is 1/32 of the frame)
 
 
 class ExportError(ValueError):

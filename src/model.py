@@ -63,6 +63,10 @@ BLOCKS: tuple[tuple[str, str, tuple], ...] = (
 )
 BLOCK_NAMES = tuple(name for name, _, _ in BLOCKS)
 FEATURE_CHANNELS = 1024
+# The smallest input on which the logits pool is DeepMind's (2, 7, 7) VALID window, as in TF (which refuses
+# anything smaller): 2 time steps at Mixed_5c (ceil(T / 8)) and 7 x 7 positions (ceil(H / 32)).
+MIN_FRAMES = 9
+MIN_SIZE = 193
 
 
 def _triple(v: int | tuple[int, int, int]) -> tuple[int, int, int]:

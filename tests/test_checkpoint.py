@@ -116,8 +116,20 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def build_leveldb_table(pairs: list[tuple[bytes, bytes]], block_size: int, restart_interval: int) -> bytes:
-    """A LevelDB table of `pairs` (sorted) with small blocks, for exercising multi-block reading."""
+def snappy_literals(data: bytes) -> bytes:
+    """`data` as a valid snappy block made of literals only (a stand-in compressor: copies come from the fixtures)."""
+    out = bytearray(_varint(len(data)))
+    for start in range(0, len(data), 60):
+        chunk = data[start:start + 60]
+        out += bytes([(len(chunk) - 1) << 2]) + chunk
+    return bytes(out)
+
+
+def build_leveldb_table(pairs: list[tuple[bytes, bytes]], block_size: int, restart_interval: int,
+                        compress=None) -> bytes:
+    """A LevelDB table of `pairs` (sorted) with small blocks, for exercising multi-block reading.
+
+    With `compress` (bytes -> snappy block) every block is stored snappy-compressed (type 1)."""
     out = bytearray()
 
     def block(entries: list[tuple[bytes, bytes]]) -> bytes:
@@ -134,8 +146,10 @@ def build_leveldb_table(pairs: list[tuple[bytes, bytes]], block_size: int, resta
         return bytes(buf + b"".join(struct.pack("<I", r) for r in restarts) + struct.pack("<I", len(restarts)))
 
     def emit(contents: bytes) -> bytes:
+        kind = b"\0" if compress is None else b"\1"
+        contents = contents if compress is None else compress(contents)
         handle = _varint(len(out)) + _varint(len(contents))
-        out.extend(contents + b"\0" + struct.pack("<I", masked_crc(contents + b"\0")))
+        out.extend(contents + kind + struct.pack("<I", masked_crc(contents + kind)))
         return handle
 
     index, chunk = [], []
@@ -158,6 +172,27 @@ def test_multi_block_index_reads_the_same(tmp_path: Path, shared: Path) -> None:
     rebuilt.write_bytes(build_leveldb_table(_read_table(real), block_size=700, restart_interval=4))
     assert rebuilt.stat().st_size != real.stat().st_size
     assert read_index(rebuilt) == read_index(real)
+
+
+def test_snappy_compressed_tables_read_the_same(tmp_path: Path, shared: Path) -> None:
+    from src.weights.tfbundle import _read_table
+
+    real = index_path(shared, "rgb_scratch")
+    # rewritten with every block compressed by Google's libsnappy (tests/fixtures/make_snappy_fixture.py)
+    fixture = Path(__file__).resolve().parent / "fixtures" / "rgb_scratch_snappy.index"
+    assert fixture.stat().st_size < real.stat().st_size / 2
+    assert read_index(fixture) == read_index(real)
+    # many small blocks, each snappy (literals only), through the test builder
+    rebuilt = tmp_path / "multi.index"
+    rebuilt.write_bytes(build_leveldb_table(_read_table(real), block_size=500, restart_interval=3,
+                                            compress=snappy_literals))
+    assert read_index(rebuilt) == read_index(real)
+    # a block whose CRC is right but whose snappy data is not: a corrupt index, named, in one line
+    broken = tmp_path / "broken.index"
+    broken.write_bytes(build_leveldb_table(_read_table(real), block_size=500, restart_interval=3,
+                                           compress=lambda data: snappy_literals(data) + b"\x00"))
+    with pytest.raises(CheckpointError, match=r"broken.index: corrupt .*snappy-compressed block at offset \d+ is"):
+        read_index(broken)
 
 
 # ---------------------------------------------------------------------------------------------- rebuilding the shard

