@@ -165,7 +165,7 @@ def build_leveldb_table(pairs: list[tuple[bytes, bytes]], block_size: int, resta
 
 
 def test_multi_block_index_reads_the_same(tmp_path: Path, shared: Path) -> None:
-    from src.weights.tfbundle import _read_table
+    from src.weights.leveldb import read_table as _read_table
 
     real = index_path(shared, "rgb_scratch")
     rebuilt = tmp_path / "model.ckpt.index"
@@ -175,7 +175,7 @@ def test_multi_block_index_reads_the_same(tmp_path: Path, shared: Path) -> None:
 
 
 def test_snappy_compressed_tables_read_the_same(tmp_path: Path, shared: Path) -> None:
-    from src.weights.tfbundle import _read_table
+    from src.weights.leveldb import read_table as _read_table
 
     real = index_path(shared, "rgb_scratch")
     # rewritten with every block compressed by Google's libsnappy (tests/fixtures/make_snappy_fixture.py)

