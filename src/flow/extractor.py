@@ -109,6 +109,12 @@ class FlowExtractor:
             self._impl = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
 
     @property
+    def pairs_per_call(self) -> int:
+        """How many pairs a caller should hand to one `batch` call: the Triton schedule refills a finished pair's
+        slot from the pairs of the same call, so it gets several slots' worth; the port computes batch_size."""
+        return self.batch_size * (4 if self.backend == "Triton" else 1)
+
+    @property
     def compiled(self) -> bool:
         """Whether the PyTorch TV-L1 runs torch.compile'd (False for the Triton kernels)."""
         return self._tvl1 is not None and bool(getattr(self._tvl1, "compile", False))

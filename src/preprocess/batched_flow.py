@@ -40,12 +40,13 @@ def decode_job(job: Job, opts: Options, flow: FlowPlan) -> tuple[dict[str, str],
 
 
 class BatchedFlow:
-    """Runs whole-item jobs: decoding in `workers` processes, flow here in batches of `extractor.batch_size` pairs."""
+    """Runs whole-item jobs: decoding in `workers` processes, flow here in calls of `extractor.pairs_per_call` pairs."""
 
     def __init__(self, jobs: list[Job], opts: Options, flow: FlowPlan, workers: int,
                  record: Callable[[dict[str, str]], None]) -> None:
         self.jobs, self.opts, self.flow, self.workers, self.record = iter(jobs), opts, flow, workers, record
         self.extractor: FlowExtractor = flow.extractor()
+        self.call = self.extractor.pairs_per_call
         self.paths = {str(job.source): job.paths[0] for job in jobs}
         self.clips: deque[ClipFlow] = deque()
         self.inflight: set[Future] = set()
@@ -87,7 +88,7 @@ class BatchedFlow:
         chosen: list[tuple[ClipFlow, int]] = []
         for clip in self.clips:
             while (clip.gray.shape[1:] == shape and clip.queued < len(clip.out)
-                   and len(chosen) < self.extractor.batch_size):
+                   and len(chosen) < self.call):
                 chosen.append((clip, clip.queued))
                 clip.queued += 1
         prev = np.stack([c.gray[i] for c, i in chosen])
@@ -130,13 +131,13 @@ class BatchedFlow:
             try:
                 self.refill(pool)
                 while self.inflight or self.clips:
-                    block = self.waiting_pairs() < self.extractor.batch_size and self.inflight
+                    block = self.waiting_pairs() < self.call and self.inflight
                     done, _ = wait(self.inflight, timeout=None if block else 0, return_when=FIRST_COMPLETED)
                     for future in done:
                         self.inflight.discard(future)
                         self.take(future)
                     self.refill(pool)
-                    if self.clips and (self.waiting_pairs() >= self.extractor.batch_size or not self.inflight):
+                    if self.clips and (self.waiting_pairs() >= self.call or not self.inflight):
                         self.one_batch()
                         self.refill(pool)
             except BaseException:
