@@ -32,10 +32,9 @@ import torch
 from src.cli import Parser, add_inference_arguments, chosen_precision, one_line, parse_fps
 from src.clips import InputError, clip_to_tensor, load_clip
 from src.device import pick_device
-from src.extraction import ExtractionError, FeatureConfig, prepare_out_dir, run
+from src.extraction import PRESETS, ExtractionError, FeatureConfig, describe_presets, prepare_out_dir, preset_options, run
 from src.extraction.compare import compare_files
 from src.extraction.config import ALIGNS, CROP_ORDERS, FLIP_FLOWS, PADS, POOLS, SHORT_VIDEOS
-from src.extraction.presets import PRESETS, describe_presets, preset_options
 from src.inference import optimize_for_inference
 from src.jobs import parse_shard, save_array_atomic, shard_from_env
 from src.model import ENDPOINTS
@@ -102,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs=2, metavar=("MINE", "THEIRS"), action=CompareAction,
                    help="compare two feature files (.npy/.npz): shapes, T', per-row cosine similarity; then exit")
     p.add_argument("--endpoint", default="Mixed_5c", choices=ENDPOINTS, help="DeepMind endpoint (default: %(default)s)")
-    p.add_argument("--weights", default=keep, help="RGB registry name or weights file (default: the preset's, rgb_scratch)")
+    p.add_argument("--weights", default=keep,
+                   help="RGB registry name or weights file (default: the preset's; rgb_scratch)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out, or redo every video in --out-dir (also when the recipe changed)")
     p.add_argument("--resize", action="store_true", help="resize + crop even frames already 224x224")
@@ -147,8 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--short-videos", choices=SHORT_VIDEOS, default=keep,
                     help="a video of at most --window frames: one window of all of it, or reject it (default: "
                          "one-window)")
-    ds.add_argument("--flow-weights", default=keep, help="flow registry name or file (default: the preset's, "
-                                                         "flow_scratch)")
+    ds.add_argument("--flow-weights", default=keep, help="flow registry name or file (default: the preset's; flow_scratch)")
     ds.add_argument("--checkpoint", default=None, help="a fine-tuned train.py run folder (its streams and recipe)")
     ds.add_argument("--batch", type=int, default=8, help="clips per forward pass, across videos (default: %(default)s)")
     ds.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored dtype (default: %(default)s)")

@@ -178,7 +178,7 @@ def test_the_one_clip_form_refuses_a_preset(shared, tmp_path):
 
 
 def test_a_presets_default_weights_fail_in_one_line_naming_the_sources(shared, tmp_path):
-    """rgb_imagenet is not cached and cannot be fetched (a dead proxy, wherever the test runs): one line, no traceback."""
+    """rgb_imagenet is not cached and cannot be fetched (a dead proxy, wherever it runs): one line, no traceback."""
     env = {**os.environ, "I3D_MODEL_DIR": str(tmp_path / "models"), "https_proxy": "http://127.0.0.1:9",
            "http_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
     result = cli(str(shared / "videos" / "video_0.mov"), "--out-dir", str(tmp_path / "f"), "--preset", "ms-tcn",
@@ -257,7 +257,8 @@ def test_flow_jpeg_quantisation_as_dense_flow(shared):
     assert np.abs(back - np.clip(raw, -20, 20)).max() <= 20 / 255 + 1e-9  # half a step of 40/255 px
     through = flow_through_jpeg(raw)
     np.testing.assert_array_equal(through, flow_as_cmcs_reads_it(raw))
-    assert through.dtype == np.float32 and np.abs(through - (v.astype(np.float64) * 2 / 255 - 1)).mean() < 2 / 255  # JPEG adds little
+    before_jpeg = v.astype(np.float64) * 2 / 255 - 1
+    assert through.dtype == np.float32 and np.abs(through - before_jpeg).mean() < 2 / 255  # JPEG adds little
 
 
 def test_cmcs_crop_order_and_flipped_crops_of_the_flipped_frame(shared):
@@ -310,8 +311,8 @@ def test_short_videos_are_rejected_as_cmcs_did(shared, tmp_path):
     summary = run([videos], tmp_path / "f", config("thumos14-cmcs", streams=("rgb",), weights="rgb_scratch"), **QUIET)
     assert (summary.done, summary.failed) == (1, 1)
     table = rows(tmp_path / "f")
-    assert table["seventeen"]["status"].startswith("failed: ") and "--short-videos reject" in table["seventeen"]["status"]
-    assert "16 frames after the first" in table["seventeen"]["status"]
+    refused = table["seventeen"]["status"]
+    assert refused.startswith("failed: ") and "16 frames after the first" in refused and "--short-videos reject" in refused
     assert not (tmp_path / "f" / "seventeen_rgb.npy").exists()
     assert np.load(tmp_path / "f" / "eighteen_rgb.npy").shape == (1, 1024) and table["eighteen"]["frames"] == "17"
 

@@ -176,7 +176,7 @@ class Extractor:
         return self.run_full()
 
     def _too_short(self, video: Video, frames: int) -> str | None:
-        """Why a video is refused under --short-videos reject (at most --window frames, as CMCS's extractor), or None."""
+        """Why --short-videos reject refuses a video (at most --window frames, as CMCS's extractor), or None."""
         cfg = self.cfg
         if cfg.short_videos != "reject" or cfg.per_frame or frames > cfg.window:
             return None

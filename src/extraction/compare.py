@@ -122,5 +122,6 @@ def compare_files(mine_path: str | Path, theirs_path: str | Path) -> Comparison:
         return report
     if a.shape[1] == 2048:  # rgb+flow side by side, RGB first
         n = min(len(a), len(b))
-        report.halves = {"RGB": row_cosines(a[:n, :1024], b[:n, :1024]), "flow": row_cosines(a[:n, 1024:], b[:n, 1024:])}
+        report.halves = {"RGB": row_cosines(a[:n, :1024], b[:n, :1024]),
+                         "flow": row_cosines(a[:n, 1024:], b[:n, 1024:])}
     return report

@@ -103,7 +103,7 @@ class FeatureConfig:
             if len(self.resize_to) != 2:
                 raise ExtractionError(f"--resize-to must be WIDTHxHEIGHT, got {self.resize_to!r}")
             for side in self.resize_to:
-                _whole(side, "--resize-to", RGB_RECIPE.crop, f" pixels a side, to crop {RGB_RECIPE.crop}x{RGB_RECIPE.crop}")
+                _whole(side, "--resize-to", RGB_RECIPE.crop, f" pixels a side, to crop {RGB_RECIPE.crop} from")
         _whole(self.batch, "--batch", 1)
         if self.dtype not in ("float32", "float16"):
             raise ExtractionError(f"--dtype must be float32 or float16, got {self.dtype}")
