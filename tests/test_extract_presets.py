@@ -7,10 +7,7 @@ cannot be downloaded here).
 """
 from __future__ import annotations
 
-import csv
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -25,14 +22,9 @@ from src.extraction.config import parse_recipe
 from src.extraction.presets import PRESETS, preset_options
 from src.flow.jpeg import flow_through_jpeg, quantise_flow
 from src.media.transforms import resize_exact
-from tests.conftest import REPO
+from tests.test_extract import cli, decode, model_range, rows, write_folder
 
 QUIET = dict(log=lambda *_: None)
-
-
-def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "extract_features.py", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=600, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -55,17 +47,6 @@ def flow_model(flow_file):
     return i3d(str(flow_file)).eval()
 
 
-def decode(path: Path, n: int) -> np.ndarray:
-    """The first n frames of a video as uint8 RGB, straight from OpenCV."""
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while len(frames) < n:
-        ok, frame = cap.read()
-        assert ok
-        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-    return np.stack(frames)
-
-
 def cut(src: Path, n: int, out: Path) -> np.ndarray:
     """A short real clip: the first n frames of `src` written to `out` (mp4v, the source's rate); its frames as
     OpenCV decodes them from `out`."""
@@ -82,22 +63,15 @@ def cut(src: Path, n: int, out: Path) -> np.ndarray:
     return decode(out, n)
 
 
-def write_folder(folder: Path, frames: np.ndarray) -> Path:
-    folder.mkdir(parents=True)
-    for i, frame in enumerate(frames):
-        cv2.imwrite(str(folder / f"{i:04d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    return folder
-
-
-def model_range(frames: np.ndarray) -> np.ndarray:
-    return frames.astype(np.float32) / 255 * 2 - 1
-
-
 def features(model, clip: np.ndarray, pool: str = "head") -> np.ndarray:
-    """The plain model's Mixed_5c of one (T, H, W, C) clip in [-1, 1], pooled."""
+    """The plain model's Mixed_5c of one (T, H, W, C) clip in [-1, 1], pooled as pytorch-i3d's head pools it
+    (AvgPool3d((2, 7, 7), stride 1), then the mean of what is left) or by the plain mean."""
     x = torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32)).permute(3, 0, 1, 2)[None]
     with torch.inference_mode():
-        return pool_features(model.forward_features(x), pool)[0].numpy()
+        y = model.forward_features(x)
+        if pool == "head":
+            y = torch.nn.functional.avg_pool3d(y, (2, 7, 7), stride=1)
+        return y.mean(dim=(2, 3, 4))[0].numpy()
 
 
 def jpeg_as_dense_flow(frames: np.ndarray) -> np.ndarray:
@@ -121,11 +95,6 @@ def flow_as_cmcs_reads_it(raw: np.ndarray) -> np.ndarray:
             ok, data = cv2.imencode(".jpg", np.ascontiguousarray(v[t, ..., c]))
             out[t, ..., c] = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE).astype(np.float64) * 2 / 255 - 1
     return out.astype(np.float32)
-
-
-def rows(out_dir: Path) -> dict[str, dict[str, str]]:
-    with open(out_dir / "features.csv", newline="") as f:
-        return {r["name"]: r for r in csv.DictReader(f)}
 
 
 def config(preset: str, **explicit) -> FeatureConfig:

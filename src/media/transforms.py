@@ -17,13 +17,7 @@ def resize_short_side(frames: np.ndarray, size: int = 256) -> np.ndarray:
         new_h, new_w = size, max(1, round(w * size / h))
     else:
         new_h, new_w = max(1, round(h * size / w)), size
-    if frames.ndim == 3:
-        return cv2.resize(frames, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    out = np.empty((frames.shape[0], new_h, new_w, frames.shape[-1]), dtype=frames.dtype)
-    for i, frame in enumerate(frames):
-        # cv2 drops a trailing channel axis of length 1 or 2; reshape keeps it.
-        out[i] = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR).reshape(out.shape[1:])
-    return out
+    return resize_exact(frames, new_w, new_h)
 
 
 def resize_exact(frames: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -34,6 +28,7 @@ def resize_exact(frames: np.ndarray, width: int, height: int) -> np.ndarray:
         return cv2.resize(frames, (width, height), interpolation=cv2.INTER_LINEAR)
     out = np.empty((frames.shape[0], height, width, frames.shape[-1]), dtype=frames.dtype)
     for i, frame in enumerate(frames):
+        # cv2 drops a trailing channel axis of length 1 or 2; reshape keeps it.
         out[i] = cv2.resize(frame, (width, height), interpolation=cv2.INTER_LINEAR).reshape(out.shape[1:])
     return out
 
