@@ -303,6 +303,23 @@ def test_thumos14_cmcs_rgb_rows_are_jpeg_frames_2_to_n(shared, tmp_path, rgb_mod
     assert "preset=thumos14-cmcs" in row["recipe"] and "rgb_jpeg=yes" in row["recipe"]
 
 
+def test_preprocessed_arrays_drop_their_first_frame_and_refuse_decoding_options(shared, tmp_path, rgb_model):
+    """A pre-process.py item under --align drop-first: RGB rows from its stored frames 2..T; --resize-to and the
+    JPEG options concern decoding, so such an item fails (its row says why) instead of being silently unchanged."""
+    data = tmp_path / "data"  # a pre-process.py dataset of one item, RGB only: (T, 224, 224, 3) in [-1, 1]
+    (data / "train" / "pool" / "clip").mkdir(parents=True)
+    frames = decode(shared / "videos" / "cleaning_pool.mp4", 5)[:, 16:240, 58:282]
+    np.save(data / "train/pool/clip/rgb-SampleRate_1.npy", model_range(frames))
+    (data / "manifest.csv").write_text("source,class,split,name,status,fps,sample_rate\nx.mp4,pool,train,clip,done,30,1\n")
+    run([data], tmp_path / "f", config("i3d", window=4, stride=4, align="drop-first"), **QUIET)
+    got = np.load(tmp_path / "f" / "train/pool/clip_rgb.npy")
+    stored = np.load(data / "train/pool/clip/rgb-SampleRate_1.npy")
+    assert got.shape == (1, 1024) and rows(tmp_path / "f")["train/pool/clip"]["frames"] == "4"
+    np.testing.assert_allclose(got[0], features(rgb_model, stored[1:5], "mean"), atol=1e-4)
+    summary = run([data], tmp_path / "g", config("i3d", window=4, stride=4, resize_to=(340, 256)), **QUIET)
+    assert summary.failed == 1 and "--resize-to apply to videos" in rows(tmp_path / "g")["train/pool/clip"]["status"]
+
+
 @pytest.mark.slow
 def test_thumos14_cmcs_flow_rows_read_dense_flow_jpegs_without_negation(shared, tmp_path, rgb_model, flow_model,
                                                                           flow_file):
