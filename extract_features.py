@@ -2,9 +2,13 @@
 
 Dataset form: one array per video and stream, (T', 1024) from windows of --window frames every --stride
 frames (Mixed_5c averaged over time and space), plus DIR/features.csv and the window start times.
+--preset NAME sets the options of a published feature convention (--preset list; docs/feature-presets.md).
 
 Examples:
     python extract_features.py videos/ --out-dir feats/                                  # RGB, 16 every 16, 25 fps
+    python extract_features.py videos/ --out-dir feats/ --preset thumos14-cmcs           # ActionFormer's THUMOS-14
+    python extract_features.py videos/ --out-dir feats/ --preset ms-tcn --weights w.pth --flow-weights f.pth
+    python extract_features.py --compare feats/video_test_0000004_rgb+flow.npy released/video_test_0000004.npy
     python extract_features.py videos/ --out-dir feats/ --streams rgb,flow --concat --fps native --stride 4
     python extract_features.py list.txt --out-dir feats/ --crops 10 --shard 2/8          # one of 8 machines
     python extract_features.py data/videos/pre-processed --out-dir feats/ --per-frame --window 21
@@ -28,15 +32,62 @@ import torch
 from src.cli import Parser, add_inference_arguments, chosen_precision, one_line, parse_fps
 from src.clips import InputError, clip_to_tensor, load_clip
 from src.device import pick_device
-from src.extraction import ExtractionError, FeatureConfig, prepare_out_dir, run
+from src.extraction import PRESETS, ExtractionError, FeatureConfig, describe_presets, prepare_out_dir, preset_options, run
+from src.extraction.compare import compare_files
+from src.extraction.config import ALIGNS, CROP_ORDERS, FLIP_FLOWS, PADS, POOLS, SHORT_VIDEOS
 from src.inference import optimize_for_inference
 from src.jobs import parse_shard, save_array_atomic, shard_from_env
 from src.model import ENDPOINTS
 from src.weights import FLOW_RECIPE, RGB_RECIPE, WeightsUnavailable, i3d
 
 
+class PresetAction(argparse.Action):
+    """--preset NAME; --preset list prints the presets and exits (before the other arguments are required)."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if value == "list":
+            print(describe_presets())
+            parser.exit(0)
+        if value not in PRESETS:
+            parser.error(f"--preset {value}: unknown; choose one of {', '.join(PRESETS)} or list")
+        namespace.preset = value
+
+
+class CompareAction(argparse.Action):
+    """--compare MINE THEIRS: shapes, T' and per-row cosine similarity of two feature files, then exit."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            report = compare_files(*values)
+        except (OSError, ValueError) as exc:
+            parser.exit(1, f"error: {one_line(exc)}\n")
+        print(report.text())
+        parser.exit(0 if report.comparable else 1)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'340x256' -> (340, 256) (argparse type)."""
+    width, sep, height = text.lower().partition("x")
+    if not (sep and width.isdigit() and height.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in pixels, e.g. 340x256, got {text!r}")
+    return int(width), int(height)
+
+
+def parse_streams(text: str) -> tuple[str, ...]:
+    """'rgb,flow' -> ('rgb', 'flow') (argparse type)."""
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+# FeatureConfig fields a preset may set: their options default to the preset's (absent unless given)
+PRESET_FIELDS = ("window", "stride", "fps", "streams", "concat", "per_frame", "pad", "crops", "pool", "weights",
+                 "flow_weights", "resize_to", "rgb_jpeg", "flow_jpeg", "align", "crop_order", "flip_flow",
+                 "short_videos")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
+    keep = argparse.SUPPRESS  # preset options: absent unless given, so a preset can fill them in
+    on_off = argparse.BooleanOptionalAction
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", nargs="+", help="videos, frame folders, folders searched recursively for videos, "
                                             "text files listing videos (one a line), or pre-processed dataset folders "
@@ -44,29 +95,59 @@ def build_parser() -> argparse.ArgumentParser:
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("--out-dir", type=Path, help="dataset form: folder for the per-video feature arrays")
     out.add_argument("--out", type=Path, help="one-clip form: output .npy of the endpoint, (C, T, H, W)")
+    p.add_argument("--preset", action=PresetAction, default="i3d",
+                   help="a named feature convention (i3d, thumos14-cmcs, ms-tcn): its options, each overridden by "
+                        "an explicit flag; 'list' shows them with their provenance (default: %(default)s)")
+    p.add_argument("--compare", nargs=2, metavar=("MINE", "THEIRS"), action=CompareAction,
+                   help="compare two feature files (.npy/.npz): shapes, T', per-row cosine similarity; then exit")
     p.add_argument("--endpoint", default="Mixed_5c", choices=ENDPOINTS, help="DeepMind endpoint (default: %(default)s)")
-    p.add_argument("--weights", default="rgb_scratch", help="RGB registry name or weights file (default: %(default)s)")
+    p.add_argument("--weights", default=keep,
+                   help="RGB registry name or weights file (default: the preset's; rgb_scratch)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out, or redo every video in --out-dir (also when the recipe changed)")
     p.add_argument("--resize", action="store_true", help="resize + crop even frames already 224x224")
     one = p.add_argument_group("one-clip form (--out)")
     one.add_argument("--frames", type=int, default=None, help="use only the N central frames (default: all)")
-    ds = p.add_argument_group("dataset form (--out-dir)")
-    ds.add_argument("--window", type=int, default=16, help="frames per window (default: %(default)s)")
-    ds.add_argument("--stride", type=int, default=16, help="frames between window starts (default: %(default)s)")
-    ds.add_argument("--fps", type=parse_fps, default=argparse.SUPPRESS,
+    ds = p.add_argument_group("dataset form (--out-dir); the defaults are the i3d preset's")
+    ds.add_argument("--window", type=int, default=keep, help="frames per window (default: 16)")
+    ds.add_argument("--stride", type=int, default=keep, help="frames between window starts (default: 16)")
+    ds.add_argument("--fps", type=parse_fps, default=keep,
                     help="resample to this rate, or 'native' (default: 25, the recipe; a --checkpoint run's own)")
-    ds.add_argument("--streams", default="rgb", help="rgb, flow or rgb,flow (default: %(default)s)")
-    ds.add_argument("--concat", action="store_true", help="one (T', 2048) rgb+flow array per video, RGB first")
-    ds.add_argument("--per-frame", action="store_true",
+    ds.add_argument("--streams", type=parse_streams, default=keep, help="rgb, flow or rgb,flow (default: rgb)")
+    ds.add_argument("--concat", action=on_off, default=keep,
+                    help="one (T', 2048) rgb+flow array per video, RGB first")
+    ds.add_argument("--per-frame", action=on_off, default=keep,
                     help="one row per frame, from a window centred on it (T' = T; --stride is ignored)")
-    ds.add_argument("--pad", choices=("edge", "zero"), default="edge",
-                    help="--per-frame windows past the ends: repeat the end frame or zeros (default: %(default)s)")
-    ds.add_argument("--crops", type=int, choices=(1, 5, 10), default=1,
-                    help="centre; + 4 corners; + their flips, kept as an axis (T', crops, C) (default: %(default)s)")
-    ds.add_argument("--no-pool", dest="pool", action="store_false",
-                    help="keep the endpoint's (C, t, h, w) maps instead of averaging them to a vector")
-    ds.add_argument("--flow-weights", default="flow_scratch", help="flow registry name or file (default: %(default)s)")
+    ds.add_argument("--pad", choices=PADS, default=keep,
+                    help="--per-frame windows past the ends: repeat the end frame, zeros, or 'still' (the end frame "
+                         "repeated, no motion: zero flow) (default: edge)")
+    ds.add_argument("--crops", type=int, choices=(1, 5, 10), default=keep,
+                    help="centre; + 4 corners; + their flips, kept as an axis (T', crops, C) (default: 1)")
+    ds.add_argument("--crop-order", choices=CROP_ORDERS, default=keep,
+                    help="centre-first: C, TL, TR, BL, BR, then each mirrored; cmcs: TL, TR, C, BL, BR, then the same "
+                         "boxes of the mirrored frame (default: centre-first)")
+    ds.add_argument("--flip-flow", choices=FLIP_FLOWS, default=keep,
+                    help="flipped crops' x flow: negate (mirrored motion) or keep (as CMCS) (default: negate)")
+    ds.add_argument("--pool", choices=POOLS, default=keep,
+                    help="mean over (t, h, w); head: the classifier's (2, 7, 7) average pool then the mean, as "
+                         "pytorch-i3d / TF extractors did; none: the (C, t, h, w) maps (default: mean)")
+    ds.add_argument("--no-pool", dest="pool", action="store_const", const="none", default=keep,
+                    help="the same as --pool none")
+    ds.add_argument("--resize-to", type=parse_size, default=keep, metavar="WxH",
+                    help="resize frames to exactly WxH, not keeping the aspect (e.g. 340x256), then crop 224 "
+                         "(default: short side 256)")
+    ds.add_argument("--rgb-jpeg", action=on_off, default=keep,
+                    help="RGB frames through OpenCV's JPEG at quality 95, as stored frame files are (default: no)")
+    ds.add_argument("--flow-jpeg", action=on_off, default=keep,
+                    help="flow quantised to 8 bits (bound 20) and stored as JPEG as dense_flow does, read back "
+                         "v * 2 / 255 - 1 (default: no)")
+    ds.add_argument("--align", choices=ALIGNS, default=keep,
+                    help="repeat-last: T frames, the last flow repeated; drop-first: as dense_flow's files, frames "
+                         "2..T each with the flow into it (T - 1 rows of each) (default: repeat-last)")
+    ds.add_argument("--short-videos", choices=SHORT_VIDEOS, default=keep,
+                    help="a video of at most --window frames: one window of all of it, or reject it (default: "
+                         "one-window)")
+    ds.add_argument("--flow-weights", default=keep, help="flow registry name or file (default: the preset's; flow_scratch)")
     ds.add_argument("--checkpoint", default=None, help="a fine-tuned train.py run folder (its streams and recipe)")
     ds.add_argument("--batch", type=int, default=8, help="clips per forward pass, across videos (default: %(default)s)")
     ds.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored dtype (default: %(default)s)")
@@ -100,13 +181,11 @@ def extract_dataset(args: argparse.Namespace) -> int:
         shard = parse_shard(args.shard) if args.shard else (shard_from_env() or (1, 1))
     except ValueError as exc:
         raise ExtractionError(str(exc)) from None
+    explicit = {name: getattr(args, name) for name in PRESET_FIELDS if hasattr(args, name)}
     cfg = FeatureConfig(
-        window=args.window, stride=args.stride, fps=getattr(args, "fps", "recipe"),
-        streams=tuple(s.strip() for s in args.streams.split(",") if s.strip()), concat=args.concat,
-        per_frame=args.per_frame, pad=args.pad, crops=args.crops, endpoint=args.endpoint, pool=args.pool,
-        weights=args.weights, flow_weights=args.flow_weights, checkpoint=args.checkpoint, batch=args.batch,
-        dtype=args.dtype, precision=chosen_precision(args), compile=args.compile, device=args.device,
-        workers=args.workers, overwrite=args.overwrite, shard=shard, force_resize=args.resize)
+        **preset_options(args.preset, explicit), endpoint=args.endpoint, checkpoint=args.checkpoint,
+        batch=args.batch, dtype=args.dtype, precision=chosen_precision(args), compile=args.compile,
+        device=args.device, workers=args.workers, overwrite=args.overwrite, shard=shard, force_resize=args.resize)
     summary = run(args.input, args.out_dir, cfg)
     return 1 if summary.failed else 0
 
@@ -115,13 +194,17 @@ def extract_one(args: argparse.Namespace) -> int:
     """The one-clip --out form: the endpoint tensor (C, T, H, W)."""
     if len(args.input) != 1:
         raise ExtractionError(f"--out takes one input, got {len(args.input)}; use --out-dir for many")
+    dataset_only = sorted({f"--{n.replace('_', '-')}" for n in PRESET_FIELDS if hasattr(args, n)} - {"--weights"})
+    if args.preset != "i3d" or dataset_only:
+        raise ExtractionError(f"{'--preset' if args.preset != 'i3d' else dataset_only[0]} belongs to the dataset form "
+                              "(--out-dir); --out takes --weights, --endpoint, --frames and --resize")
     if args.frames is not None and args.frames < 1:
         raise ExtractionError(f"--frames must be 1 or more, got {args.frames}")
     out = args.out
     if out.exists() and not args.overwrite:
         raise ExtractionError(f"{out} exists; pass --overwrite to replace it")
     prepare_out_dir(out.parent)
-    model = i3d(weights=args.weights).eval()
+    model = i3d(weights=getattr(args, "weights", "rgb_scratch")).eval()
     recipe = FLOW_RECIPE if model.in_channels == 2 else RGB_RECIPE
     clip = load_clip(args.input[0], recipe, frames=args.frames, force_resize=args.resize)
     device = pick_device(args.device)

@@ -4,7 +4,9 @@ models, and each finished video's feature arrays.
 A video is fed decoding messages (frame chunks, then its end); each stream's Windower hands out windows as
 their frames arrive, each window is cut into its crops, and crops of the same stream and shape from any
 video share a batch. Flow: T frames give T - 1 flows; the last flow is repeated once so the flow stream
-also has T frames and shares the RGB windows (window s uses flows s .. s + W - 1, i.e. frames s .. s + W).
+also has T frames and shares the RGB windows (window s uses flows s .. s + W - 1, i.e. frames s .. s + W);
+with align drop-first the decoder sent T - 1 frames and T - 1 flows, and nothing is repeated; per-frame rows
+padded 'still' get zero flow past the ends (the flow of a video standing still) and the end frames repeated.
 """
 from __future__ import annotations
 
@@ -20,10 +22,26 @@ from src.extraction.inputs import Video
 from src.extraction.windows import Windower, crop_boxes, window_count, window_starts
 from src.inference import accelerate
 from src.media.video import VideoError
+from src.model import BLOCKS, LogitsPool
 from src.training import run_streams
 from src.weights import STREAM_CHANNELS, Recipe, Streams, flow_recipe, pretrained_streams
 
 WEIGHT_OPTIONS = {"rgb": "--weights", "flow": "--flow-weights"}
+HEAD_POOL = LogitsPool(*next(args for _, kind, args in BLOCKS if kind == "avgpool"))  # DeepMind's (2, 7, 7), VALID
+
+
+def pool_features(y: torch.Tensor, how: str) -> torch.Tensor:
+    """(N, C, t, h, w) endpoint maps -> (N, C): 'mean' over (t, h, w); 'head': the classifier head's pooling
+    (the (2, 7, 7) average pool, stride 1, no padding, then the mean over what is left); 'none': unchanged.
+
+    For 16-frame windows Mixed_5c is (2, 7, 7), the pool leaves one value and both agree; for 21 frames it has
+    3 time steps, the pool leaves 2, (x0 + x1) / 2 and (x1 + x2) / 2, so the head gives (x0 + 2 x1 + x2) / 4.
+    """
+    if how == "mean":
+        return y.mean(dim=(2, 3, 4))
+    if how == "head":
+        return HEAD_POOL(y).mean(dim=(2, 3, 4))
+    return y
 
 
 def load_models(cfg: FeatureConfig, device: torch.device) -> tuple[dict[str, torch.nn.Module], dict[str, Recipe], str]:
@@ -73,8 +91,9 @@ class Pending:
 
 
 def to_model_input(windows: list[np.ndarray], boxes: list[tuple[int, int, bool]], size: int, stream: str,
-                   device: torch.device) -> torch.Tensor:
-    """Crop (and flip) each (t, H, W, C) window and stack them as a float32 (N, C, t, size, size) batch in [-1, 1]."""
+                   device: torch.device, negate_flipped_flow: bool = True) -> torch.Tensor:
+    """Crop (and flip) each (t, H, W, C) window and stack them as a float32 (N, C, t, size, size) batch in [-1, 1];
+    a flipped flow crop's x flow is negated (mirrored motion) unless `negate_flipped_flow` is False (CMCS's rule)."""
     clips = []
     for window, (top, left, flip) in zip(windows, boxes):
         x = torch.from_numpy(np.ascontiguousarray(window[:, top:top + size, left:left + size]))
@@ -82,7 +101,7 @@ def to_model_input(windows: list[np.ndarray], boxes: list[tuple[int, int, bool]]
     if len({c.dtype for c in clips}) > 1:  # zero-padded windows are float already
         clips = [_model_range(c) for c in clips]
     x = _model_range(torch.stack(clips).to(device))
-    if stream == "flow":
+    if stream == "flow" and negate_flipped_flow:
         for i, (_, _, flip) in enumerate(boxes):
             if flip:  # mirrored motion: horizontal flow changes sign
                 x[i, ..., 0].neg_()
@@ -124,8 +143,14 @@ class Extractor:
         """Start collecting a video's windows."""
         cfg = self.cfg
         self.states[index] = VideoState(
-            video, {s: Windower(cfg.window, cfg.stride, cfg.per_frame, cfg.pad) for s in cfg.streams},
+            video, {s: Windower(cfg.window, cfg.stride, cfg.per_frame, self._pad(s)) for s in cfg.streams},
             {s: {} for s in cfg.streams})
+
+    def _pad(self, stream: str) -> str:
+        """The Windower padding of one stream: 'still' is the end frames repeated and no motion past the ends."""
+        if self.cfg.pad == "still":
+            return "zero" if stream == "flow" else "edge"
+        return self.cfg.pad
 
     def feed(self, index: int, kind: str, payload) -> list[int]:
         """Take one decoding message; return the indices of videos that are now finished."""
@@ -138,6 +163,10 @@ class Extractor:
             return self._drop(index)
         if kind == "end":
             state.info = payload
+            problem = self._too_short(state.video, payload["frames"])
+            if problem:
+                state.failed, state.ended = problem, True
+                return self._drop(index)
             ready = {s: w.finish() if s == "rgb" else self._finish_flow(w) for s, w in state.windowers.items()}
             state.ended = True
             for stream, windows in ready.items():
@@ -146,10 +175,22 @@ class Extractor:
             self._enqueue(index, kind, state.windowers[kind].push(payload))
         return self.run_full()
 
-    @staticmethod
-    def _finish_flow(windower: Windower) -> list[tuple[int, np.ndarray]]:
-        # T frames gave T - 1 flows: repeat the last so the flow stream has T frames and the RGB windows
+    def _too_short(self, video: Video, frames: int) -> str | None:
+        """Why --short-videos reject refuses a video (at most --window frames, as CMCS's extractor), or None."""
+        cfg = self.cfg
+        if cfg.short_videos != "reject" or cfg.per_frame or frames > cfg.window:
+            return None
+        counted = " after the first, as dense_flow stores them" if cfg.align == "drop-first" else ""
+        return (f"{video.source}: {frames} frames{counted}; --short-videos reject needs more than "
+                f"--window {cfg.window}")
+
+    def _finish_flow(self, windower: Windower) -> list[tuple[int, np.ndarray]]:
+        if self.cfg.align == "drop-first":  # T - 1 frames and T - 1 flows: nothing to repeat
+            return windower.finish()
+        # T frames gave T - 1 flows: repeat the last (or, padding 'still', no motion) so the flow stream has T frames
         last = windower.frames[-1] if windower.frames else None
+        if last is not None and self.cfg.per_frame and self.cfg.pad == "still":
+            last = np.zeros_like(last)
         ready = windower.push(np.asarray(last)[None]) if last is not None else []
         return ready + windower.finish()
 
@@ -158,7 +199,7 @@ class Extractor:
         size = self.recipes[stream].crop
         for row, window in windows:
             # frames already crop-sized (centre-cropped by the decoder for one crop) give every box at (0, 0)
-            boxes = crop_boxes(window.shape[1], window.shape[2], size, self.cfg.crops)
+            boxes = crop_boxes(window.shape[1], window.shape[2], size, self.cfg.crops, self.cfg.crop_order)
             for crop, box in enumerate(boxes):
                 key = (stream, window.shape)
                 self.queue.setdefault(key, []).append(Pending(index, stream, row, crop, window, box))
@@ -189,13 +230,12 @@ class Extractor:
         stream = key[0]
         batch, self.queue[key] = self.queue[key][:self.cfg.batch], self.queue[key][self.cfg.batch:]
         size = self.recipes[stream].crop
-        x = to_model_input([p.window for p in batch], [p.box for p in batch], size, stream, self.device)
+        x = to_model_input([p.window for p in batch], [p.box for p in batch], size, stream, self.device,
+                           negate_flipped_flow=self.cfg.flip_flow == "negate")
         start = time.perf_counter()
         with torch.inference_mode():
             y = self.models[stream].forward_features(x, self.cfg.endpoint)
-            if self.cfg.pool:
-                y = y.mean(dim=(2, 3, 4))
-            y = y.float().cpu().numpy()
+            y = pool_features(y, self.cfg.pool).float().cpu().numpy()
         self.model_seconds += time.perf_counter() - start
         self.windows_run += len(batch)
         done = []
@@ -221,10 +261,11 @@ class Extractor:
             stacked = np.stack([np.stack(rows[r]) for r in range(t_prime)])  # (T', crops, ...)
             out[stream] = stacked[:, 0] if cfg.crops == 1 else stacked
         if cfg.concat:
-            axis = -1 if cfg.pool else (2 if cfg.crops > 1 else 1)
+            axis = -1 if cfg.pool != "none" else (2 if cfg.crops > 1 else 1)
             out = {"rgb+flow": np.concatenate([out["rgb"], out["flow"]], axis=axis)}
         out = {k: v.astype(cfg.dtype) for k, v in out.items()}
-        out["times"] = window_starts(info["frames"], cfg.window, cfg.stride, cfg.per_frame, info["fps"])
+        first = 1 / info["fps"] if cfg.align == "drop-first" else 0.0  # row 0 starts at the video's second frame
+        out["times"] = window_starts(info["frames"], cfg.window, cfg.stride, cfg.per_frame, info["fps"]) + first
         return out
 
     def close(self, index: int) -> None:

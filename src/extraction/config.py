@@ -12,6 +12,12 @@ from src.weights import RGB_RECIPE
 
 STREAMS = ("rgb", "flow")
 CROPS = (1, 5, 10)
+POOLS = ("mean", "head", "none")  # mean over (t, h, w); the classifier head's (2, 7, 7) pool then mean; none
+PADS = ("edge", "zero", "still")  # per-frame ends: repeat the end frame; zeros; the video standing still
+ALIGNS = ("repeat-last", "drop-first")  # T frames, T - 1 flows + the last repeated; or dense_flow's T - 1 of each
+CROP_ORDERS = ("centre-first", "cmcs")
+FLIP_FLOWS = ("negate", "keep")
+SHORT_VIDEOS = ("one-window", "reject")
 
 
 class ExtractionError(ValueError):
@@ -44,10 +50,10 @@ class FeatureConfig:
     streams: tuple[str, ...] = ("rgb",)
     concat: bool = False
     per_frame: bool = False
-    pad: str = "edge"  # per-frame end padding: edge (repeat the end frame) or zero
+    pad: str = "edge"  # per-frame end padding: edge (repeat the end frame), zero, or still (see PADS)
     crops: int = 1
     endpoint: str = "Mixed_5c"
-    pool: bool = True
+    pool: str = "mean"
     weights: str = "rgb_scratch"
     flow_weights: str = "flow_scratch"
     checkpoint: str | None = None
@@ -61,6 +67,14 @@ class FeatureConfig:
     shard: tuple[int, int] = (1, 1)
     force_resize: bool = False
     flow_algorithm: str | None = None  # None: the recipe's (TV-L1 unless a fine-tuned run says otherwise)
+    preset: str = "i3d"  # the named convention the options came from (src.extraction.presets)
+    resize_to: tuple[int, int] | None = None  # (width, height): resize without keeping the aspect, then crop
+    rgb_jpeg: bool = False  # RGB frames through OpenCV's JPEG at quality 95 (stored frames, as dense_flow's)
+    flow_jpeg: bool = False  # flow quantised and stored as JPEG images, as dense_flow does, then read back
+    align: str = "repeat-last"
+    crop_order: str = "centre-first"
+    flip_flow: str = "negate"  # flipped crops' x flow: negated (mirrored motion) or kept as the CMCS extractor did
+    short_videos: str = "one-window"  # a video of at most --window frames: one window of all of it, or refused
 
     def validate(self) -> None:
         """Raise ExtractionError for an impossible setting."""
@@ -72,12 +86,24 @@ class FeatureConfig:
             raise ExtractionError(f"--streams must be rgb, flow or rgb,flow, got {','.join(self.streams)}")
         if self.concat and set(self.streams) != set(STREAMS):
             raise ExtractionError("--concat joins the two streams; pass --streams rgb,flow with it")
-        if self.pad not in ("edge", "zero"):
-            raise ExtractionError(f"--pad must be edge or zero, got {self.pad}")
+        for option, value, choices in (("--pad", self.pad, PADS), ("--pool", self.pool, POOLS),
+                                       ("--align", self.align, ALIGNS), ("--crop-order", self.crop_order, CROP_ORDERS),
+                                       ("--flip-flow", self.flip_flow, FLIP_FLOWS),
+                                       ("--short-videos", self.short_videos, SHORT_VIDEOS)):
+            if value not in choices:
+                raise ExtractionError(f"{option} must be {' or '.join(choices)}, got {value!r}")
         if self.crops not in CROPS:
             raise ExtractionError(f"--crops must be 1, 5 or 10, got {self.crops}")
         if self.endpoint not in ENDPOINTS:
             raise ExtractionError(f"--endpoint {self.endpoint}: unknown; choose one of {', '.join(ENDPOINTS)}")
+        if self.pool == "head" and self.endpoint != "Mixed_5c":
+            raise ExtractionError(f"--pool head is the classifier head's pooling of Mixed_5c; use --pool mean "
+                                  f"with --endpoint {self.endpoint}")
+        if self.resize_to is not None:
+            if len(self.resize_to) != 2:
+                raise ExtractionError(f"--resize-to must be WIDTHxHEIGHT, got {self.resize_to!r}")
+            for side in self.resize_to:
+                _whole(side, "--resize-to", RGB_RECIPE.crop, f" pixels a side, to crop {RGB_RECIPE.crop} from")
         _whole(self.batch, "--batch", 1)
         if self.dtype not in ("float32", "float16"):
             raise ExtractionError(f"--dtype must be float32 or float16, got {self.dtype}")
@@ -95,18 +121,28 @@ class FeatureConfig:
             weights = " ".join(([f"weights={self.weights}"] if "rgb" in self.streams else []) +
                                ([f"flow_weights={self.flow_weights}"] if "flow" in self.streams else []))
         frames = f"per_frame={self.pad} stride=1" if self.per_frame else f"per_frame=no stride={self.stride}"
-        return (f"window={self.window} {frames} fps={fps} crops={self.crops} endpoint={self.endpoint} "
-                f"pool={'yes' if self.pool else 'no'} dtype={self.dtype} {weights}")
+        resize = "x".join(map(str, self.resize_to)) if self.resize_to else f"short-side-{RGB_RECIPE.resize_short_side}"
+        crops = f"crops={self.crops}" + (f" crop_order={self.crop_order}" if self.crops > 1 else "")
+        if self.crops == 10 and "flow" in self.streams:
+            crops += f" flip_flow={self.flip_flow}"
+        jpeg = " ".join(f"{s}_jpeg={'yes' if getattr(self, f'{s}_jpeg') else 'no'}" for s in self.streams)
+        return (f"preset={self.preset} window={self.window} {frames} fps={fps} resize={resize} {crops} "
+                f"endpoint={self.endpoint} pool={self.pool} align={self.align} short_videos={self.short_videos} "
+                f"{jpeg} dtype={self.dtype} {weights}")
+
+
+LEGACY_WORDS = {("pool", "yes"): "mean", ("pool", "no"): "none"}  # recipes written before --pool had names
 
 
 def parse_recipe(text: str) -> dict[str, str]:
-    """'window=16 stride=16 ...' -> {'window': '16', ...}."""
-    return dict(word.split("=", 1) for word in text.split() if "=" in word)
+    """'window=16 stride=16 ...' -> {'window': '16', ...} (older spellings of a value read as today's)."""
+    words = dict(word.split("=", 1) for word in text.split() if "=" in word)
+    return {k: LEGACY_WORDS.get((k, v), v) for k, v in words.items()}
 
 
 def recipe_option(key: str) -> str:
-    """The command-line option of a recipe word ('per_frame' -> '--per-frame')."""
-    return {"per_frame": "--per-frame", "flow_weights": "--flow-weights"}.get(key, f"--{key}")
+    """The command-line option of a recipe word ('per_frame' -> '--per-frame', 'resize' -> '--resize-to')."""
+    return {"resize": "--resize-to"}.get(key, "--" + key.replace("_", "-"))
 
 
 def resolve_fps(cfg: FeatureConfig) -> float | None:

@@ -2,7 +2,8 @@
 arrays), in this process or in decoding processes that run beside the model.
 
 Flow: T frames give T - 1 flows; the batching side repeats the last flow once so the flow stream also
-has T frames and shares the RGB windows.
+has T frames and shares the RGB windows. With align drop-first (dense_flow's files) the first frame is not sent
+to the RGB stream instead: frame t is paired with the flow from t - 1 to t, and both streams have T - 1.
 """
 from __future__ import annotations
 
@@ -17,16 +18,19 @@ import numpy as np
 from src.extraction.config import FeatureConfig
 from src.extraction.inputs import Video
 from src.flow import FlowExtractor, rgb_to_gray
+from src.flow.jpeg import flow_through_jpeg
 from src.jobs import worker_init
-from src.media.transforms import center_crop, resize_short_side
+from src.media.transforms import center_crop, jpeg_round_trip, resize_exact, resize_short_side
 from src.media.video import FrameStream, VideoError
 from src.weights import Recipe
 
 CHUNK = 32  # frames a decoding worker sends at a time
 
 
-def _prepare(frame: np.ndarray, recipe: Recipe, force_resize: bool) -> np.ndarray:
-    if force_resize or frame.shape[:2] != (recipe.crop, recipe.crop):
+def _prepare(frame: np.ndarray, recipe: Recipe, cfg: FeatureConfig) -> np.ndarray:
+    if cfg.resize_to:
+        return resize_exact(frame, *cfg.resize_to)
+    if cfg.force_resize or frame.shape[:2] != (recipe.crop, recipe.crop):
         return resize_short_side(frame, recipe.resize_short_side)
     return frame
 
@@ -50,15 +54,21 @@ def _iter_arrays(video: Video, cfg: FeatureConfig, size: int) -> Iterator[tuple[
     missing = [s for s in cfg.streams if s not in video.arrays]
     if missing:
         raise VideoError(f"{video.source}: no {missing[0]} array in this pre-processed item")
+    decoding_only = [option for option, on in (("--resize-to", cfg.resize_to), ("--rgb-jpeg", cfg.rgb_jpeg),
+                                               ("--flow-jpeg", cfg.flow_jpeg)) if on]
+    if decoding_only:
+        raise VideoError(f"{video.source}: a pre-processed item's arrays are resized and stored already; "
+                         f"{', '.join(decoding_only)} apply to videos and frame folders")
     lengths = {}
     for stream in cfg.streams:
         arr = np.load(video.arrays[stream], mmap_mode="r", allow_pickle=False)
-        lengths[stream] = len(arr)
-        for start in range(0, len(arr), CHUNK):
+        first = 1 if stream == "rgb" and cfg.align == "drop-first" else 0  # the flow array has T - 1 already
+        lengths[stream] = len(arr) - first
+        for start in range(first, len(arr), CHUNK):
             chunk = np.asarray(arr[start:start + CHUNK])
             _check_finite(chunk, video.arrays[stream], start)
             yield stream, _centre(chunk, size) if cfg.crops == 1 else chunk
-    frames = lengths.get("rgb", lengths.get("flow", 0) + 1)
+    frames = lengths.get("rgb", lengths.get("flow", 0) + (cfg.align != "drop-first"))
     fps = video.array_fps or cfg.fps or 25.0
     yield "end", {"frames": frames, "fps": fps, "warnings": []}
 
@@ -82,25 +92,33 @@ def iter_source(video: Video, cfg: FeatureConfig, recipes: dict[str, Recipe]) ->
     pending: list[np.ndarray] = []
     previous_gray = None
     count = 0
+    drop_first = cfg.align == "drop-first"
 
     def emit() -> Iterator[tuple[str, np.ndarray]]:
         nonlocal previous_gray
         frames = np.stack(pending)
         pending.clear()
         if "rgb" in cfg.streams:
-            yield "rgb", _centre(frames, size) if one else frames
+            rgb = frames[1:] if drop_first and count == len(frames) else frames  # the first chunk
+            if cfg.rgb_jpeg and len(rgb):  # the stored frames; the flow is computed before any JPEG, as dense_flow
+                rgb = jpeg_round_trip(rgb)
+            if len(rgb):
+                yield "rgb", _centre(rgb, size) if one else rgb
         if flow is not None:
             gray = rgb_to_gray(frames)
             sequence = gray if previous_gray is None else np.concatenate([previous_gray[None], gray])
             previous_gray = gray[-1]
             if len(sequence) > 1:
-                flows = flow(sequence)
+                if cfg.flow_jpeg:
+                    flows = flow_through_jpeg(flow.raw_batch(sequence[:-1], sequence[1:]), flow.bound)
+                else:
+                    flows = flow(sequence)
                 yield "flow", _centre(flows, size) if one else flows
 
     for i, frame in enumerate(stream):
         if i % recipe.sample_rate:
             continue
-        pending.append(_prepare(frame, recipe, cfg.force_resize))
+        pending.append(_prepare(frame, recipe, cfg))
         count += 1
         if len(pending) == CHUNK:
             yield from emit()
@@ -108,11 +126,12 @@ def iter_source(video: Video, cfg: FeatureConfig, recipes: dict[str, Recipe]) ->
         yield from emit()
     if count == 0:
         raise VideoError(f"{video.source}: no frames could be decoded")
-    if "flow" in cfg.streams and count < 2:
-        raise VideoError(f"{video.source}: flow needs at least 2 frames, got {count}")
+    if ("flow" in cfg.streams or drop_first) and count < 2:
+        why = "flow needs" if "flow" in cfg.streams else "--align drop-first (the first frame is not used) needs"
+        raise VideoError(f"{video.source}: {why} at least 2 frames, got {count}")
     native = stream.info.fps if stream.kind == "video" else 0.0
     rate = (fps or native or 25.0) / recipe.sample_rate
-    yield "end", {"frames": count, "fps": rate, "warnings": list(stream.info.warnings)}
+    yield "end", {"frames": count - drop_first, "fps": rate, "warnings": list(stream.info.warnings)}
 
 
 def failure_message(video: Video, exc: Exception) -> str:

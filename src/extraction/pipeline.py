@@ -2,7 +2,7 @@
 decode, batch and write every video left, each failure logged and the rest going on.
 
 Layout written under OUT_DIR (NAME = the input's path relative to the INPUT folder, without extension):
-    NAME_rgb.npy, NAME_flow.npy     (T', C) or (T', crops, C); (T', C, t, h, w) ... with pool=False
+    NAME_rgb.npy, NAME_flow.npy     (T', C) or (T', crops, C); (T', C, t, h, w) ... with pool none
     NAME_rgb+flow.npy               the two streams side by side on the last feature axis (RGB first)
     NAME_times.npy                  (T',) start of each window in seconds (per-frame: the frame's time)
     features.csv                    one row per video: recipe, shapes, status (checked when read)

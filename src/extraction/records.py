@@ -116,7 +116,8 @@ def update_csv(out_dir: Path, rows: dict[str, dict[str, str]]) -> None:
 
 
 def _conflict(had: dict[str, str], want: dict[str, str]) -> str | None:
-    for key in sorted(set(had) & set(want)):  # a stream added or left out is not a conflict
+    # only words both have: a stream added or left out is not a conflict; another preset is named first
+    for key in sorted(set(had) & set(want), key=lambda k: (k != "preset", k)):
         if had[key] != want[key]:
             return f"{recipe_option(key)} {had[key]} (now {want[key]})"
     return None

