@@ -32,7 +32,7 @@ import torch
 from src.cli import Parser, add_inference_arguments, chosen_precision, one_line, parse_fps
 from src.clips import InputError, clip_to_tensor, load_clip
 from src.device import pick_device
-from src.extraction import PRESETS, ExtractionError, FeatureConfig, describe_presets, prepare_out_dir, preset_options, run
+from src.extraction import PRESETS, ExtractionError, FeatureConfig, describe_presets, prepare_feature_dir, preset_options, run
 from src.extraction.compare import compare_files
 from src.extraction.config import ALIGNS, CROP_ORDERS, FLIP_FLOWS, PADS, POOLS, SHORT_VIDEOS
 from src.inference import optimize_for_inference
@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--checkpoint", default=None, help="a fine-tuned train.py run folder (its streams and recipe)")
     ds.add_argument("--batch", type=int, default=8, help="clips per forward pass, across videos (default: %(default)s)")
     ds.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored dtype (default: %(default)s)")
+    ds.add_argument("--flow-device", default=None,
+                    help="device of the flow stream's TV-L1 (default: --device); on a GPU the decoders send frames and "
+                         "the flow of every video in flight is computed here in large batches (Triton where installed)")
+    ds.add_argument("--flow-batch", type=int, default=0,
+                    help="flow pairs per call when flow is computed here (default 0: the device's choice; N > 0 also "
+                         "computes it here on a CPU)")
     ds.add_argument("--workers", type=int, default=1,
                     help="decoding (and flow) processes beside the model; 0 decodes in-process (default: %(default)s)")
     ds.add_argument("--shard", default=None,
@@ -185,7 +191,8 @@ def extract_dataset(args: argparse.Namespace) -> int:
     cfg = FeatureConfig(
         **preset_options(args.preset, explicit), endpoint=args.endpoint, checkpoint=args.checkpoint,
         batch=args.batch, dtype=args.dtype, precision=chosen_precision(args), compile=args.compile,
-        device=args.device, workers=args.workers, overwrite=args.overwrite, shard=shard, force_resize=args.resize)
+        device=args.device, workers=args.workers, overwrite=args.overwrite, shard=shard, force_resize=args.resize,
+        flow_device=args.flow_device, flow_batch=args.flow_batch)
     summary = run(args.input, args.out_dir, cfg)
     return 1 if summary.failed else 0
 
@@ -203,7 +210,7 @@ def extract_one(args: argparse.Namespace) -> int:
     out = args.out
     if out.exists() and not args.overwrite:
         raise ExtractionError(f"{out} exists; pass --overwrite to replace it")
-    prepare_out_dir(out.parent)
+    prepare_feature_dir(out.parent)
     model = i3d(weights=getattr(args, "weights", "rgb_scratch")).eval()
     recipe = FLOW_RECIPE if model.in_channels == 2 else RGB_RECIPE
     clip = load_clip(args.input[0], recipe, frames=args.frames, force_resize=args.resize)

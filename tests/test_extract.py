@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.extraction import (ExtractionError, FeatureConfig, Video, Windower, crop_boxes, run, shard_videos, window_count,
-                            window_starts)
+from src.extraction import (ExtractionError, FeatureConfig, Video, Windower, crop_boxes, run, shard_videos,
+                            window_count, window_starts)
 from src.jobs.shards import shard_from_env
 from tests.conftest import REPO
 
@@ -269,6 +269,27 @@ def test_tvl1_flow_on_the_fly_in_a_worker(tmp_path, pool_frames, flow_weights):
     expected = pooled(i3d(str(flow_weights)).eval(), flows[[0, 1, 1]])
     assert features.shape == (1, 1024)
     np.testing.assert_allclose(features[0], expected, atol=1e-4)
+
+
+def test_flow_across_videos_in_this_process_equals_flow_in_the_decoders(tmp_path, pool_frames, flow_weights):
+    """--flow-batch (as on a GPU): the decoders send grayscale frames and the pairs of every video in flight go
+    through the flow model together, crossing videos and chunks; each video's features are the same as when its
+    decoder computes the flow, with videos of two frame sizes in flight at once."""
+    wide = np.stack([cv2.resize(f, (300, 200)) for f in pool_frames[:5, :200]])  # -> 384x256 after the recipe
+    inputs = [write_folder(tmp_path / "a", pool_frames[:6]), write_folder(tmp_path / "b", wide),
+              write_folder(tmp_path / "c", pool_frames[3:8])]
+    base = dict(streams=("flow",), flow_weights=str(flow_weights), window=3, stride=2, flow_algorithm="farneback")
+    outputs = {}
+    for name, extra in [("decoders", {}), ("here", {"flow_batch": 3}), ("here-workers", {"flow_batch": 4, "workers": 1})]:
+        messages: list[str] = []
+        summary = run(inputs, tmp_path / name, fast(**base, **extra), log=messages.append)
+        assert (summary.done, summary.failed) == (3, 0), name
+        assert any("flow in this process across videos" in m for m in messages) == (name != "decoders"), messages
+        outputs[name] = {v: np.load(tmp_path / name / f"{v}_flow.npy") for v in "abc"}
+    for name in ("here", "here-workers"):
+        for v in "abc":
+            assert np.array_equal(outputs[name][v], outputs["decoders"][v]), (name, v)
+    assert outputs["decoders"]["a"].shape == (2, 1024) and outputs["decoders"]["b"].shape == (2, 1024)
 
 
 # ----- a dataset: names, resume, recipe changes, broken files, shards

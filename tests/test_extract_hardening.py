@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from src.extraction import ExtractionError, FeatureConfig, discover, run
+from src.extraction import ExtractionError, FeatureConfig, find_inputs, run
 from tests.conftest import REPO
 
 
@@ -231,7 +231,7 @@ def test_a_symlink_loop_does_not_repeat_videos(shared, tmp_path):
         os.symlink(shared / "videos" / name, root / name)
     os.symlink(shared / "videos" / "arm_wrestling.mp4", root / "sub" / "arm_wrestling.mp4")
     os.symlink("..", root / "sub" / "back")
-    assert [v.name for v in discover([root])] == ["sub/arm_wrestling", "video_0", "video_90"]
+    assert [v.name for v in find_inputs([root])] == ["sub/arm_wrestling", "video_0", "video_90"]
     found = walk_files(root, lambda p: p.suffix == ".mov")
     assert found == [root / "video_0.mov", root / "video_90.mov"]
 

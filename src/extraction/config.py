@@ -75,6 +75,8 @@ class FeatureConfig:
     crop_order: str = "centre-first"
     flip_flow: str = "negate"  # flipped crops' x flow: negated (mirrored motion) or kept as the CMCS extractor did
     short_videos: str = "one-window"  # a video of at most --window frames: one window of all of it, or refused
+    flow_device: str | None = None  # where TV-L1 runs (None: --device); a GPU's flow is batched across videos here
+    flow_batch: int = 0  # >0: flow in this process in calls of that many pairs across videos, on any device
 
     def validate(self) -> None:
         """Raise ExtractionError for an impossible setting."""
@@ -108,6 +110,7 @@ class FeatureConfig:
         if self.dtype not in ("float32", "float16"):
             raise ExtractionError(f"--dtype must be float32 or float16, got {self.dtype}")
         _whole(self.workers, "--workers", 0)
+        _whole(self.flow_batch, "--flow-batch", 0)
         i, n = self.shard
         if not 1 <= i <= n:
             raise ExtractionError(f"--shard {i}/{n}: need 1 <= i <= n")

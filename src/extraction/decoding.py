@@ -24,7 +24,7 @@ from src.media.transforms import center_crop, jpeg_round_trip, resize_exact, res
 from src.media.video import FrameStream, VideoError
 from src.weights import Recipe
 
-CHUNK = 32  # frames a decoding worker sends at a time
+FRAMES_PER_MESSAGE = 32  # frames a decoding worker sends at a time
 
 
 def _prepare(frame: np.ndarray, recipe: Recipe, cfg: FeatureConfig) -> np.ndarray:
@@ -64,8 +64,8 @@ def _iter_arrays(video: Video, cfg: FeatureConfig, size: int) -> Iterator[tuple[
         arr = np.load(video.arrays[stream], mmap_mode="r", allow_pickle=False)
         first = 1 if stream == "rgb" and cfg.align == "drop-first" else 0  # the flow array has T - 1 already
         lengths[stream] = len(arr) - first
-        for start in range(first, len(arr), CHUNK):
-            chunk = np.asarray(arr[start:start + CHUNK])
+        for start in range(first, len(arr), FRAMES_PER_MESSAGE):
+            chunk = np.asarray(arr[start:start + FRAMES_PER_MESSAGE])
             _check_finite(chunk, video.arrays[stream], start)
             yield stream, _centre(chunk, size) if cfg.crops == 1 else chunk
     frames = lengths.get("rgb", lengths.get("flow", 0) + (cfg.align != "drop-first"))
@@ -73,11 +73,14 @@ def _iter_arrays(video: Video, cfg: FeatureConfig, size: int) -> Iterator[tuple[
     yield "end", {"frames": frames, "fps": fps, "warnings": []}
 
 
-def iter_source(video: Video, cfg: FeatureConfig, recipes: dict[str, Recipe]) -> Iterator[tuple[str, object]]:
+def iter_source(video: Video, cfg: FeatureConfig, recipes: dict[str, Recipe],
+                flow_elsewhere: bool = False) -> Iterator[tuple[str, object]]:
     """Messages for one video: ('rgb' | 'flow', chunk) ... then ('end', {'frames', 'fps', 'warnings'}).
 
     RGB chunks are uint8 pixels (or a pre-processed array's stored values), flow chunks float32 in
-    [-1, 1]; with one crop they are already centre-cropped to save copying.
+    [-1, 1]; with one crop they are already centre-cropped to save copying. With `flow_elsewhere` the flow
+    is left to the parent (src.extraction.flow_stage): ('gray', frames) chunks come instead, each
+    starting with the previous chunk's last frame, so chunk k gives the flows of its consecutive frames.
     """
     recipe = recipes.get("rgb") or recipes["flow"]
     size = recipe.crop
@@ -87,8 +90,8 @@ def iter_source(video: Video, cfg: FeatureConfig, recipes: dict[str, Recipe]) ->
         return
     fps = cfg.fps
     stream = FrameStream(video.source, fps)
-    flow = FlowExtractor(recipes["flow"].flow_algorithm, device=cfg.device or "auto") \
-        if "flow" in cfg.streams else None
+    flow = FlowExtractor(recipes["flow"].flow_algorithm, device=cfg.flow_device or cfg.device or "auto") \
+        if "flow" in cfg.streams and not flow_elsewhere else None
     pending: list[np.ndarray] = []
     previous_gray = None
     count = 0
@@ -104,11 +107,13 @@ def iter_source(video: Video, cfg: FeatureConfig, recipes: dict[str, Recipe]) ->
                 rgb = jpeg_round_trip(rgb)
             if len(rgb):
                 yield "rgb", _centre(rgb, size) if one else rgb
-        if flow is not None:
+        if "flow" in cfg.streams:
             gray = rgb_to_gray(frames)
             sequence = gray if previous_gray is None else np.concatenate([previous_gray[None], gray])
             previous_gray = gray[-1]
-            if len(sequence) > 1:
+            if len(sequence) > 1 and flow is None:
+                yield "gray", sequence
+            elif len(sequence) > 1:
                 if cfg.flow_jpeg:
                     flows = flow_through_jpeg(flow.raw_batch(sequence[:-1], sequence[1:]), flow.bound)
                 else:
@@ -120,7 +125,7 @@ def iter_source(video: Video, cfg: FeatureConfig, recipes: dict[str, Recipe]) ->
             continue
         pending.append(_prepare(frame, recipe, cfg))
         count += 1
-        if len(pending) == CHUNK:
+        if len(pending) == FRAMES_PER_MESSAGE:
             yield from emit()
     if pending:
         yield from emit()
@@ -134,14 +139,15 @@ def iter_source(video: Video, cfg: FeatureConfig, recipes: dict[str, Recipe]) ->
     yield "end", {"frames": count - drop_first, "fps": rate, "warnings": list(stream.info.warnings)}
 
 
-def failure_message(video: Video, exc: Exception) -> str:
+def decode_failure(video: Video, exc: Exception) -> str:
     """One line saying why a video could not be decoded."""
     if isinstance(exc, VideoError):
         return str(exc)
     return f"{video.source}: unexpected {type(exc).__name__}: {exc}"
 
 
-def decoding_worker(tasks, results, cfg: FeatureConfig, threads: int, parent_pid: int) -> None:
+def decoding_worker(tasks, results, cfg: FeatureConfig, threads: int, parent_pid: int,
+                    flow_elsewhere: bool = False) -> None:
     """Decoding process: take (index, Video, recipes) tasks, put (index, message) results; None ends it.
 
     It ends with its parent (even a parent killed with SIGKILL), instead of blocking on a full queue for good.
@@ -153,10 +159,10 @@ def decoding_worker(tasks, results, cfg: FeatureConfig, threads: int, parent_pid
         index, video, recipes = task
         results.put((index, ("start", os.getpid())))
         try:
-            for message in iter_source(video, cfg, recipes):
+            for message in iter_source(video, cfg, recipes, flow_elsewhere):
                 results.put((index, message))
         except Exception as exc:  # one broken input must not stop the others
-            results.put((index, ("failed", failure_message(video, exc))))
+            results.put((index, ("failed", decode_failure(video, exc))))
 
 
 class Decoders:
@@ -165,9 +171,9 @@ class Decoders:
     They report ('start', pid) before each video, so a process that dies fails only the video it was decoding.
     """
 
-    def __init__(self, cfg: FeatureConfig, count: int) -> None:
+    def __init__(self, cfg: FeatureConfig, count: int, flow_elsewhere: bool = False) -> None:
         self.ctx = get_context("spawn")
-        self.cfg = cfg
+        self.cfg, self.flow_elsewhere = cfg, flow_elsewhere
         self.tasks, self.results = self.ctx.Queue(), self.ctx.Queue(maxsize=4 * count + 4)
         self.threads = max(1, (os.cpu_count() or 1) // (count + 1))
         self.workers: list = []
@@ -179,7 +185,8 @@ class Decoders:
     def spawn(self) -> None:
         """Start one more decoding process."""
         proc = self.ctx.Process(target=decoding_worker, daemon=True,
-                                args=(self.tasks, self.results, self.cfg, self.threads, os.getpid()))
+                                args=(self.tasks, self.results, self.cfg, self.threads, os.getpid(),
+                                      self.flow_elsewhere))
         proc.start()
         self.workers.append(proc)
 

@@ -109,7 +109,7 @@ def _listed(path: Path) -> list[Video]:
     return videos
 
 
-def discover(inputs: list[str | Path]) -> list[Video]:
+def find_inputs(inputs: list[str | Path]) -> list[Video]:
     """Every video of the INPUTs (file, frame folder, folder searched recursively, list file, pre-processed folder)."""
     videos: list[Video] = []
     for text in inputs:
@@ -159,7 +159,7 @@ def output_paths(out_dir: Path, name: str, cfg: FeatureConfig) -> dict[str, Path
     return paths
 
 
-def prepare_out_dir(folder: Path) -> Path:
+def prepare_feature_dir(folder: Path) -> Path:
     """Make `folder` if needed and check a file can be written in it; ExtractionError (one line) if not."""
     try:
         return prepare_folder(folder)

@@ -21,10 +21,12 @@ from tqdm import tqdm
 
 from src.extraction.batching import Extractor
 from src.extraction.config import ExtractionError, FeatureConfig, resolve_fps
-from src.extraction.decoding import Decoders, failure_message, iter_source
-from src.extraction.inputs import Video, discover, output_paths, prepare_out_dir, shard_videos
+from src.extraction.decoding import Decoders, decode_failure, iter_source
+from src.extraction.flow_stage import FlowStage, flow_in_parent
+from src.extraction.inputs import Video, find_inputs, output_paths, prepare_feature_dir, shard_videos
 from src.extraction.records import (CSV_NAME, Records, check_finished, check_recipe, feature_row, load_records,
                                     recipe_conflict, update_csv)
+from src.flow.choice import cpu_speeds
 from src.jobs import PARTIAL_SUFFIX, save_array_atomic
 from src.media.video import VideoError
 
@@ -44,7 +46,7 @@ class Summary:
 
 
 @dataclass
-class Plan:
+class ExtractionPlan:
     """The videos of the INPUTs, this shard's share, and what becomes of each: failed already, skipped or to do."""
 
     videos: list[Video]
@@ -61,8 +63,8 @@ def check_job(inputs: list[str | Path], out_dir: Path, cfg: FeatureConfig) -> tu
     features.csv holds."""
     cfg.validate()
     cfg = replace(cfg, fps=resolve_fps(cfg))
-    videos = discover(inputs)
-    prepare_out_dir(out_dir)
+    videos = find_inputs(inputs)
+    prepare_feature_dir(out_dir)
     records = load_records(out_dir)
     conflict = None if cfg.overwrite else recipe_conflict(records.rows, cfg)
     if conflict:
@@ -72,9 +74,9 @@ def check_job(inputs: list[str | Path], out_dir: Path, cfg: FeatureConfig) -> tu
     return cfg, videos, records
 
 
-def plan_job(videos: list[Video], records: Records, out_dir: Path, cfg: FeatureConfig) -> Plan:
+def plan_job(videos: list[Video], records: Records, out_dir: Path, cfg: FeatureConfig) -> ExtractionPlan:
     """This shard's videos, each failed (a bad input), skipped (done by an earlier run) or to do."""
-    plan = Plan(videos, shard_videos(videos, cfg.shard), warnings=list(records.warnings))
+    plan = ExtractionPlan(videos, shard_videos(videos, cfg.shard), warnings=list(records.warnings))
     for video in plan.mine:
         for path in output_paths(out_dir, video.name, cfg).values():
             for stale in path.parent.glob(f"{glob.escape(path.name)}.*{PARTIAL_SUFFIX}"):
@@ -92,7 +94,7 @@ def plan_job(videos: list[Video], records: Records, out_dir: Path, cfg: FeatureC
     return plan
 
 
-def report_plan(plan: Plan, out_dir: Path, cfg: FeatureConfig, log: Log) -> None:
+def report_plan(plan: ExtractionPlan, out_dir: Path, cfg: FeatureConfig, log: Log) -> None:
     """A line for each row of features.csv not trusted, one for the plan, and a FAILED line for each bad input."""
     for warning in plan.warnings:
         log(warning)
@@ -109,8 +111,9 @@ class Execution:
     gathered across videos, and write each video once its last window is done."""
 
     def __init__(self, todo: list[Video], out_dir: Path, cfg: FeatureConfig, summary: Summary,
-                 extractor: Extractor) -> None:
+                 extractor: Extractor, stage: FlowStage | None = None) -> None:
         self.todo, self.out_dir, self.cfg, self.summary, self.extractor = todo, out_dir, cfg, summary, extractor
+        self.stage = stage  # flow computed here across videos, or None (the decoders compute it)
         self.remaining = set(range(len(todo)))
         self.bar = tqdm(total=len(todo), unit="video", desc="features", dynamic_ncols=True)
         self.start = time.perf_counter()
@@ -154,16 +157,28 @@ class Execution:
                 self.remaining.discard(index)
                 self.finish(index)
 
+    def deliver(self, index: int, kind: str, payload) -> None:
+        """One decoder message to the model side (through the flow stage, when flow is computed here)."""
+        messages = self.stage.feed(index, kind, payload) if self.stage else [(index, kind, payload)]
+        for message in messages:
+            self.settle(self.extractor.feed(*message))
+
+    def idle(self) -> None:
+        """Nothing new to decode for now: run the flow and the model on whatever is queued."""
+        for message in self.stage.flush() if self.stage else []:
+            self.settle(self.extractor.feed(*message))
+        self.settle(self.extractor.flush())
+
     def decode_here(self) -> None:
         """Decode each video in this process, in turn, feeding the model as the frames come."""
         for index, video in enumerate(self.todo):
             self.extractor.open(index, video)
             try:
-                for kind, payload in iter_source(video, self.cfg, self.extractor.recipes):
-                    self.settle(self.extractor.feed(index, kind, payload))
+                for kind, payload in iter_source(video, self.cfg, self.extractor.recipes, self.stage is not None):
+                    self.deliver(index, kind, payload)
             except Exception as exc:  # one broken input must not stop the others
-                self.settle(self.extractor.feed(index, "failed", failure_message(video, exc)))
-        self.settle(self.extractor.flush())
+                self.deliver(index, "failed", decode_failure(video, exc))
+        self.idle()
 
     def decode_in(self, decoders: Decoders) -> None:
         """Decode in worker processes while the model runs here; a crashed decoder fails its video only."""
@@ -174,20 +189,19 @@ class Execution:
         while self.remaining:
             message = decoders.get(timeout=0.05)
             if message is not None:
-                self.settle(extractor.feed(*message))
+                self.deliver(*message)
                 continue
-            self.settle(extractor.flush())  # the decoders are behind: run what is queued meanwhile
+            self.idle()  # the decoders are behind: run what is queued meanwhile
             for lost, code in decoders.reap():
                 if lost in self.remaining:
-                    self.settle(extractor.feed(lost, "failed", f"{self.todo[lost].source}: the decoding process "
-                                                               f"died (exit code {code})"))
+                    self.deliver(lost, "failed", f"{self.todo[lost].source}: the decoding process died "
+                                                 f"(exit code {code})")
             if self.remaining and not decoders.any_alive():
                 while (message := decoders.get(timeout=1.0)) is not None:  # what the last decoders sent
-                    self.settle(extractor.feed(*message))
-                self.settle(extractor.flush())
+                    self.deliver(*message)
+                self.idle()
                 for i in sorted(self.remaining):
-                    self.settle(extractor.feed(i, "failed", f"{self.todo[i].source}: not decoded "
-                                                            "(no decoding process left)"))
+                    self.deliver(i, "failed", f"{self.todo[i].source}: not decoded (no decoding process left)")
 
     def close(self) -> None:
         """Close the progress bar and fill in the timings."""
@@ -197,14 +211,21 @@ class Execution:
         self.summary.windows = self.extractor.windows_run
 
 
-def execute(todo: list[Video], out_dir: Path, cfg: FeatureConfig, summary: Summary, log: Log) -> None:
+def extract_videos(todo: list[Video], out_dir: Path, cfg: FeatureConfig, summary: Summary, log: Log) -> None:
     """Load the models (the decoders start first, so their start-up overlaps it) and extract every video to do."""
-    decoders = Decoders(cfg, min(cfg.workers, len(todo))) if cfg.workers else None
+    here = flow_in_parent(cfg)
+    if "flow" in cfg.streams and not here:
+        cpu_speeds()  # measured once, here: each decoder's FlowExtractor picks OpenCV's TV-L1 or the port by it
+    decoders = Decoders(cfg, min(cfg.workers, len(todo)), here) if cfg.workers else None
     try:
         extractor = Extractor(cfg)
         check_recipe(out_dir, cfg, record=True)  # before any video: a shard started meanwhile may have another
         log(f"{extractor.path}; streams {','.join(cfg.streams)}, {cfg.crops} crop(s), batch {cfg.batch}")
-        execution = Execution(todo, out_dir, cfg, summary, extractor)
+        stage = FlowStage(cfg, extractor.recipes["flow"].flow_algorithm, extractor.recipes["flow"].crop) \
+            if here else None
+        if stage:
+            log(stage.describe())
+        execution = Execution(todo, out_dir, cfg, summary, extractor, stage)
         try:
             if decoders is None:
                 execution.decode_here()
@@ -226,7 +247,7 @@ def run(inputs: list[str | Path], out_dir: Path, cfg: FeatureConfig, log: Log = 
     report_plan(plan, out_dir, cfg, log)
     if not plan.todo:
         return summary
-    execute(plan.todo, out_dir, cfg, summary, log)
+    extract_videos(plan.todo, out_dir, cfg, summary, log)
     log(f"wrote {out_dir / CSV_NAME}: {summary.done} done, {summary.skipped} skipped, {summary.failed} failed "
         f"in {summary.seconds:.1f} s (model {summary.model_seconds:.1f} s, {summary.windows} clips)")
     return summary
