@@ -16,7 +16,8 @@ import math
 import sys
 from pathlib import Path
 
-from src.cli import add_inference_arguments, chosen_precision
+from src.cli import Parser, add_inference_arguments, check_positive, chosen_precision
+from src.clips import InputError
 from src.dataset import DatasetError
 from src.device import pick_device
 from src.training.evaluation import evaluate_run
@@ -24,7 +25,7 @@ from src.training.runs import TrainingError, plot_ap, plot_confusion
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a train.py run folder (config.json, best.safetensors)")
     parser.add_argument("--data", help="pre-processed dataset (default: the run's)")
     parser.add_argument("--split", default="val", help="split to test (default: %(default)s)")
@@ -34,6 +35,11 @@ def main() -> int:
     add_inference_arguments(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        check_positive(args.clips, "--clips")
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     try:
         result, classes = evaluate_run(args.run_dir, args.data, args.split, args.clips, args.crops,
                                        pick_device(args.device), chosen_precision(args), args.compile)

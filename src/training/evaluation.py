@@ -26,6 +26,10 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val
     Multi-label runs average sigmoid probabilities instead and report mAP, per-class AP and F1 at the
     run's thresholds. `precision` picks the fast inference path (src.inference; None runs the plain model).
     """
+    if clips < 1:
+        raise TrainingError(f"--clips {clips}: must be 1 or more")
+    if crops not in (1, 3):
+        raise TrainingError(f"--crops {crops}: choose 1 (centre) or 3 (along the frame)")
     device = device or pick_device()
     cfg, plain = load_run(run_dir)
     models, path = accelerate(dict(plain.items()), device, precision, compile)
