@@ -18,9 +18,10 @@ import logging
 import sys
 from dataclasses import fields
 
+from src.cli import Parser
 from src.dataset import DatasetError
+from src.training.config import CHOICES, RunConfig, TrainingError
 from src.training.loop import train
-from src.training.runs import RunConfig, TrainingError
 from src.weights import WeightsUnavailable
 
 HELP = {
@@ -50,13 +51,10 @@ HELP = {
                    "chosen on val (automatic when some item has several labels)",
 }
 RECORDED = ("classes", "input_size", "input_fps", "input_sample_rate", "flow_algorithm")  # from the dataset, not options
-CHOICES = {"modality": ("rgb", "flow", "joint"), "optimizer": ("sgd", "adamw"), "schedule": ("cosine", "step"),
-           "cache_features": ("auto", "on", "off"), "cache_dtype": ("float16", "float32"),
-           "precision": ("auto", "fp32", "bf16", "fp16", "plain")}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = RunConfig()
     for f in fields(RunConfig):
         if f.name in RECORDED:

@@ -230,6 +230,9 @@ def test_a_folder_without_last_pt_is_not_a_run(motion_data, tmp_path, monkeypatc
     (["--epochs", "0"], "--epochs 0: must be positive"),
     (["--lr", "-1"], "--lr -1.0: must be positive"),
     (["--dropout", "1"], "--dropout 1.0"),
+    (["--lr", "inf"], "--lr inf: must be a finite number"),
+    (["--freeze", "30"], "--freeze 30: choose 0..18"),
+    (["--modality", "depth"], "--modality: invalid choice: 'depth'"),
 ])
 def test_cli_refuses_meaningless_options_before_making_a_run_folder(motion_data, tmp_path, args, message):
     out = tmp_path / "run"

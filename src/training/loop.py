@@ -28,16 +28,16 @@ from src.dataset import (ClipDataset, DatasetError, Item, balanced_weights, coll
                          scan_split, streams)
 from src.device import pick_device
 from src.model import BLOCK_NAMES
+from src.training.config import RunConfig, TrainingError
 from src.training.frozen import FrozenPart, Tail, build_streams, frozen_features, train_mode
 from src.training.frozen_cache import FrozenFeatureCache
 from src.training.metrics import EvalResult, summarize, summarize_multilabel, top1_hits
-from src.training.runs import (RunConfig, TrainingError, clear_run_dir, load_checkpoint, new_run_dir, record_recipe,
-                               save_checkpoint, save_plots, set_rng_state, start_run_dir, stream_state_dict,
-                               tensorboard_writer, write_metrics, write_thresholds)
+from src.training.runs import (clear_run_dir, load_checkpoint, new_run_dir, record_recipe, save_checkpoint, save_plots,
+                               set_rng_state, start_run_dir, stream_state_dict, tensorboard_writer, write_metrics,
+                               write_thresholds)
 from src.weights import save_state_dict
 
 log = logging.getLogger("train")
-LOGITS_BLOCK = BLOCK_NAMES.index("conv3d_0c_1x1")
 
 
 # ---------------------------------------------------------------- schedule and evaluation
@@ -201,16 +201,11 @@ def train(cfg: RunConfig, resume: str | None = None, overwrite: bool = False) ->
     master = rank == 0
     if resume:
         run_dir = Path(resume)
-        if not (run_dir / "config.json").exists():
-            raise TrainingError(f"{run_dir}: no config.json; is this a train.py run folder?")
         cfg = RunConfig.load(run_dir)
         state = load_checkpoint(run_dir)
     else:
         cfg.check()
         run_dir, state = new_run_dir(cfg, overwrite), None
-    if not 0 <= cfg.freeze <= LOGITS_BLOCK:
-        raise TrainingError(f"--freeze {cfg.freeze}: choose 0..{LOGITS_BLOCK} (block {LOGITS_BLOCK + 1} is the "
-                            "classifier, which must train)")
     device = pick_device(None if cfg.device == "auto" else cfg.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
