@@ -22,6 +22,7 @@ from src.cli import Parser
 from src.dataset import DatasetError
 from src.training.config import CHOICES, RunConfig, TrainingError
 from src.training.loop import train
+from src.training.runs import Interrupted
 from src.weights import WeightsUnavailable
 
 HELP = {
@@ -76,6 +77,13 @@ def main() -> int:
     except (TrainingError, DatasetError, WeightsUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Interrupted as exc:
+        print(exc, file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # while the run was being set up
+        again = f"python train.py --resume {args.resume}" if args.resume else "the same command"
+        print(f"interrupted before training started; nothing was lost: run {again} to start it", file=sys.stderr)
+        return 130
     return 0
 
 

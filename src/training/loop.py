@@ -32,7 +32,7 @@ from src.training.config import RunConfig, TrainingError
 from src.training.frozen import FrozenPart, Tail, build_streams, frozen_features, train_mode
 from src.training.frozen_cache import FrozenFeatureCache
 from src.training.metrics import EvalResult, summarize, summarize_multilabel, top1_hits
-from src.training.runs import (clear_run_dir, load_checkpoint, new_run_dir, record_recipe, save_checkpoint, save_plots,
+from src.training.runs import (Interrupted, clear_run_dir, load_checkpoint, new_run_dir, record_recipe, save_checkpoint, save_plots,
                                set_rng_state, start_run_dir, stream_state_dict, tensorboard_writer, write_metrics,
                                write_thresholds)
 from src.weights import save_state_dict
@@ -196,9 +196,11 @@ def make_optimizer(cfg: RunConfig, trainable: list[nn.Parameter], steps_per_epoc
 # ---------------------------------------------------------------- the run
 
 def train(cfg: RunConfig, resume: str | None = None, overwrite: bool = False) -> Path:
-    """Fine-tune, evaluate every epoch, checkpoint and plot; returns the run folder."""
+    """Fine-tune, evaluate every epoch, checkpoint and plot; returns the run folder.
+
+    Ctrl-C raises Interrupted (a KeyboardInterrupt) whose message says how to go on from the last epoch.
+    """
     rank, world = setup_distributed()
-    master = rank == 0
     if resume:
         run_dir = Path(resume)
         cfg = RunConfig.load(run_dir)
@@ -206,6 +208,15 @@ def train(cfg: RunConfig, resume: str | None = None, overwrite: bool = False) ->
     else:
         cfg.check()
         run_dir, state = new_run_dir(cfg, overwrite), None
+    try:
+        return fit(cfg, run_dir, state, rank, world)
+    except KeyboardInterrupt:
+        raise Interrupted(run_dir) from None
+
+
+def fit(cfg: RunConfig, run_dir: Path, state: dict | None, rank: int, world: int) -> Path:
+    """The run itself: set-up, then per epoch train, evaluate, checkpoint and plot (`state`: last.pt to resume)."""
+    master = rank == 0
     device = pick_device(None if cfg.device == "auto" else cfg.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))

@@ -30,6 +30,27 @@ RUN_FILES = ("config.json", "classes.txt", "last.pt", "best.safetensors", "metri
 THRESHOLDS_FILE = "thresholds.json"
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says what the run folder keeps and how to go on."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(interruption_message(Path(run_dir)))
+        self.run_dir = Path(run_dir)
+
+
+def interruption_message(run_dir: Path) -> str:
+    """One line: which epochs `run_dir` keeps after an interruption and the command that continues it."""
+    if not (run_dir / "last.pt").exists():
+        return (f"interrupted before the first epoch finished, so {run_dir} holds no run to resume; "
+                f"start it again with the same command (--out {run_dir} is reused without --overwrite)")
+    try:
+        done = len(json.loads((run_dir / "metrics.json").read_text())["history"])
+        kept = f"keeps its {done} finished epoch{'s' if done != 1 else ''}"
+    except (OSError, ValueError, KeyError, TypeError):
+        kept = "keeps its last finished epoch"
+    return f"interrupted: {run_dir} {kept}; continue it with: python train.py --resume {run_dir}"
+
+
 def new_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
     """The --out folder, or runs/<date>-<modality>; a folder holding a run (last.pt) is refused unless `overwrite`."""
     if not cfg.out:
