@@ -32,6 +32,9 @@ def main() -> int:
     parser.add_argument("--clips", type=int, default=1, help="clips per video, evenly spaced in time (default: 1)")
     parser.add_argument("--crops", type=int, choices=(1, 3), default=1, help="1 centre crop or 3 crops along the frame")
     parser.add_argument("--out", help="JSON file (default: RUN_DIR/evaluation-<split>.json)")
+    parser.add_argument("--skip-bad-items", action="store_true",
+                        help="leave out items whose arrays hold NaN or infinite values (each named once) instead of "
+                             "stopping with an error naming the file")
     add_inference_arguments(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -42,7 +45,8 @@ def main() -> int:
         return 1
     try:
         result, classes = evaluate_run(args.run_dir, args.data, args.split, args.clips, args.crops,
-                                       pick_device(args.device), chosen_precision(args), args.compile)
+                                       pick_device(args.device), chosen_precision(args), args.compile,
+                                       args.skip_bad_items)
     except (TrainingError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -19,7 +19,7 @@ import sys
 from dataclasses import fields
 
 from src.cli import Parser
-from src.dataset import DatasetError
+from src.dataset import DatasetError, error_text
 from src.training.config import CHOICES, RunConfig, TrainingError
 from src.training.loop import train
 from src.training.runs import Interrupted
@@ -48,6 +48,8 @@ HELP = {
     "cache_features": "cache the frozen blocks' output: auto (whenever blocks are frozen), on or off",
     "cache_views": "fixed augmented views per training item when caching", "cache_dtype": "float16 or float32",
     "patience": "early stopping: epochs without val improvement (0: off)",
+    "skip_bad_items": "leave out items whose arrays hold NaN or infinite values (each named once) instead of stopping "
+                      "with an error naming the file; reads every float array once at the start",
     "multi_label": "several labels per item: sigmoid outputs, binary cross-entropy, mAP, per-class thresholds "
                    "chosen on val (automatic when some item has several labels)",
 }
@@ -75,7 +77,7 @@ def main() -> int:
     try:
         train(cfg, resume=args.resume, overwrite=args.overwrite)
     except (TrainingError, DatasetError, WeightsUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_text(exc)}", file=sys.stderr)
         return 1
     except Interrupted as exc:
         print(exc, file=sys.stderr)

@@ -137,6 +137,64 @@ def check_array(path: Path, arr: np.ndarray, modality: str) -> None:
         raise DatasetError(f"{path}: shape {arr.shape}, expected (T, H, W, {channels}) for {modality}")
 
 
+def error_text(exc: BaseException) -> str:
+    """An error's own message, without the traceback a DataLoader worker process wraps around it."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    return last.removeprefix(prefix)
+
+
+class NonFiniteValues(DatasetError):
+    """An array holding NaN or infinite values: the message names the file and the frames."""
+
+
+def frame_span(frames: np.ndarray | list[int]) -> str:
+    """Frame indices in words: 'frame 4' or 'frames 3..17 (5 of them)'."""
+    frames = sorted(set(int(f) for f in frames))
+    if len(frames) == 1:
+        return f"frame {frames[0]}"
+    return f"frames {frames[0]}..{frames[-1]} ({len(frames)} of them)"
+
+
+SKIP_HINT = "re-make the item with pre-process.py or remove it, or pass --skip-bad-items to leave such items out"
+
+
+def nonfinite_frames(path: Path, chunk: int = 16) -> list[int]:
+    """The frames of a stored array that hold NaN or inf (none for uint8), read once, a few frames at a time."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return []  # unreadable: loading the item reports it
+    if arr.dtype.kind != "f" or arr.ndim == 0:
+        return []
+    bad: list[int] = []
+    for start in range(0, len(arr), chunk):
+        block = decode_array(np.asarray(arr[start:start + chunk]))  # float64 beyond float32's range is inf too
+        bad += (start + np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1))).tolist()
+    return bad
+
+
+def drop_nonfinite_items(items: list[Item]) -> tuple[list[Item], list[str]]:
+    """The items none of whose arrays holds NaN/inf, and one line per item left out (for --skip-bad-items).
+
+    This reads every float array once; uint8 arrays cannot hold such values and are not read.
+    """
+    from tqdm import tqdm
+
+    kept, dropped = [], []
+    for item in tqdm(items, desc="checking arrays for NaN/inf", unit="item", leave=False, disable=len(items) < 50):
+        bad = {m: nonfinite_frames(path) for m, path in item.files.items()}
+        if any(bad.values()):
+            path, frames = next((item.files[m], f) for m, f in bad.items() if f)
+            dropped.append(f"{path}: NaN/inf values in {frame_span(frames)}; item left out (--skip-bad-items)")
+        else:
+            kept.append(item)
+    return kept, dropped
+
+
 def window(length: int, clip_len: int, start: int) -> np.ndarray:
     """Frame indices of a clip starting at `start`, looping over the item when it is shorter."""
     return (start + np.arange(clip_len)) % length
@@ -214,6 +272,10 @@ class ClipDataset(Dataset):
         top, left = int(round(view.top * (h - self.crop))), int(round(view.left * (w - self.crop)))
         frames = window(t, self.clip_len, start)
         clip = decode_array(np.asarray(stored[frames, top:top + self.crop, left:left + self.crop]))
+        if stored.dtype.kind == "f":  # checking what is read costs little next to the network, and misses nothing used
+            finite = np.isfinite(clip.reshape(len(clip), -1)).all(axis=1)
+            if not finite.all():
+                raise NonFiniteValues(f"{path}: NaN/inf values in {frame_span(frames[~finite])}; {SKIP_HINT}")
         if view.flip:
             clip = clip[:, :, ::-1]
             if modality == "flow":

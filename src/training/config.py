@@ -63,6 +63,7 @@ class RunConfig:
     cache_views: int = 4
     cache_dtype: str = "float16"
     patience: int = 0
+    skip_bad_items: bool = False  # leave out items whose arrays hold NaN/inf (each reported) instead of stopping
     multi_label: bool = False  # sigmoid + binary cross-entropy; set automatically when items have several labels
     classes: list[str] = field(default_factory=list)
     # how pre-process.py made the arrays (from its manifest), so prediction prepares inputs the same way

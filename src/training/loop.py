@@ -24,8 +24,8 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 from tqdm import tqdm
 
-from src.dataset import (ClipDataset, DatasetError, Item, balanced_weights, collate, is_multi_label, read_classes,
-                         scan_split, streams)
+from src.dataset import (ClipDataset, DatasetError, Item, balanced_weights, collate, drop_nonfinite_items,
+                         is_multi_label, read_classes, scan_split, streams)
 from src.device import pick_device
 from src.model import BLOCK_NAMES
 from src.training.config import RunConfig, TrainingError
@@ -123,14 +123,25 @@ def setup_distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def load_items(cfg: RunConfig) -> tuple[list[str], list[Item], list[Item]]:
-    """The dataset's classes and its train and val items, with clear errors for data that cannot train."""
+def load_items(cfg: RunConfig, master: bool = True) -> tuple[list[str], list[Item], list[Item]]:
+    """The dataset's classes and its train and val items, with clear errors for data that cannot train.
+
+    With --skip-bad-items, items whose arrays hold NaN/inf are left out, each reported once (by rank 0).
+    """
     data = Path(cfg.data)
     classes = read_classes(data)
     if len(classes) < 2:
         raise DatasetError(f"{data / 'classes.txt'}: only one class ({classes[0]!r}); a classifier needs at least two")
     train_items = scan_split(data, "train", classes, cfg.modality, cfg.sample_rate)
     val_items = scan_split(data, "val", classes, cfg.modality, cfg.sample_rate)
+    if cfg.skip_bad_items:
+        (train_items, bad_train), (val_items, bad_val) = map(drop_nonfinite_items, (train_items, val_items))
+        for line in bad_train + bad_val if master else []:
+            log.warning("%s", line)
+        empty = sorted(set(classes) - {classes[i] for it in train_items for i in it.label_set()})
+        if empty:
+            raise DatasetError(f"{data / 'train'}: no usable items of {empty} left once items with NaN/inf values "
+                               "are left out")
     if not val_items:
         raise DatasetError(f"{data / 'val'}: no items; every epoch is judged on the val split "
                            "(pre-process.py --val-ratio makes one)")
@@ -222,7 +233,7 @@ def fit(cfg: RunConfig, run_dir: Path, state: dict | None, rank: int, world: int
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     seed_everything(cfg.seed + rank)
 
-    classes, train_items, val_items = load_items(cfg)
+    classes, train_items, val_items = load_items(cfg, master)
     if not cfg.multi_label and is_multi_label(train_items + val_items):
         cfg.multi_label = True
         if master:
