@@ -20,6 +20,7 @@ from src.cli import Parser, add_inference_arguments, check_positive, chosen_prec
 from src.clips import InputError
 from src.dataset import DatasetError
 from src.device import pick_device
+from src.inference import check_precision
 from src.training.evaluation import evaluate_run
 from src.training.runs import TrainingError, plot_ap, plot_confusion
 
@@ -40,7 +41,8 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         check_positive(args.clips, "--clips")
-    except InputError as exc:
+        check_precision(chosen_precision(args), pick_device(args.device))
+    except (InputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     try:

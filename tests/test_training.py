@@ -57,7 +57,16 @@ def test_frozen_blocks_and_their_bn_statistics_never_move(motion_data):
 
 
 @pytest.mark.slow
-def test_tiny_run_learns_and_writes_the_run_folder(motion_data, tmp_path):
+def test_tiny_run_learns_and_writes_the_run_folder(motion_data, tmp_path, monkeypatch):
+    from src.training.frozen import FrozenPart
+    clips_through_frozen_blocks = []
+    real_call = FrozenPart.__call__
+
+    def counted(self, clips):
+        clips_through_frozen_blocks.append(len(clips))
+        return real_call(self, clips)
+
+    monkeypatch.setattr(FrozenPart, "__call__", counted)
     run = train(RunConfig(data=str(motion_data), out=str(tmp_path / "run"), epochs=8, **SMALL))
     metrics = json.loads((run / "metrics.json").read_text())
     assert len(metrics["history"]) == 8
@@ -66,9 +75,9 @@ def test_tiny_run_learns_and_writes_the_run_folder(motion_data, tmp_path):
     for name in ("config.json", "classes.txt", "best.safetensors", "last.pt", "metrics.csv", "curves.png",
                  "confusion_matrix.png", "train.log"):
         assert (run / name).exists(), name
-    # From the second epoch on only the cache is read: those epochs are much faster than the first.
-    seconds = [h["seconds"] for h in metrics["history"]]
-    assert min(seconds[1:]) * 3 < seconds[0]
+    # From the second epoch on only the cache is read (counted, not timed: a busy machine makes timings lie):
+    # the 24 train and 12 val clips of the first epoch are all that ever ran through the frozen blocks.
+    assert sum(clips_through_frozen_blocks) == 24 + 12
     with pytest.raises(TrainingError, match="already holds a run"):
         train(RunConfig(data=str(motion_data), out=str(run), epochs=1, **SMALL))
 
@@ -153,8 +162,15 @@ def test_ddp_two_cpu_processes(motion_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_amp_and_balanced_sampling_run(motion_data, tmp_path):
-    run = train(RunConfig(data=str(motion_data), out=str(tmp_path / "run"), epochs=2, amp=True, balanced=True, **SMALL))
+def test_amp_and_balanced_sampling_run(motion_data, tmp_path, caplog):
+    from src.inference import cpu_has_bf16
+    with caplog.at_level("INFO", logger="train"):
+        run = train(RunConfig(data=str(motion_data), out=str(tmp_path / "run"), epochs=2, amp=True, balanced=True,
+                              **SMALL))
+    notes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--amp")]
+    # without native bf16, autocast would emulate it (slower than float32): the run says so and stays float32
+    assert notes == ["--amp: bf16 autocast" if cpu_has_bf16() else "--amp: this CPU has no native bf16 (autocast "
+                     "would emulate it, slower than float32); training in float32"]
     history = json.loads((run / "metrics.json").read_text())["history"]
     assert len(history) == 2 and all(math.isfinite(h["train_loss"]) and math.isfinite(h["val_loss"]) for h in history)
     weights = tensors(run / "best.safetensors")
@@ -534,3 +550,14 @@ def test_nan_in_a_training_or_validation_array_stops_or_is_skipped(tmp_path, i3d
     assert "Traceback" not in result.stderr
     result, _ = evaluate_run(run, precision="fp32", skip_bad_items=True)
     assert result.confusion.sum() == 3
+
+
+def test_an_explicit_precision_the_device_lacks_is_refused_before_the_run_starts(tmp_path):
+    from src.inference import cpu_bf16_unsupported
+    cases = [("fp16", "runs on CUDA only")]
+    if cpu_bf16_unsupported() is not None:
+        cases.append(("bf16", "this CPU cannot run bf16 convolutions"))
+    for precision, message in cases:
+        with pytest.raises(TrainingError, match=f"--precision {precision}: {message}"):
+            train(RunConfig(data=str(tmp_path / "nope"), out=str(tmp_path / "run"), device="cpu", precision=precision))
+        assert not (tmp_path / "run").exists()

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from src.dataset import (ClipDataset, DatasetError, Item, balanced_weights, collate, drop_nonfinite_items,
                          is_multi_label, read_classes, scan_split, streams)
 from src.device import pick_device
+from src.inference import check_precision, cpu_has_bf16
 from src.model import BLOCK_NAMES
 from src.training.config import RunConfig, TrainingError
 from src.training.frozen import FrozenPart, Tail, build_streams, frozen_features, train_mode
@@ -70,12 +71,13 @@ def loss_fn(cfg: RunConfig, logits: torch.Tensor, y: torch.Tensor, reduction: st
 
 
 def evaluate(models: nn.ModuleDict, frozen: dict[str, FrozenPart], loader: DataLoader, cfg: RunConfig,
-             device: torch.device, cache: FrozenFeatureCache | None, num_classes: int) -> EvalResult:
+             device: torch.device, cache: FrozenFeatureCache | None, num_classes: int,
+             amp: torch.dtype | None = None) -> EvalResult:
     """Loss and accuracy (multi-label: mAP, per-class AP, F1 thresholds) on the validation split (centre
     views), reduced over DDP ranks."""
     models.eval()
     scores, labels, loss_sum = [], [], 0.0
-    with torch.no_grad(), autocast(cfg, device):
+    with torch.no_grad(), autocast(amp, device):
         for indices, views, inputs, y in loader:
             features = frozen_features(frozen, inputs, device, cache, "val", indices, views)
             logits = Tail(models, cfg.freeze)(features).float().cpu()
@@ -99,10 +101,25 @@ def gather(scores: torch.Tensor, labels: torch.Tensor, loss_sum: float) -> tuple
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), sum(p[2] for p in parts)
 
 
-def autocast(cfg: RunConfig, device: torch.device):
-    """bf16 autocast on CPU (fp16 on CUDA) when --amp, else a no-op context."""
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype, enabled=cfg.amp)
+def amp_dtype(cfg: RunConfig, device: torch.device) -> tuple[torch.dtype | None, str]:
+    """What --amp runs in on `device` (None: float32) and a line saying so.
+
+    fp16 on CUDA, bf16 elsewhere, except on a CPU without native bf16: there autocast's bf16 is
+    emulated (3x slower than fp32 for the whole network on an AVX2 CPU), so the run stays float32.
+    """
+    if not cfg.amp:
+        return None, ""
+    if device.type == "cuda":
+        return torch.float16, "--amp: fp16 autocast"
+    if device.type == "cpu" and not cpu_has_bf16():
+        return None, ("--amp: this CPU has no native bf16 (autocast would emulate it, slower than float32); "
+                      "training in float32")
+    return torch.bfloat16, "--amp: bf16 autocast"
+
+
+def autocast(amp: torch.dtype | None, device: torch.device):
+    """Autocast to `amp` (from amp_dtype), or a no-op context when None."""
+    return torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None)
 
 
 # ---------------------------------------------------------------- set-up
@@ -231,6 +248,13 @@ def fit(cfg: RunConfig, run_dir: Path, state: dict | None, rank: int, world: int
     device = pick_device(None if cfg.device == "auto" else cfg.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    try:
+        check_precision(None if cfg.precision == "plain" else cfg.precision, device)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
+    amp, amp_note = amp_dtype(cfg, device)
+    if amp_note and master:
+        log.info("%s", amp_note)
     seed_everything(cfg.seed + rank)
 
     classes, train_items, val_items = load_items(cfg, master)
@@ -270,7 +294,7 @@ def fit(cfg: RunConfig, run_dir: Path, state: dict | None, rank: int, world: int
     optimizer, scheduler = make_optimizer(cfg, trainable, math.ceil(len(train_loader) / cfg.accum_steps))
     tail = Tail(models, cfg.freeze)
     net = nn.parallel.DistributedDataParallel(tail) if world > 1 else tail  # averages the tail's gradients
-    scaler = torch.amp.GradScaler(enabled=cfg.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler(enabled=amp == torch.float16)
     writer = tensorboard_writer(run_dir) if master else None
 
     key = "val_map" if cfg.multi_label else "val_top1"  # what the best epoch is chosen by
@@ -300,7 +324,7 @@ def fit(cfg: RunConfig, run_dir: Path, state: dict | None, rank: int, world: int
             last_micro_step = (step + 1) % cfg.accum_steps == 0 or step + 1 == len(train_loader)
             features = frozen_features(frozen, inputs, device, cache, "train", indices, views_)
             sync = contextlib.nullcontext() if last_micro_step or world == 1 else net.no_sync()
-            with sync, autocast(cfg, device):
+            with sync, autocast(amp, device):
                 logits = net(features).float()
                 loss = loss_fn(cfg, logits, y)
                 if not torch.isfinite(loss):
@@ -323,7 +347,7 @@ def fit(cfg: RunConfig, run_dir: Path, state: dict | None, rank: int, world: int
         totals = torch.tensor([loss_sum, correct, seen], dtype=torch.float64)
         if world > 1:
             dist.all_reduce(totals)
-        result = evaluate(models, frozen, val_loader, cfg, device, cache, len(classes))
+        result = evaluate(models, frozen, val_loader, cfg, device, cache, len(classes), amp)
         row = {"epoch": epoch + 1, "train_loss": totals[0].item() / max(totals[2].item(), 1),
                "train_top1": totals[1].item() / max(totals[2].item(), 1), "val_loss": result.loss,
                "val_top1": result.top1, **({"val_map": result.map} if cfg.multi_label else {}),
