@@ -7,6 +7,7 @@ Examples:
     python train.py --resume runs/20261125-101500-rgb             # continue exactly where it stopped
     torchrun --nproc_per_node 2 train.py --data ...              # DistributedDataParallel (gloo on CPU)
     python train.py --data segments-pre --multi-label --no-flip  # several labels per item (labels.txt)
+    python train.py --no-flip --reverse-pairs pan_left:pan_right # backwards pan_left clips train as pan_right
 
 With K blocks frozen their output never changes, so it is cached (RUN/cache) and, once every view
 is cached (after --cache-views epochs), an epoch runs only the last 20-K blocks: many times faster.
@@ -48,6 +49,9 @@ HELP = {
     "cache_features": "cache the frozen blocks' output: auto (whenever blocks are frozen), on or off",
     "cache_views": "fixed augmented views per training item when caching", "cache_dtype": "float16 or float32",
     "patience": "early stopping: epochs without val improvement (0: off)",
+    "reverse_pairs": "direction-sensitive class pairs a:b,c:d: a training clip of a is played backwards with "
+                     "probability 0.5 and labelled b, and b becomes a (flow reversed in time and negated); "
+                     "a:a reverses a keeping its label",
     "skip_bad_items": "leave out items whose arrays hold NaN or infinite values (each named once) instead of stopping "
                       "with an error naming the file; reads every float array once at the start",
     "multi_label": "several labels per item: sigmoid outputs, binary cross-entropy, mAP, per-class thresholds "

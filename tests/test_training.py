@@ -561,3 +561,49 @@ def test_an_explicit_precision_the_device_lacks_is_refused_before_the_run_starts
         with pytest.raises(TrainingError, match=f"--precision {precision}: {message}"):
             train(RunConfig(data=str(tmp_path / "nope"), out=str(tmp_path / "run"), device="cpu", precision=precision))
         assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("pairs, message", [("pan_left", "'pan_left' is not a pair; write classes as a:b,c:d"),
+                                            ("pan_left:pan_right,pan_right:pan_up", "class 'pan_right' is in two pairs"),
+                                            ("a::b", "'a::b' is not a pair")])
+def test_reverse_pairs_are_checked_with_the_options(pairs, message):
+    with pytest.raises(TrainingError, match=f"--reverse-pairs {pairs!r}: {message}"):
+        RunConfig(reverse_pairs=pairs).check()
+
+
+def test_reverse_pairs_name_known_classes_and_refuse_multi_label(tmp_path):
+    from src.synthetic import make_multilabel_arrays
+    data = make_arrays(tmp_path / "pans", per_class=(1, 1), frames=4, size=16)
+    with pytest.raises(TrainingError, match=r"'pan_sideways' not among the dataset's classes \(pan_left, pan_right"):
+        train(RunConfig(data=str(data), out=str(tmp_path / "a"), reverse_pairs="pan_left:pan_sideways"))
+    multi = make_multilabel_arrays(tmp_path / "multi", per_combo=(1, 1), frames=4, size=16)
+    with pytest.raises(TrainingError, match="--reverse-pairs: not for multi-label data"):
+        train(RunConfig(data=str(multi), out=str(tmp_path / "b"), reverse_pairs="pan_left:pan_right"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_a_run_with_reverse_pairs_records_them_and_trains_on_swapped_labels(motion_data, tmp_path, monkeypatch):
+    labels_seen = []
+    real = training.loss_fn
+
+    def spy(cfg, logits, y, *args, **kwargs):
+        labels_seen.append(y.tolist())
+        return real(cfg, logits, y, *args, **kwargs)
+
+    monkeypatch.setattr(training, "loss_fn", spy)
+    run = train(RunConfig(data=str(motion_data), out=str(tmp_path / "run"), epochs=1, reverse_pairs="pan_left:pan_right",
+                          **{**SMALL, "cache_views": 2}))
+    assert json.loads((run / "config.json").read_text())["reverse_pairs"] == "pan_left:pan_right"
+    assert "reverse_pairs" in (run / "cache" / "fingerprint.json").read_text()
+    train_labels = [lab for batch in labels_seen[:6] for lab in batch]  # 6 training batches, then validation
+    # what the epoch-0 views say: pan_left (0) and pan_right (1) items played backwards swap, pan_up/down never
+    from src.dataset import ClipDataset, read_classes, scan_split
+    classes = read_classes(motion_data)
+    ds = ClipDataset(scan_split(motion_data, "train", classes, "rgb"), "rgb", 16, 112, views=2, flip=False,
+                     reverse_to={0: 1, 1: 0})
+    views = [ds.view_for(i) for i in range(len(ds))]
+    expected = [ds.target(i, v) for i, v in enumerate(views)]
+    assert sorted(train_labels) == sorted(expected)
+    assert any(v.reverse for v in views) and not any(v.reverse for v, it in zip(views, ds.items) if it.label > 1)
+    assert sum(lab != it.label for lab, it in zip(expected, ds.items)) == sum(v.reverse for v in views) > 0

@@ -63,6 +63,7 @@ class RunConfig:
     cache_views: int = 4
     cache_dtype: str = "float16"
     patience: int = 0
+    reverse_pairs: str = ""  # "a:b,c:d": a clip of a played backwards becomes b (and b becomes a), p = 0.5
     skip_bad_items: bool = False  # leave out items whose arrays hold NaN/inf (each reported) instead of stopping
     multi_label: bool = False  # sigmoid + binary cross-entropy; set automatically when items have several labels
     classes: list[str] = field(default_factory=list)
@@ -101,6 +102,10 @@ class RunConfig:
             raise TrainingError(f"{name('dropout')} {self.dropout}: choose 0 <= p < 1")
         if self.label_smoothing >= 1:
             raise TrainingError(f"{name('label_smoothing')} {self.label_smoothing}: choose 0 <= s < 1")
+        try:
+            parse_reverse_pairs(self.reverse_pairs)
+        except ValueError as exc:
+            raise TrainingError(f"{name('reverse_pairs')} {self.reverse_pairs!r}: {exc}") from None
         if not 0 <= self.freeze <= LOGITS_BLOCK:
             raise TrainingError(f"{name('freeze')} {self.freeze}: choose 0..{LOGITS_BLOCK} (block {LOGITS_BLOCK + 1} "
                                 "is the classifier, which must train)")
@@ -131,6 +136,33 @@ class RunConfig:
         cfg = RunConfig(**saved)  # keys an older version did not write keep their defaults
         cfg.check(path)
         return cfg
+
+
+def parse_reverse_pairs(text: str) -> list[tuple[str, str]]:
+    """'a:b,c:d' -> [('a', 'b'), ('c', 'd')] ('a:a': a clip of a reversed is still a); ValueError naming the fault."""
+    pairs, seen = [], set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        names = [n.strip() for n in part.split(":")]
+        if len(names) != 2 or not all(names):
+            raise ValueError(f"{part!r} is not a pair; write classes as a:b,c:d")
+        for n in set(names):
+            if n in seen:
+                raise ValueError(f"class {n!r} is in two pairs")
+            seen.add(n)
+        pairs.append((names[0], names[1]))
+    return pairs
+
+
+def reverse_map(text: str, classes: list[str]) -> dict[int, int]:
+    """Label -> label of the clip played backwards, both ways for each pair of --reverse-pairs."""
+    unknown = [n for pair in parse_reverse_pairs(text) for n in pair if n not in classes]
+    if unknown:
+        raise TrainingError(f"--reverse-pairs {text!r}: {', '.join(map(repr, unknown))} not among the dataset's "
+                            f"classes ({', '.join(classes)})")
+    mapping = {}
+    for a, b in parse_reverse_pairs(text):
+        mapping[classes.index(a)], mapping[classes.index(b)] = classes.index(b), classes.index(a)
+    return mapping
 
 
 def fits(value: object, hint: object) -> bool:

@@ -29,7 +29,7 @@ from src.dataset import (ClipDataset, DatasetError, Item, balanced_weights, coll
 from src.device import pick_device
 from src.inference import check_precision, cpu_has_bf16
 from src.model import BLOCK_NAMES
-from src.training.config import RunConfig, TrainingError
+from src.training.config import RunConfig, TrainingError, reverse_map
 from src.training.frozen import FrozenPart, Tail, build_streams, frozen_features, train_mode
 from src.training.frozen_cache import FrozenFeatureCache
 from src.training.metrics import EvalResult, summarize, summarize_multilabel, top1_hits
@@ -178,7 +178,8 @@ def make_cache(cfg: RunConfig, run_dir: Path, first: FrozenPart, n_items: int, m
     fingerprint = {"weights": cfg.weights, "flow_weights": cfg.flow_weights, "freeze": cfg.freeze,
                    "frozen_precision": first.precision, "clip_len": cfg.clip_len, "crop": cfg.crop,
                    "data": str(Path(cfg.data).resolve()), "modality": cfg.modality, "sample_rate": cfg.sample_rate,
-                   "views": cfg.cache_views, "seed": cfg.seed, "items": n_items, "flip": not cfg.no_flip}
+                   "views": cfg.cache_views, "seed": cfg.seed, "items": n_items, "flip": not cfg.no_flip,
+                   **({"reverse_pairs": cfg.reverse_pairs} if cfg.reverse_pairs else {})}  # earlier caches stay valid
     cache = FrozenFeatureCache(run_dir / "cache", fingerprint, cfg.cache_dtype) if master else None
     if world > 1:
         dist.barrier()  # rank 0 (re)made the folder and its fingerprint
@@ -263,6 +264,10 @@ def fit(cfg: RunConfig, run_dir: Path, state: dict | None, rank: int, world: int
         if master:
             log.info("some items have several labels (labels.txt): multi-label training "
                      "(sigmoid outputs, binary cross-entropy, mAP)")
+    if cfg.reverse_pairs and cfg.multi_label:
+        raise TrainingError("--reverse-pairs: not for multi-label data (a clip played backwards would keep labels "
+                            "that may not hold backwards); leave it out, or train single-label")
+    reverse_to = reverse_map(cfg.reverse_pairs, classes)
     missing_val = sorted(set(classes) - {classes[i] for it in val_items for i in it.label_set()})
     if missing_val and master:
         log.warning("val has no items of %s: their accuracy cannot be measured", missing_val)
@@ -286,7 +291,7 @@ def fit(cfg: RunConfig, run_dir: Path, state: dict | None, rank: int, world: int
     views = cfg.cache_views if cache is not None else None
     vectors = len(classes) if cfg.multi_label else None  # multi-label: labels come as 0/1 vectors
     train_set = ClipDataset(train_items, cfg.modality, cfg.clip_len, cfg.crop, True, views, cfg.seed, cache, "train",
-                            flip=not cfg.no_flip, multi_label_classes=vectors)
+                            flip=not cfg.no_flip, multi_label_classes=vectors, reverse_to=reverse_to)
     val_set = ClipDataset(val_items, cfg.modality, cfg.clip_len, cfg.crop, False, None, cfg.seed, cache, "val",
                           multi_label_classes=vectors)
     train_loader, val_loader, generator = make_loaders(cfg, train_set, val_set, len(classes), rank, world)
