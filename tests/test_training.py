@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import src.training.loop as training
+from src.dataset import DatasetError
 from src.synthetic import make_arrays
 from src.training.frozen import build_streams, train_mode
 from src.training.loop import lr_factor, train
@@ -262,7 +263,7 @@ def test_cli_refuses_meaningless_options_before_making_a_run_folder(motion_data,
 
 def test_one_class_is_refused(tmp_path):
     data = make_arrays(tmp_path / "one", per_class=(2, 1), frames=8, size=32, classes=("pan_left",))
-    with pytest.raises(training.DatasetError, match="only one class"):
+    with pytest.raises(DatasetError, match="only one class"):
         train(RunConfig(data=str(data), out=str(tmp_path / "run"), epochs=1, **SMALL))
     assert not (tmp_path / "run").exists()
 
