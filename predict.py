@@ -26,6 +26,7 @@ from src.cli import add_inference_arguments, check_output, check_positive, chose
 from src.clips import InputError
 from src.dataset import DatasetError
 from src.device import pick_device
+from src.inference import check_precision
 from src.jobs.files import atomic_write, save_array_atomic
 from src.predict import (exported_predictor, format_json, format_table, predictor_from_run, predictor_from_weights,
                          timeline, top_k)
@@ -85,10 +86,11 @@ def main() -> int:
             check_output(args.logits_out, "--logits-out", args.overwrite)
         if args.timeline_out:
             check_output(args.timeline_out, "--timeline-out", args.overwrite)
-    except InputError as exc:
+        device = pick_device(args.device)
+        check_precision(chosen_precision(args), device)
+    except (InputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    device = pick_device(args.device)
     try:
         precision = chosen_precision(args)
         predictor = (predictor_from_run(args.checkpoint, device, precision, args.compile) if args.checkpoint

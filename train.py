@@ -7,6 +7,7 @@ Examples:
     python train.py --resume runs/20261125-101500-rgb             # continue exactly where it stopped
     torchrun --nproc_per_node 2 train.py --data ...              # DistributedDataParallel (gloo on CPU)
     python train.py --data segments-pre --multi-label --no-flip  # several labels per item (labels.txt)
+    python train.py --no-flip --reverse-pairs pan_left:pan_right # backwards pan_left clips train as pan_right
 
 With K blocks frozen their output never changes, so it is cached (RUN/cache) and, once every view
 is cached (after --cache-views epochs), an epoch runs only the last 20-K blocks: many times faster.
@@ -18,9 +19,11 @@ import logging
 import sys
 from dataclasses import fields
 
-from src.dataset import DatasetError
+from src.cli import Parser
+from src.dataset import DatasetError, error_text
+from src.training.config import CHOICES, RunConfig, TrainingError
 from src.training.loop import train
-from src.training.runs import RunConfig, TrainingError
+from src.training.runs import Interrupted
 from src.weights import WeightsUnavailable
 
 HELP = {
@@ -46,17 +49,19 @@ HELP = {
     "cache_features": "cache the frozen blocks' output: auto (whenever blocks are frozen), on or off",
     "cache_views": "fixed augmented views per training item when caching", "cache_dtype": "float16 or float32",
     "patience": "early stopping: epochs without val improvement (0: off)",
+    "reverse_pairs": "direction-sensitive class pairs a:b,c:d: a training clip of a is played backwards with "
+                     "probability 0.5 and labelled b, and b becomes a (flow reversed in time and negated); "
+                     "a:a reverses a keeping its label",
+    "skip_bad_items": "leave out items whose arrays hold NaN or infinite values (each named once) instead of stopping "
+                      "with an error naming the file; reads every float array once at the start",
     "multi_label": "several labels per item: sigmoid outputs, binary cross-entropy, mAP, per-class thresholds "
                    "chosen on val (automatic when some item has several labels)",
 }
 RECORDED = ("classes", "input_size", "input_fps", "input_sample_rate", "flow_algorithm")  # from the dataset, not options
-CHOICES = {"modality": ("rgb", "flow", "joint"), "optimizer": ("sgd", "adamw"), "schedule": ("cosine", "step"),
-           "cache_features": ("auto", "on", "off"), "cache_dtype": ("float16", "float32"),
-           "precision": ("auto", "fp32", "bf16", "fp16", "plain")}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = RunConfig()
     for f in fields(RunConfig):
         if f.name in RECORDED:
@@ -76,8 +81,15 @@ def main() -> int:
     try:
         train(cfg, resume=args.resume, overwrite=args.overwrite)
     except (TrainingError, DatasetError, WeightsUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_text(exc)}", file=sys.stderr)
         return 1
+    except Interrupted as exc:
+        print(exc, file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # while the run was being set up
+        again = f"python train.py --resume {args.resume}" if args.resume else "the same command"
+        print(f"interrupted before training started; nothing was lost: run {again} to start it", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -51,11 +51,32 @@ def load_clip(path: str | Path, recipe: Recipe = RGB_RECIPE, frames: int | None 
     Frames that are already crop x crop (such as the official demo GIF) are taken as pre-cropped
     unless `force_resize`; everything else is resized to the recipe's short side and centre-cropped.
     """
+    return load_crops(path, recipe, [CENTRE], frames, force_resize)[0]
+
+
+CENTRE = (0.5, 0.5)  # a crop corner (top, left) as fractions of the slack
+
+
+def crop_at(frames: np.ndarray, size: int, corner: tuple[float, float]) -> np.ndarray:
+    """The size x size crop of (T, H, W, C) frames at `corner`; CENTRE is transforms.center_crop's crop."""
+    h, w = frames.shape[1:3]
+    if h < size or w < size:
+        raise InputError(f"cannot crop {size}x{size} from {w}x{h} frames; resize to a short side of at least {size}")
+    top, left = int(corner[0] * (h - size)), int(corner[1] * (w - size))
+    return frames[:, top:top + size, left:left + size]
+
+
+def load_crops(path: str | Path, recipe: Recipe, corners: list[tuple[float, float]], frames: int | None = None,
+               force_resize: bool = False) -> list[np.ndarray]:
+    """`load_clip`'s clip at each crop corner (one decode; RGB pixels are scaled after cropping, to save memory).
+
+    A .npy clip is used as it is for every corner (it is already a model input).
+    """
     path = Path(path)
     channels = 2 if recipe.flow else 3
     if path.suffix.lower() == ".npy":
-        return central_frames(load_npy_clip(path, channels), frames)
-    from src.media import center_crop, read_frames, resize_short_side, to_model_range
+        return [central_frames(load_npy_clip(path, channels), frames)] * len(corners)
+    from src.media import read_frames, resize_short_side, to_model_range
 
     rgb, info = read_frames(path, fps=recipe.fps)
     rgb = rgb[::recipe.sample_rate]  # as pre-process.py --sample-rate: flow is then between kept frames
@@ -71,7 +92,7 @@ def load_clip(path: str | Path, recipe: Recipe = RGB_RECIPE, frames: int | None 
     if force_resize or rgb.shape[1:3] != (recipe.crop, recipe.crop):
         rgb = resize_short_side(rgb, recipe.resize_short_side)
     if not recipe.flow:
-        return to_model_range(center_crop(rgb, recipe.crop))
+        return [to_model_range(crop_at(rgb, recipe.crop, corner)) for corner in corners]
     if len(rgb) < 2:
         raise InputError(f"{path}: flow needs at least 2 frames, got {len(rgb)}")
     from tqdm import tqdm
@@ -81,7 +102,7 @@ def load_clip(path: str | Path, recipe: Recipe = RGB_RECIPE, frames: int | None 
     with tqdm(total=len(rgb) - 1, desc=f"{path.name}: {recipe.flow_algorithm} flow", unit="pair", leave=False,
               disable=len(rgb) < 16) as bar:
         flow = FlowExtractor(recipe.flow_algorithm)(rgb_to_gray(rgb), bar.update)
-    return center_crop(flow, recipe.crop)
+    return [crop_at(flow, recipe.crop, corner) for corner in corners]
 
 
 def clip_to_tensor(clip: np.ndarray) -> torch.Tensor:

@@ -137,6 +137,64 @@ def check_array(path: Path, arr: np.ndarray, modality: str) -> None:
         raise DatasetError(f"{path}: shape {arr.shape}, expected (T, H, W, {channels}) for {modality}")
 
 
+def error_text(exc: BaseException) -> str:
+    """An error's own message, without the traceback a DataLoader worker process wraps around it."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    return last.removeprefix(prefix)
+
+
+class NonFiniteValues(DatasetError):
+    """An array holding NaN or infinite values: the message names the file and the frames."""
+
+
+def frame_span(frames: np.ndarray | list[int]) -> str:
+    """Frame indices in words: 'frame 4' or 'frames 3..17 (5 of them)'."""
+    frames = sorted(set(int(f) for f in frames))
+    if len(frames) == 1:
+        return f"frame {frames[0]}"
+    return f"frames {frames[0]}..{frames[-1]} ({len(frames)} of them)"
+
+
+SKIP_HINT = "re-make the item with pre-process.py or remove it, or pass --skip-bad-items to leave such items out"
+
+
+def nonfinite_frames(path: Path, chunk: int = 16) -> list[int]:
+    """The frames of a stored array that hold NaN or inf (none for uint8), read once, a few frames at a time."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return []  # unreadable: loading the item reports it
+    if arr.dtype.kind != "f" or arr.ndim == 0:
+        return []
+    bad: list[int] = []
+    for start in range(0, len(arr), chunk):
+        block = decode_array(np.asarray(arr[start:start + chunk]))  # float64 beyond float32's range is inf too
+        bad += (start + np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1))).tolist()
+    return bad
+
+
+def drop_nonfinite_items(items: list[Item]) -> tuple[list[Item], list[str]]:
+    """The items none of whose arrays holds NaN/inf, and one line per item left out (for --skip-bad-items).
+
+    This reads every float array once; uint8 arrays cannot hold such values and are not read.
+    """
+    from tqdm import tqdm
+
+    kept, dropped = [], []
+    for item in tqdm(items, desc="checking arrays for NaN/inf", unit="item", leave=False, disable=len(items) < 50):
+        bad = {m: nonfinite_frames(path) for m, path in item.files.items()}
+        if any(bad.values()):
+            path, frames = next((item.files[m], f) for m, f in bad.items() if f)
+            dropped.append(f"{path}: NaN/inf values in {frame_span(frames)}; item left out (--skip-bad-items)")
+        else:
+            kept.append(item)
+    return kept, dropped
+
+
 def window(length: int, clip_len: int, start: int) -> np.ndarray:
     """Frame indices of a clip starting at `start`, looping over the item when it is shorter."""
     return (start + np.arange(clip_len)) % length
@@ -144,12 +202,14 @@ def window(length: int, clip_len: int, start: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class View:
-    """Where a clip is taken from an item: temporal start, crop corner (fractions of the slack) and flip."""
+    """Where a clip is taken from an item: temporal start, crop corner (fractions of the slack), flip, and
+    whether it plays backwards (train.py --reverse-pairs: the label becomes the class it is paired with)."""
 
     start: float
     top: float
     left: float
     flip: bool
+    reverse: bool = False
 
     @staticmethod
     def centre() -> "View":
@@ -157,10 +217,12 @@ class View:
         return View(0.5, 0.5, 0.5, False)
 
     @staticmethod
-    def random(rng: np.random.Generator, flip: bool = True) -> "View":
-        """A training view drawn from `rng`; `flip=False` never mirrors (for direction-sensitive classes)."""
+    def random(rng: np.random.Generator, flip: bool = True, reversible: bool = False) -> "View":
+        """A training view drawn from `rng`; `flip=False` never mirrors (for direction-sensitive classes);
+        `reversible`: played backwards with probability 0.5."""
         start, top, left, coin = rng.random(4)
-        return View(float(start), float(top), float(left), flip and bool(coin < 0.5))
+        reverse = reversible and bool(rng.random() < 0.5)  # drawn last: views without reversal stay as they were
+        return View(float(start), float(top), float(left), flip and bool(coin < 0.5), reverse)
 
 
 class ClipDataset(Dataset):
@@ -172,8 +234,10 @@ class ClipDataset(Dataset):
 
     def __init__(self, items: list[Item], modality: str, clip_len: int = 64, crop: int = 224, train: bool = True,
                  views: int | None = None, seed: int = 0, cache=None, split: str = "train", flip: bool = True,
-                 multi_label_classes: int | None = None):
+                 multi_label_classes: int | None = None, reverse_to: dict[int, int] | None = None):
         self.items, self.modality, self.clip_len, self.crop, self.flip = items, modality, clip_len, crop, flip
+        # label -> label of the same clip played backwards, for the classes that may be reversed (training only)
+        self.reverse_to = reverse_to or {}
         # multi-label: labels come as (num_classes,) 0/1 float vectors instead of class indices
         self.multi_label_classes = multi_label_classes
         self.train, self.views, self.seed, self.epoch = train, views, seed, 0
@@ -197,7 +261,8 @@ class ClipDataset(Dataset):
         if not self.train:
             return View.centre()
         key = [self.seed, index, self.view_index(index)] if self.views else [self.seed, index, 10**6 + self.epoch]
-        return View.random(np.random.default_rng(key), self.flip)
+        # reversal is part of the view, so a fixed view (and its cache entry) is always the same way round
+        return View.random(np.random.default_rng(key), self.flip, self.items[index].label in self.reverse_to)
 
     def load(self, item: Item, modality: str, view: View) -> torch.Tensor:
         """One modality's clip of an item as (C, T, H, W) float32."""
@@ -213,31 +278,38 @@ class ClipDataset(Dataset):
         start = int(view.start * (t - self.clip_len)) if t > self.clip_len else 0
         top, left = int(round(view.top * (h - self.crop))), int(round(view.left * (w - self.crop)))
         frames = window(t, self.clip_len, start)
+        if view.reverse:  # flow i (frame i -> i+1) backwards is about minus flow i: reversed order, negated below
+            frames = frames[::-1]
         clip = decode_array(np.asarray(stored[frames, top:top + self.crop, left:left + self.crop]))
+        if stored.dtype.kind == "f":  # checking what is read costs little next to the network, and misses nothing used
+            finite = np.isfinite(clip.reshape(len(clip), -1)).all(axis=1)
+            if not finite.all():
+                raise NonFiniteValues(f"{path}: NaN/inf values in {frame_span(frames[~finite])}; {SKIP_HINT}")
         if view.flip:
             clip = clip[:, :, ::-1]
             if modality == "flow":
                 clip = clip * np.array([-1.0, 1.0], np.float32)  # mirrored motion: x flow changes sign
+        if view.reverse and modality == "flow":
+            clip = -clip
         return torch.from_numpy(np.ascontiguousarray(clip)).permute(3, 0, 1, 2)
 
-    def target(self, index: int) -> int | torch.Tensor:
-        """An item's class index, or its 0/1 label vector for multi-label training."""
+    def target(self, index: int, view: View | None = None) -> int | torch.Tensor:
+        """An item's class index (its pair's when `view` plays it backwards), or its 0/1 label vector (multi-label)."""
         item = self.items[index]
         if self.multi_label_classes is None:
-            return item.label
+            return self.reverse_to[item.label] if view is not None and view.reverse else item.label
         vector = torch.zeros(self.multi_label_classes)
         vector[list(item.label_set())] = 1.0
         return vector
 
     def __getitem__(self, index: int) -> tuple[int, int, list[tuple[str, torch.Tensor]], int | torch.Tensor]:
         """(index, view, [("clip" | "features", tensor) per stream], label or label vector)."""
-        item, view = self.items[index], self.view_index(index)
+        item, fixed, view = self.items[index], self.view_index(index), self.view_for(index)
         inputs = []
         for stream in streams(self.modality):
-            cached = self.cache.get(self.split, stream, index, view) if self.cache is not None else None
-            inputs.append(("features", cached) if cached is not None else
-                          ("clip", self.load(item, stream, self.view_for(index))))
-        return index, view, inputs, self.target(index)
+            cached = self.cache.get(self.split, stream, index, fixed) if self.cache is not None else None
+            inputs.append(("features", cached) if cached is not None else ("clip", self.load(item, stream, view)))
+        return index, fixed, inputs, self.target(index, view)
 
 
 def collate(batch: list) -> tuple[list[int], list[int], list[list[tuple[str, torch.Tensor]]], torch.Tensor]:

@@ -204,3 +204,118 @@ def test_labels_txt_naming_an_unknown_class_is_a_clear_error(tmp_path):
     (folder / "labels.txt").write_text("pan_left\n")
     with pytest.raises(DatasetError, match="class 'jumping' has no rgb arrays"):
         scan_split(data, "train", read_classes(data), "rgb")
+
+
+def poison(path, frames, value=np.nan, dtype=np.float32) -> None:
+    """Re-store an item's array as float (as pre-process.py --dtype float32 would) with `value` in some frames."""
+    from src.media import decode_array
+    arr = decode_array(np.load(path)).astype(dtype)
+    arr[frames, 10, 12, 1] = value
+    save_array_atomic(path, arr)
+
+
+def test_nan_or_inf_in_a_loaded_clip_names_the_file_and_frames(tmp_path):
+    from src.dataset import NonFiniteValues, drop_nonfinite_items
+    data = make_arrays(tmp_path / "d", per_class=(2, 1), frames=12, size=40)
+    items = scan_split(data, "train", read_classes(data), "rgb")
+    poison(items[1].files["rgb"], [9, 10])
+    poison(items[2].files["rgb"], [0], np.inf, np.float16)
+    ds = ClipDataset(items, "rgb", clip_len=8, crop=32, train=False)
+    ds.load(items[0], "rgb", View.centre())                          # uint8: cannot hold NaN, never scanned
+    with pytest.raises(NonFiniteValues, match=rf"{items[1].files['rgb']}: NaN/inf values in frames 9..10 \(2 of "
+                                              r"them\); .*--skip-bad-items") as info:
+        ds.load(items[1], "rgb", View(1.0, 0.5, 0.5, False))         # frames 4..11
+    assert isinstance(info.value, DatasetError) and "\n" not in str(info.value)
+    clip = ds.load(items[1], "rgb", View(0.0, 0.5, 0.5, False))      # frames 0..7: finite, and used as they are
+    assert torch.isfinite(clip).all()
+    with pytest.raises(NonFiniteValues, match="frame 0;"):
+        ds.load(items[2], "rgb", View(0.0, 0.5, 0.5, False))
+    kept, dropped = drop_nonfinite_items(items)
+    assert kept == [items[0]] + items[3:]
+    assert dropped == [f"{items[1].files['rgb']}: NaN/inf values in frames 9..10 (2 of them); item left out "
+                       "(--skip-bad-items)", f"{items[2].files['rgb']}: NaN/inf values in frame 0; item left out "
+                       "(--skip-bad-items)"]
+
+
+def test_an_error_in_a_loader_worker_keeps_its_one_line_message(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from src.dataset import NonFiniteValues, collate, error_text
+    data = make_arrays(tmp_path / "d", per_class=(1, 1), frames=8, size=32)
+    items = scan_split(data, "train", read_classes(data), "rgb")
+    poison(items[0].files["rgb"], [2])
+    loader = DataLoader(ClipDataset(items, "rgb", clip_len=8, crop=32, train=False), batch_size=2, num_workers=1,
+                        collate_fn=collate)
+    with pytest.raises(NonFiniteValues) as info:
+        next(iter(loader))
+    assert "Traceback" in str(info.value)  # what PyTorch makes of it
+    assert error_text(info.value) == f"{items[0].files['rgb']}: NaN/inf values in frame 2; re-make the item with " \
+                                     "pre-process.py or remove it, or pass --skip-bad-items to leave such items out"
+
+
+def pan_data_with_flow(root, per_class=(2, 1), frames=12, size=40):
+    """pan_left / pan_right items with rgb and DIS flow arrays (flow i: frame i -> i+1, so T - 1 of them)."""
+    from src.flow import FlowExtractor, rgb_to_gray
+    data = make_arrays(root, per_class=per_class, frames=frames, size=size, classes=("pan_left", "pan_right"))
+    flow = FlowExtractor("dis")
+    for rgb in sorted(data.glob("*/*/*/rgb-SampleRate_1.npy")):
+        pixels = np.load(rgb)  # uint8 storage of the model-range frames: the synthetic pixels themselves
+        save_array_atomic(rgb.with_name("flow-SampleRate_1.npy"), flow(rgb_to_gray(pixels)))
+    return data
+
+
+def test_a_reversed_pan_left_clip_is_a_pan_right_clip(tmp_path):
+    from src.flow import FlowExtractor, rgb_to_gray
+    data = pan_data_with_flow(tmp_path / "d")
+    classes = read_classes(data)
+    items = scan_split(data, "train", classes, "joint")
+    left, right = classes.index("pan_left"), classes.index("pan_right")
+    ds = ClipDataset(items, "joint", clip_len=11, crop=32, flip=False, reverse_to={left: right, right: left})
+    index = next(i for i, it in enumerate(items) if it.label == left)
+    draws = []
+    for epoch in range(200):
+        ds.set_epoch(epoch)
+        draws.append(ds.view_for(index).reverse)
+    assert 0.35 < np.mean(draws) < 0.65  # backwards with probability 0.5
+    ds.set_epoch(draws.index(True))
+    view = ds.view_for(index)
+    _, _, inputs, label = ds[index]
+    assert label == right  # and forwards it is still pan_left
+    assert ds.target(index, View(view.start, view.top, view.left, False)) == left
+    (_, rgb), (_, flow) = inputs
+    # rgb: the original frames in reverse order (11 of the 12 frames: the window starts at 0 or 1)
+    stored = np.load(items[index].files["rgb"]).astype(np.float32) / 255 * 2 - 1
+    start = int(view.start * 1)
+    top, left_px = round(view.top * 8), round(view.left * 8)
+    want = stored[start:start + 11][::-1, top:top + 32, left_px:left_px + 32]
+    np.testing.assert_allclose(rgb.permute(1, 2, 3, 0).numpy(), want, atol=1e-6)
+    # flow, by construction: 12 frames give 11 flows and the reversed flow i is -flow[12 - 2 - i]
+    stored_flow = np.load(items[index].files["flow"])
+    got = flow.permute(1, 2, 3, 0).numpy()
+    np.testing.assert_array_equal(got, -stored_flow[10 - np.arange(11), top:top + 32, left_px:left_px + 32])
+    # and against flow actually computed on the reversed frames: the same, away from the borders
+    pixels = np.load(items[index].files["rgb"])
+    computed = FlowExtractor("dis")(rgb_to_gray(np.ascontiguousarray(pixels[::-1])))
+    computed = computed[:, top:top + 32, left_px:left_px + 32]
+    inner = (slice(None), slice(6, -6), slice(6, -6))
+    assert np.abs(got[inner] - computed[inner]).mean() < 2e-3
+    # the motion is a pan_right item's: 2 px per frame to the right, i.e. +0.1 after the /20 scaling
+    right_item = next(it for it in items if it.label == right)
+    assert got[inner][..., 0].mean() == pytest.approx(np.load(right_item.files["flow"])[..., 0].mean(), abs=0.01)
+    assert got[inner][..., 0].mean() == pytest.approx(0.1, abs=0.01)
+
+
+def test_fixed_views_keep_their_reversal(tmp_path):
+    # the feature cache stores fixed views: a view must be reversed every time it comes back, or never
+    data = make_arrays(tmp_path / "d", per_class=(2, 1), frames=8, size=32, classes=("pan_left", "pan_right"))
+    items = scan_split(data, "train", read_classes(data), "rgb")
+    ds = ClipDataset(items, "rgb", clip_len=8, crop=32, views=4, flip=False, reverse_to={0: 1, 1: 0})
+    seen = {}
+    for epoch in range(12):
+        ds.set_epoch(epoch)
+        for i in range(len(items)):
+            seen.setdefault((i, ds.view_index(i)), set()).add(ds.view_for(i))
+    assert all(len(views) == 1 for views in seen.values())
+    assert {next(iter(v)).reverse for v in seen.values()} == {True, False}
+    plain = ClipDataset(items, "rgb", clip_len=8, crop=32, views=4, flip=False)
+    assert not any(plain.view_for(i).reverse for i in range(len(items)))  # no pairs: never reversed

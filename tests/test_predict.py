@@ -228,3 +228,24 @@ def test_predict_complex_npy_is_refused(tmp_path):
     np.save(clip, np.zeros((8, 32, 32, 3), np.complex64))
     result = run("predict.py", str(clip))
     _one_line_error(result, str(clip), "dtype complex64")
+
+
+def test_predict_explicit_bf16_on_a_cpu_without_it(shared, monkeypatch, capsys):
+    import predict
+
+    from src.inference import cpu_bf16_unsupported
+    video = str(shared / "videos" / "video_0.mov")
+    if cpu_bf16_unsupported() is None:  # bf16 convolutions exist here: it runs, with the usual answer
+        result = run("predict.py", video, "--precision", "bf16", "--json")
+        assert result.returncode == 0, result.stderr
+        assert len(json.loads(result.stdout)["predictions"]) == 5
+        return
+    loaded = []
+    monkeypatch.setattr(predict, "predictor_from_weights", lambda *args: loaded.append(args))
+    monkeypatch.setattr(sys, "argv", ["predict.py", video, "--precision", "bf16"])
+    assert predict.main() == 1
+    out, err = capsys.readouterr()
+    assert out == "" and loaded == []  # refused before loading anything
+    assert err == f"error: --precision bf16: this CPU cannot run bf16 convolutions ({cpu_bf16_unsupported()}); " \
+                  "use --precision fp32 or auto\n"
+    _one_line_error(run("predict.py", video, "--precision", "bf16"), "--precision bf16", "fp32 or auto")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
 
 import pytest
@@ -57,3 +58,51 @@ def test_only_a_folder_with_last_pt_holds_a_run(tmp_path):
     with pytest.raises(TrainingError, match="already holds a run; use --resume"):
         new_run_dir(RunConfig(out=str(out)))
     assert new_run_dir(RunConfig(out=str(out)), overwrite=True) == out
+
+
+def good_config() -> dict:
+    """A valid config.json of a finished run, as train.py writes it."""
+    return asdict(RunConfig(data="data", classes=["a", "b"]))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "config.json: not valid JSON (Expecting property name"),
+    ("[1, 2]", "config.json: holds a JSON list, not train.py's settings object"),
+    (json.dumps({**good_config(), "batch_sise": 8}), "config.json: unknown key 'batch_sise' (not a train.py setting)"),
+    (json.dumps({**good_config(), "batch_size": 0}), "config.json: batch_size 0: must be positive"),
+    (json.dumps({**good_config(), "lr": "fast"}), 'config.json: lr is "fast", expected a number'),
+    (json.dumps({**good_config(), "epochs": 2.5}), "config.json: epochs is 2.5, expected an integer"),
+    (json.dumps({**good_config(), "amp": 1}), "config.json: amp is 1, expected true or false"),
+    (json.dumps({**good_config(), "sample_rate": "2"}), 'sample_rate is "2", expected an integer or null'),
+    (json.dumps({**good_config(), "classes": ["a", 3]}), 'classes is ["a", 3], expected a list of strings'),
+    (json.dumps({**good_config(), "modality": "depth"}), "config.json: modality 'depth': choose one of rgb, flow, joint"),
+    (json.dumps({**good_config(), "freeze": 30}), "config.json: freeze 30: choose 0..18"),
+    (json.dumps({**good_config(), "lr": float("nan")}), "config.json: lr nan: must be a finite number"),
+])
+def test_a_resumed_config_is_checked_as_a_new_one(tmp_path, text, message):
+    from src.training.loop import train
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(TrainingError, match=re.escape(message)) as info:
+        train(RunConfig(), resume=str(tmp_path))
+    assert str(tmp_path / "config.json") in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(TrainingError, match=re.escape(message)):
+        load_run(tmp_path)  # evaluate.py and predict.py --checkpoint read it the same way
+
+
+def test_a_config_without_newer_keys_still_loads(tmp_path):
+    old = good_config()
+    del old["cache_dtype"], old["multi_label"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert RunConfig.load(tmp_path) == RunConfig(data="data", classes=["a", "b"])
+
+
+def test_cli_resume_with_a_broken_config_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    (tmp_path / "config.json").write_text(json.dumps({**good_config(), "lr": "fast"}))
+    result = subprocess.run([sys.executable, "train.py", "--resume", str(tmp_path)], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f'error: {tmp_path / "config.json"}: lr is "fast", expected a number'

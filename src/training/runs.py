@@ -12,7 +12,7 @@ import json
 import random
 import re
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from torch import nn
 from src.dataset import streams
 from src.jobs.files import atomic_write
 from src.model import I3D
+from src.training.config import RunConfig, TrainingError
 from src.weights import RGB_RECIPE, Streams, flow_recipe
 
 RUN_FILES = ("config.json", "classes.txt", "last.pt", "best.safetensors", "metrics.json", "metrics.csv",
@@ -29,78 +30,25 @@ RUN_FILES = ("config.json", "classes.txt", "last.pt", "best.safetensors", "metri
 THRESHOLDS_FILE = "thresholds.json"
 
 
-class TrainingError(RuntimeError):
-    """A run that cannot start or go on; the message says why and what to do."""
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says what the run folder keeps and how to go on."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(interruption_message(Path(run_dir)))
+        self.run_dir = Path(run_dir)
 
 
-@dataclass
-class RunConfig:
-    """Everything that defines a run; saved as config.json and restored by --resume."""
-
-    data: str = "data/videos/pre-processed"
-    out: str | None = None
-    weights: str = "rgb_scratch"
-    flow_weights: str | None = None  # default: flow_scratch when obtainable, else cross-modality from --weights
-    modality: str = "rgb"
-    freeze: int = 15
-    clip_len: int = 64
-    crop: int = 224
-    sample_rate: int | None = None
-    batch_size: int = 8
-    epochs: int = 10
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    warmup_epochs: float = 1.0
-    step_epochs: int = 5
-    step_gamma: float = 0.1
-    label_smoothing: float = 0.0
-    dropout: float = 0.5
-    bn_momentum: float = 0.1
-    accum_steps: int = 1
-    clip_grad: float = 0.0
-    amp: bool = False
-    precision: str = "auto"  # the frozen blocks' inference path (src.inference), or "plain"
-    seed: int = 0
-    device: str = "auto"
-    workers: int = 0
-    balanced: bool = False
-    no_flip: bool = False
-    cache_features: str = "auto"
-    cache_views: int = 4
-    cache_dtype: str = "float16"
-    patience: int = 0
-    multi_label: bool = False  # sigmoid + binary cross-entropy; set automatically when items have several labels
-    classes: list[str] = field(default_factory=list)
-    # how pre-process.py made the arrays (from its manifest), so prediction prepares inputs the same way
-    input_size: int | None = None  # short side of the stored frames
-    input_fps: float | None = 25.0  # None: the sources' own rate
-    input_sample_rate: int = 1
-    flow_algorithm: str = "tvl1"
-
-    def check(self) -> None:
-        """Refuse settings that cannot give a meaningful run, in one sentence each."""
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "clip_len": self.clip_len,
-                    "crop": self.crop, "accum_steps": self.accum_steps, "lr": self.lr}
-        for name, value in positive.items():
-            if not value > 0:
-                raise TrainingError(f"--{name.replace('_', '-')} {value}: must be positive")
-        if self.cache_views < 1:
-            raise TrainingError(f"--cache-views {self.cache_views}: must be at least 1")
-        for name in ("patience", "label_smoothing", "clip_grad", "warmup_epochs", "weight_decay", "workers"):
-            if getattr(self, name) < 0:
-                raise TrainingError(f"--{name.replace('_', '-')} {getattr(self, name)}: must not be negative")
-        if not 0 <= self.dropout < 1:
-            raise TrainingError(f"--dropout {self.dropout}: choose 0 <= p < 1")
-        if self.label_smoothing >= 1:
-            raise TrainingError(f"--label-smoothing {self.label_smoothing}: choose 0 <= s < 1")
-
-    @staticmethod
-    def load(run_dir: Path) -> "RunConfig":
-        """The config.json of a run folder."""
-        return RunConfig(**json.loads((Path(run_dir) / "config.json").read_text()))
+def interruption_message(run_dir: Path) -> str:
+    """One line: which epochs `run_dir` keeps after an interruption and the command that continues it."""
+    if not (run_dir / "last.pt").exists():
+        return (f"interrupted before the first epoch finished, so {run_dir} holds no run to resume; "
+                f"start it again with the same command (--out {run_dir} is reused without --overwrite)")
+    try:
+        done = len(json.loads((run_dir / "metrics.json").read_text())["history"])
+        kept = f"keeps its {done} finished epoch{'s' if done != 1 else ''}"
+    except (OSError, ValueError, KeyError, TypeError):
+        kept = "keeps its last finished epoch"
+    return f"interrupted: {run_dir} {kept}; continue it with: python train.py --resume {run_dir}"
 
 
 def new_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
@@ -320,10 +268,12 @@ def load_run(run_dir: str | Path, device: torch.device | None = None) -> tuple[R
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
-    for name in ("config.json", "best.safetensors"):
-        if not (run_dir / name).exists():
-            raise TrainingError(f"{run_dir}: no {name}; is this a train.py run folder (finished at least one epoch)?")
+    if not (run_dir / "config.json").exists():
+        raise TrainingError(f"{run_dir}: no config.json; is this a train.py run folder (finished at least one epoch)?")
     cfg = RunConfig.load(run_dir)
+    if not (run_dir / "best.safetensors").exists():
+        raise TrainingError(f"{run_dir}: no best.safetensors; is this a train.py run folder (finished at least one "
+                            "epoch)?")
     try:
         state = load_file(run_dir / "best.safetensors")
     except (SafetensorError, OSError) as exc:
