@@ -35,7 +35,7 @@ from src.device import pick_device
 from src.extraction import PRESETS, ExtractionError, FeatureConfig, describe_presets, prepare_feature_dir, preset_options, run
 from src.extraction.compare import compare_files
 from src.extraction.config import ALIGNS, CROP_ORDERS, FLIP_FLOWS, PADS, POOLS, SHORT_VIDEOS
-from src.inference import optimize_for_inference
+from src.inference import check_precision, optimize_for_inference
 from src.jobs import parse_shard, save_array_atomic, shard_from_env
 from src.model import ENDPOINTS
 from src.weights import FLOW_RECIPE, RGB_RECIPE, WeightsUnavailable, i3d
@@ -169,6 +169,7 @@ def main() -> int:
     args = build_parser().parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
+        check_precision(chosen_precision(args), pick_device(args.device))  # a precision this machine lacks: before any work
         if args.out_dir is not None:
             return extract_dataset(args)
         return extract_one(args)

@@ -73,7 +73,7 @@ def triton_rows(prev: np.ndarray, nxt: np.ndarray, batches: list[int], device: t
         print(f"roofline at {bw} TB/s: {BYTES_PER_PIXEL_ITERATION} B/pixel-iteration x {PIXEL_ITERATIONS / 1e6:.1f} M "
               f"pixel-iterations/pair = {BYTES_PER_PIXEL_ITERATION * PIXEL_ITERATIONS / 1e9:.2f} GB/pair: "
               f"{stop:.0f} pairs/s ({full:.0f} pairs/s without early stopping)")
-    print(f"| device | batch | pairs/s | % of roofline | first run (compile, graphs) s | peak MiB |\n|---|---|---|---|---|---|")
+    print("| device | batch | pairs/s | % of roofline | first run (compile, graphs) s | peak MiB |\n|---|---|---|---|---|---|")
     for batch in batches:
         n = 2 * batch
         reps = -(-n // len(prev))

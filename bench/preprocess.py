@@ -6,6 +6,8 @@ Example (from the repository root):
     python3 bench/preprocess.py                       # full-size stages, small pipeline runs
     python3 bench/preprocess.py --tvl1-pairs 2 --pipeline-size 32
     python3 bench/preprocess.py --pipeline-size 256 --pipeline-fps 2   # end to end at the recipe's size
+    python3 bench/preprocess.py --jobs 2,20           # `python3 pre-process.py RAW OUT` as a user runs it, default
+                                                      # --flow tvl1 against --flow tvl1-opencv, on jobs of 2 and 20 clips
 """
 from __future__ import annotations
 
@@ -48,10 +50,18 @@ def main() -> None:
     p.add_argument("--pipeline-compile", choices=("auto", "yes", "no"), default="no", help="--flow-compile of the --flow tvl1 runs (default no)")
     p.add_argument("--pipeline-workers", default="1,2", help="comma list of --workers for the pipeline runs (default 1,2)")
     p.add_argument("--only-pipeline", action="store_true", help="skip the per-stage timings")
+    p.add_argument("--jobs", default=None, help="comma list of clip counts: time the pre-process.py command itself on a "
+                   "job of that many short clips (2.5 s cut from the shared clips), default flow against tvl1-opencv")
+    p.add_argument("--job-size", type=int, default=256, help="--size of the --jobs runs (default 256, the recipe's)")
     args = p.parse_args()
     cores = os.cpu_count() or 1
     set_threads(cores)
     rows: list[tuple[str, int, float, str]] = []
+    if args.jobs:
+        print(f"CPU: {machine_description()}; {cores} cores")
+        for count in (int(c) for c in args.jobs.split(",")):
+            whole_jobs(args, count)
+        return
     if not args.only_pipeline:
         stages(args, cores, rows)
     pipeline(args, rows)
@@ -123,6 +133,46 @@ def pipeline(args: argparse.Namespace, rows: list) -> None:
     best = min(times["tvl1-opencv", w] for w in workers_list)
     for w in workers_list:
         rows.append((f"--flow tvl1 over best tvl1-opencv, -w {w}", 0, best / times["tvl1", w], "ratio"))
+
+
+def short_clips(videos: Path, folder: Path, count: int) -> None:
+    """`count` clips of 2.5 s (about 62 flow pairs at 25 fps), cut in turn from the shared clips into two classes."""
+    import cv2
+
+    sources = [read_frames(videos / name, None) for name in ("arm_wrestling.mp4", "cleaning_pool.mp4")]
+    for i in range(count):
+        frames, info = sources[i % 2]
+        length = round(2.5 * info.fps)
+        start = (i // 2 * length) % max(1, len(frames) - length)
+        (folder / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        out = cv2.VideoWriter(str(folder / f"c{i % 2}" / f"clip{i:02d}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"),
+                              info.fps, (frames.shape[2], frames.shape[1]))
+        for frame in frames[start:start + length]:
+            out.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        out.release()
+
+
+def whole_jobs(args: argparse.Namespace, count: int) -> None:
+    """pre-process.py on `count` short clips: the default (--flow tvl1: the fastest bit-identical implementation
+    here) and --flow tvl1-opencv, each run whole as a user runs it (start-up and any compile counted)."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw"
+        short_clips(args.videos, raw, count)
+        seconds, chosen = {}, ""
+        for flow in ("tvl1-opencv", "tvl1"):
+            cmd = [sys.executable, str(Path(__file__).resolve().parent.parent / "pre-process.py"), str(raw),
+                   str(Path(tmp) / f"out-{flow}"), "--flow", flow, "--size", str(args.job_size), "--val-ratio", "0"]
+            start = time.perf_counter()
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            seconds[flow] = time.perf_counter() - start
+            if result.returncode:
+                raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
+            lines = (result.stdout + result.stderr).replace("\r", "\n").splitlines()
+            chosen = next((line for line in lines if line.startswith("flow: ")), chosen)
+        print(f"job of {count} clips at --size {args.job_size}: tvl1-opencv {seconds['tvl1-opencv']:.0f} s, "
+              f"default {seconds['tvl1']:.0f} s: {seconds['tvl1-opencv'] / seconds['tvl1']:.2f}x\n  {chosen}")
 
 
 if __name__ == "__main__":

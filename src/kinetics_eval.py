@@ -32,7 +32,7 @@ import torch
 from src.annotations import AnnotationError, read_annotations, resolve_video
 from src.clips import InputError, clip_to_tensor, crop_at, load_crops
 from src.dataset import DatasetError, decode_array, read_classes, scan_split
-from src.jobs import FolderLock, LockError, write_text_atomic
+from src.jobs import FolderLock, LockError, inside, write_text_atomic
 from src.media import VideoError, is_video_file, natural_key
 from src.predict import Predictor
 
@@ -108,7 +108,7 @@ def list_entries(list_path: Path, raw_dir: Path, categories: list[str]) -> list[
             entry.problem = f"{row.where}: several labels ({', '.join(row.labels)}); Kinetics clips have one"
         elif row.labels[0] not in labels:
             entry.problem = f"{row.where}: label {row.labels[0]!r} is not one of the weights' {len(categories)} classes"
-        elif Path(row.video).is_absolute() or ".." in Path(row.video).parts:
+        elif not inside(raw_dir, row.video):  # the shared rule: a list's paths are read inside RAW_DIR only
             entry.problem = f"{row.where}: video {row.video!r} is outside {raw_dir}"
         else:
             entry.index = labels[row.labels[0]]
@@ -183,7 +183,7 @@ def score(predictor: Predictor, entry: Entry, clips: int, crops: int, frames: in
     return (total / n).numpy()
 
 
-class Records:
+class ScoreRecords:
     """OUT/records.jsonl: one JSON object per video, keyed by `key`, rewritten atomically now and then."""
 
     def __init__(self, out_dir: Path, settings: dict, overwrite: bool):
@@ -226,7 +226,7 @@ class Records:
         self.flushed = time.monotonic()
 
 
-def summarize(entries: list[Entry], rows: dict[str, dict], categories: list[str]) -> tuple[dict, list[dict]]:
+def summarize_scores(entries: list[Entry], rows: dict[str, dict], categories: list[str]) -> tuple[dict, list[dict]]:
     """The summary (top1, top5, mean_class_accuracy, n and the counts of videos not scored) and per-class rows."""
     scored = [rows[e.key] for e in entries if rows.get(e.key, {}).get("status") == "ok"]
     per_class: dict[int, list[tuple[bool, bool]]] = {e.index: [] for e in entries if e.index is not None}
@@ -246,7 +246,7 @@ def summarize(entries: list[Entry], rows: dict[str, dict], categories: list[str]
     return summary, classes
 
 
-def evaluate_entries(predictor: Predictor, entries: list[Entry], records: Records, clips: int, crops: int,
+def evaluate_entries(predictor: Predictor, entries: list[Entry], records: ScoreRecords, clips: int, crops: int,
                      frames: int | None, device: torch.device) -> dict:
     """Score every entry not done yet into the records; write OUT/per_class.csv; return the summary.
 
@@ -282,7 +282,7 @@ def evaluate_entries(predictor: Predictor, entries: list[Entry], records: Record
         records.flush()
     if shown > SHOWN:
         log.warning("... and %d more videos not scored: see %s", shown - SHOWN, records.path)
-    summary, classes = summarize(entries, records.rows, predictor.categories)
+    summary, classes = summarize_scores(entries, records.rows, predictor.categories)
     write_text_atomic(records.path.parent / PER_CLASS, lambda f: write_rows(f, classes), newline="")
     return summary
 
@@ -326,7 +326,7 @@ def evaluate_weights(weights: str, target: str | Path, annotations: str | Path |
     except LockError as exc:
         raise EvaluationError(str(exc)) from None
     try:
-        records = Records(out_dir, settings, overwrite)  # before the weights load: a mistake costs nothing
+        records = ScoreRecords(out_dir, settings, overwrite)  # before the weights load: a mistake costs nothing
         streams = pretrained_streams(names[0] if len(names) == 1 else {"rgb": names[0], "flow": names[1]})
         predictor = make_predictor(streams, device or pick_device(), precision, compile)
         modality = "joint" if len(predictor.models) == 2 else next(iter(predictor.models))

@@ -273,3 +273,16 @@ def test_names_with_control_characters_are_refused_the_rest_goes_on(shared, tmp_
         assert text.count("\n") == 3 and "\x00" not in text  # header + 2 rows, each one line
         assert set(rows(out)) == {"good", bad} and sorted(p.name for p in out.iterdir() if p.suffix == ".npy") == \
             ["good_rgb.npy", "good_times.npy"]
+
+
+def test_an_explicit_precision_this_cpu_lacks_is_one_line_before_any_work(shared, tmp_path):
+    from src.inference import cpu_bf16_unsupported
+
+    why = cpu_bf16_unsupported()
+    if not why:
+        pytest.skip("this CPU runs bf16 convolutions: --precision bf16 is allowed here")
+    for form in (["--out-dir", str(tmp_path / "d")], ["--out", str(tmp_path / "f.npy")]):
+        result = cli(str(shared / "videos" / "video_0.mov"), *form, "--precision", "bf16")
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 1 and len(lines) == 1 and "--precision bf16" in lines[0], result.stderr
+    assert not (tmp_path / "d").exists() and not (tmp_path / "f.npy").exists()

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from src.flow.schedule import STATE_FIELDS, Schedule, TorchOps, new_level, schedule_flows
+from src.flow.schedule import Schedule, TorchOps, new_level, schedule_flows
 from src.flow.tvl1 import TVL1, TVL1Params
 
 REPO = Path(__file__).resolve().parent.parent

@@ -17,9 +17,8 @@ from src.clips import InputError
 from src.fvd import (Embedding, Protocol, activation_statistics, frechet_distance, load_statistics,
                      resize_bilinear_tf1, save_statistics, video_activations)
 from src.fvd.clips import clip_starts, read_clips
-from src.fvd.inputs import VideoEntry, open_set
+from src.fvd.inputs import open_set
 from src.fvd.pipeline import ClipReaders
-from tests.conftest import REPO
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REFERENCE_FVD = 133.908  # frechet_video_distance.py's example: 16 videos of 15 frames 64x64, zeros vs 255

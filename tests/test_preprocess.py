@@ -107,7 +107,7 @@ def test_save_array_atomic_and_load(tmp_path):
         load_array(tmp_path / "bad.npy")
 
 
-def _fake_items(counts: dict[str, int]) -> list[Item]:
+def _fake_items(counts: dict[str, int]) -> list[RawItem]:
     return [RawItem(Path(f"/raw/{c}/clip{i}.mp4"), c, f"clip{i}") for c, n in counts.items() for i in range(n)]
 
 

@@ -49,7 +49,7 @@ def _fma_emulated(a, b, c):
 
 
 @triton.jit
-def fma(a, b, c, HW_FMA: tl.constexpr):
+def fma_ieee(a, b, c, HW_FMA: tl.constexpr):
     """OpenCV's fused a * b + c: fma.rn.f32 when compiled, its exact emulation under the interpreter."""
     if HW_FMA:
         r = tl.fma(a, b, c)
@@ -236,7 +236,7 @@ def _cubic(x, HW_FMA: tl.constexpr):
     xm = x - 1
     w0 = -0.75 * (x * (xm * xm))
     zero = x * 0.0  # x >= 0: the constants as blocks of x's shape
-    w1 = fma(fma(x, zero + 1.25, zero - 2.25, HW_FMA), xx, zero + 1.0, HW_FMA)
+    w1 = fma_ieee(fma_ieee(x, zero + 1.25, zero - 2.25, HW_FMA), xx, zero + 1.0, HW_FMA)
     w3 = -0.75 * (xx * (1 - x))
     w2 = ((1 - w0) - w1) - w3
     return w0, w1, w2, w3
@@ -252,18 +252,18 @@ def _cubic_row(base, yy, ix, m, H, W, w0, w1, w2, w3, HW_FMA: tl.constexpr):
     t2 = tl.load(row + ix + 1, mask=vy & (ix >= -1) & (ix + 1 < W), other=0.0)
     t3 = tl.load(row + ix + 2, mask=vy & (ix >= -2) & (ix + 2 < W), other=0.0)
     r = t0 * w0
-    r = fma(t1, w1, r, HW_FMA)
-    r = fma(t2, w2, r, HW_FMA)
-    return fma(t3, w3, r, HW_FMA)
+    r = fma_ieee(t1, w1, r, HW_FMA)
+    r = fma_ieee(t2, w2, r, HW_FMA)
+    return fma_ieee(t3, w3, r, HW_FMA)
 
 
 @triton.jit
 def _remap(base, iy, ix, m, H, W, wx0, wx1, wx2, wx3, wy0, wy1, wy2, wy3, HW_FMA: tl.constexpr):
     """cv::remap INTER_CUBIC, BORDER_CONSTANT 0 at integer corners (iy, ix) and weights: tvl1.remap_cubic."""
     out = _cubic_row(base, iy - 1, ix, m, H, W, wx0, wx1, wx2, wx3, HW_FMA) * wy0
-    out = fma(_cubic_row(base, iy, ix, m, H, W, wx0, wx1, wx2, wx3, HW_FMA), wy1, out, HW_FMA)
-    out = fma(_cubic_row(base, iy + 1, ix, m, H, W, wx0, wx1, wx2, wx3, HW_FMA), wy2, out, HW_FMA)
-    return fma(_cubic_row(base, iy + 2, ix, m, H, W, wx0, wx1, wx2, wx3, HW_FMA), wy3, out, HW_FMA)
+    out = fma_ieee(_cubic_row(base, iy, ix, m, H, W, wx0, wx1, wx2, wx3, HW_FMA), wy1, out, HW_FMA)
+    out = fma_ieee(_cubic_row(base, iy + 1, ix, m, H, W, wx0, wx1, wx2, wx3, HW_FMA), wy2, out, HW_FMA)
+    return fma_ieee(_cubic_row(base, iy + 2, ix, m, H, W, wx0, wx1, wx2, wx3, HW_FMA), wy3, out, HW_FMA)
 
 
 @triton.jit
@@ -321,10 +321,10 @@ def resize_kernel(src, dst, x0, x1, fx, y0, y1, fy, SH, SW, DH, DW, TILES_X, mul
     g = tl.load(fy + y, mask=my, other=0.0)
     base = src + image * SH * SW
     left = tl.load(base + r0 + a, mask=m, other=0.0)
-    top = fma(tl.load(base + r0 + b, mask=m, other=0.0) - left, f, left, HW_FMA)
+    top = fma_ieee(tl.load(base + r0 + b, mask=m, other=0.0) - left, f, left, HW_FMA)
     left = tl.load(base + r1 + a, mask=m, other=0.0)
-    bottom = fma(tl.load(base + r1 + b, mask=m, other=0.0) - left, f, left, HW_FMA)
-    out = fma(bottom - top, g, top, HW_FMA)
+    bottom = fma_ieee(tl.load(base + r1 + b, mask=m, other=0.0) - left, f, left, HW_FMA)
+    out = fma_ieee(bottom - top, g, top, HW_FMA)
     if MUL:
         out = out * mul
     tl.store(dst + image * DH * DW + y * DW + x, out, mask=m)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from src.device import machine_description
-from src.inference import auto_precision, optimize_for_inference
+from src.inference import auto_precision, cpu_bf16_unsupported, optimize_for_inference
 from src.measure.flops import forward_flops
 from src.model import I3D
 from src.training.frozen import FrozenPart, freeze, train_mode
@@ -108,9 +108,10 @@ def eval_options(model: I3D, x: torch.Tensor, device: torch.device, compile: boo
 
     options = {"plain fp32": plain, "channels_last_3d": channels_last, "bf16 autocast + CL": autocast}
     fast32 = optimize_for_inference(model, device, "fp32")
-    fast16 = optimize_for_inference(model, device, "bf16")
     options["fast fp32"] = lambda: fast32(x)
-    options["fast bf16"] = lambda: fast16(x)
+    if not (device.type == "cpu" and cpu_bf16_unsupported()):  # oneDNN refuses bf16 convolutions on such CPUs
+        fast16 = optimize_for_inference(model, device, "bf16")
+        options["fast bf16"] = lambda: fast16(x)
     chosen, _ = auto_precision(str(device))
     options[f"fast auto (={chosen})"] = options[f"fast {chosen}"]
     if compile:
