@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from src.measure.speed import run  # noqa: E402
+from src.measure.speed import run_benchmarks  # noqa: E402
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
         print(line, flush=True)
         lines.append(line)
 
-    run(args.frames, args.batch, args.modes, args.repeats, torch.device(args.device), args.compile, log)
+    run_benchmarks(args.frames, args.batch, args.modes, args.repeats, torch.device(args.device), args.compile, log)
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")
 

@@ -1,6 +1,7 @@
 """Shared fixtures: the ../shared test data and the rgb_scratch weights fetched once per session."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -8,6 +9,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+# The Triton TV-L1 tests run its kernels in Triton's interpreter on a CPU, which must be chosen before anything
+# imports triton (torch.export and torch.compile do, in other tests of the same session).
+if os.environ.get("I3D_FLOW_TEST_DEVICE", "cpu") == "cpu":
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SHARED = REPO.parent / "shared" / "data"
 

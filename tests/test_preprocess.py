@@ -323,13 +323,14 @@ def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, capture_output=True, text=True, timeout=300, **kw)
 
 
-def _one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+def _one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
+    return lines[0]
 
 
 def test_unwritable_out_dir_is_one_line(shared, tmp_path):

@@ -12,24 +12,10 @@ import numpy as np
 import pytest
 
 from src.preprocess import Options, PreprocessError, run
+from tests.test_preprocess import _cli, _one_line_error
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPT = str(REPO / "pre-process.py")
 RGB = ("--modalities", "rgb", "--size", "32", "--workers", "1", "--no-disk-check")
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
-
-
-def _one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
-    assert result.returncode == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def _files_under(folder: Path) -> set[Path]:

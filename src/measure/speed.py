@@ -152,7 +152,7 @@ def train_options(model: I3D, x: torch.Tensor, device: torch.device, frozen: int
     return options
 
 
-def run(frames: list[int], batches: list[int], modes: list[str], repeats: int, device: torch.device,
+def run_benchmarks(frames: list[int], batches: list[int], modes: list[str], repeats: int, device: torch.device,
         compile: bool = False, log: Callable[[str], None] = print) -> list[Row]:
     """Time every option of every (mode, frames, batch) against the plain model; log table rows as they come.
 

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from src.jobs import FolderLock, LockError, save_array_atomic, temporary_name
+from src.jobs import FolderLock, LockError, atomic_write, save_array_atomic
 from src.media import is_hidden, natural_key
 from src.preprocess.discovery import RawItem
 from src.preprocess.manifest import base_row, manifest_name, shape_text, write_manifest, write_text
@@ -57,17 +57,12 @@ def check_seed_array(path: Path, modality: str) -> tuple[np.ndarray, bool]:
 
 def _link_or_copy(src: Path, dest: Path) -> None:
     """Place `src` at `dest` atomically: a hard link where possible, else a copy."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(dest)
-    try:
+    with atomic_write(dest, fsync=False) as tmp:
+        tmp.unlink()  # the link (or the copy) takes the temporary name
         try:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def import_legacy_layout(seed_dir: Path, out_dir: Path, opts: Options, log: Callable[[str], None] = print) -> int:
