@@ -4,7 +4,7 @@
     2. python make_synthetic_dataset.py data/quickstart/raw   4 motion classes x 16 clips
     3. python3 pre-process.py ... --modalities rgb             official RGB recipe -> .npy arrays
     4. python train.py ...                                     fine-tune, 15 of 20 blocks frozen, feature cache
-    5. python evaluate.py RUN                                  multi-clip x multi-crop testing
+    5. python evaluate.py RUN --clips 3                        multi-clip testing
     6. python predict.py CLIP --checkpoint RUN                 one new clip with the fine-tuned model
 
 Run it again to repeat the training into a new run folder (data and weights are reused).
@@ -37,7 +37,7 @@ def step(title: str, *args: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data/quickstart", help="where the dataset goes (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 20, 15 with --multi-label)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 15)")
     parser.add_argument("--runs", default="runs", help="where the run folder goes (default: %(default)s)")
     parser.add_argument("--multi-label", action="store_true",
                         help="the multi-label variant: annotated segments of long recordings, two motions at once")
@@ -45,7 +45,7 @@ def main() -> int:
     if args.multi_label:
         return multi_label(Path(args.data + "-multilabel" if args.data == "data/quickstart" else args.data),
                            args.epochs or 15, Path(args.runs))
-    args.epochs = args.epochs or 20
+    args.epochs = args.epochs or 15
     data = Path(args.data)
     run = Path(args.runs) / f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}"
     started = time.time()
@@ -59,7 +59,7 @@ def main() -> int:
          str(data / "pre-processed"), "--out", str(run), "--epochs", str(args.epochs), "--clip-len", "32",
          "--crop", "112", "--batch-size", "4", "--optimizer", "adamw", "--lr", "0.001", "--no-flip",
          "--cache-views", "2")
-    step("5/6 evaluate (3 clips x 3 crops per video)", "evaluate.py", str(run), "--clips", "3", "--crops", "3")
+    step("5/6 evaluate (3 clips per video)", "evaluate.py", str(run), "--clips", "3")
     step("6/6 predict a new clip (its texture panning up)", "make_synthetic_dataset.py", str(data / "new"),
          "--per-class", "1", "--classes", "pan_up", "--seed", "99")
     step("6/6 ... with the fine-tuned model", "predict.py", str(data / "new" / "pan_up" / "clip_000.mp4"),

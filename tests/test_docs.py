@@ -106,7 +106,7 @@ def test_readme_is_a_front_door() -> None:
     assert len(lines) <= 150, f"README.md has {len(lines)} lines; move detail to docs/"
 
 
-@pytest.mark.parametrize("command", ["pip install -r requirements.txt && python quickstart.py", "python -m pytest -q"])
+@pytest.mark.parametrize("command", ["pip install -r requirements.txt && python quickstart.py", "python -m pytest -q -n 2"])
 def test_readme_setup_commands(command: str) -> None:
     """The set-up commands .ci/run greps for, each alone in its own bash block, and the first line its grep finds."""
     lines = README.read_text(encoding="utf-8").splitlines()

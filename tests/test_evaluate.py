@@ -8,7 +8,7 @@ import pytest
 
 from src.training.evaluation import evaluate_run
 from src.training.runs import TrainingError
-from tests.conftest import REPO
+from tests.conftest import REPO, call_main
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -17,11 +17,11 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("args, needle", [(["--clips", "0"], "--clips"), (["--clips", "-3"], "--clips"),
                                           (["--crops", "0"], "--crops"), (["--crops", "-1"], "--crops")])
-def test_clip_and_crop_counts_are_checked_in_one_line(tmp_path, args, needle):
-    result = run("evaluate.py", str(tmp_path / "run"), *args)
-    assert result.returncode == 1, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.stderr, result.stderr
+def test_clip_and_crop_counts_are_checked_in_one_line(tmp_path, args, needle, monkeypatch, capsys):
+    code, _, err = call_main("evaluate.py", [str(tmp_path / "run"), *args], monkeypatch, capsys)
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], err
 
 
 def test_evaluate_run_refuses_zero_clips_before_loading(tmp_path):

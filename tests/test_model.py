@@ -76,12 +76,20 @@ def small_model() -> I3D:
 
 def test_endpoint_shapes(small_model):
     assert tuple(EXPECTED_ENDPOINTS) == ENDPOINTS
+    # every endpoint of one pass through the blocks on the full-size clip
     x = torch.zeros(1, 3, 64, 224, 224)
     with torch.no_grad():
-        for endpoint, shape in EXPECTED_ENDPOINTS.items():
-            if endpoint in ("Conv3d_1a_7x7", "Mixed_3c", "Mixed_4f", "Mixed_5c"):
-                assert small_model.forward_features(x, endpoint).shape == (1, *shape), endpoint
-        assert small_model(x).shape == (1, 7)
+        for i, (endpoint, shape) in enumerate(EXPECTED_ENDPOINTS.items()):
+            x = small_model.forward_blocks(x, i, i + 1)
+            assert x.shape == (1, *shape), endpoint
+        assert small_model.forward_head(x).shape == (1, 7)
+    # forward_features stops at each endpoint of the same walk (checked on a small clip)
+    clip = torch.randn(1, 3, 9, 64, 64)
+    with torch.no_grad():
+        walked = clip
+        for i, endpoint in enumerate(ENDPOINTS):
+            walked = small_model.forward_blocks(walked, i, i + 1)
+            assert torch.equal(small_model.forward_features(clip, endpoint), walked), endpoint
 
 
 def test_logits_average_over_time_and_space(small_model):

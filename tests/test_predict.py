@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, call_main
 from tests.test_weights import assert_matches_reference
 
 
@@ -51,25 +51,25 @@ def test_predict_gif_reproduces_reference_and_saves_logits(shared, tmp_path, com
     assert_matches_reference(logits, labels)
 
 
-def test_predict_npy_wrong_shape_is_one_clear_line(tmp_path):
+def test_predict_npy_wrong_shape_is_one_clear_line(tmp_path, monkeypatch, capsys):
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros((8, 64, 64, 4), np.float32))
-    result = run("predict.py", str(bad))
-    assert result.returncode == 1
-    assert result.stderr.strip().count("\n") == 0
-    assert str(bad) in result.stderr and "(8, 64, 64, 4)" in result.stderr
+    code, _, err = call_main("predict.py", [str(bad)], monkeypatch, capsys)
+    assert code == 1
+    assert err.strip().count("\n") == 0
+    assert str(bad) in err and "(8, 64, 64, 4)" in err
 
 
-def test_predict_npy_out_of_range(tmp_path):
+def test_predict_npy_out_of_range(tmp_path, monkeypatch, capsys):
     raw = tmp_path / "pixels.npy"
     np.save(raw, np.full((1, 8, 64, 64, 3), 200.0, np.float32))
-    result = run("predict.py", str(raw))
-    assert result.returncode == 1 and "expected model range [-1, 1]" in result.stderr
+    code, _, err = call_main("predict.py", [str(raw)], monkeypatch, capsys)
+    assert code == 1 and "expected model range [-1, 1]" in err
 
 
-def test_predict_missing_input(tmp_path):
-    result = run("predict.py", str(tmp_path / "nothing.mp4"))
-    assert result.returncode == 1 and "nothing.mp4" in result.stderr
+def test_predict_missing_input(tmp_path, monkeypatch, capsys):
+    code, _, err = call_main("predict.py", [str(tmp_path / "nothing.mp4")], monkeypatch, capsys)
+    assert code == 1 and "nothing.mp4" in err
 
 
 @pytest.mark.slow

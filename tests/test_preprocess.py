@@ -218,7 +218,7 @@ def test_resume_skips_finished_and_removes_stale_temp_files(shared, tmp_path):
 def test_resume_after_killed_process(shared, tmp_path):
     raw = _raw(tmp_path, shared, {"a": ["arm_wrestling.mp4:a1.mp4", "arm_wrestling.mp4:a2.mp4"], "b": ["cleaning_pool.mp4:b1.mp4"]})
     out = tmp_path / "out"
-    cmd = [sys.executable, str(REPO / "pre-process.py"), str(raw), str(out), "--size", "32", "--fps", "2",
+    cmd = [sys.executable, str(REPO / "pre-process.py"), str(raw), str(out), "--size", "32", "--fps", "1",
            "--val-ratio", "0", "--workers", "1", "--flow-compile", "no"]  # the eager TV-L1 port: killed mid-item
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -234,7 +234,7 @@ def test_resume_after_killed_process(shared, tmp_path):
     first_dir = finished[0].parent
     stamps = {p: p.stat().st_mtime_ns for p in first_dir.iterdir()}
     messages: list[str] = []
-    assert run(raw, out, Options(fps=2, size=32, val_ratio=0, workers=1), log=messages.append) == 0
+    assert run(raw, out, Options(fps=1, size=32, val_ratio=0, workers=1), log=messages.append) == 0
     assert {p: p.stat().st_mtime_ns for p in first_dir.iterdir()} == stamps
     assert any("1 already done, 2 to do" in m or "2 already done, 1 to do" in m for m in messages)
     assert len(list(out.rglob("*.npy"))) == 6 and not list(out.rglob("*.part"))
