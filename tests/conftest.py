@@ -26,6 +26,16 @@ if os.environ.get("I3D_FLOW_TEST_DEVICE", "cpu") == "cpu":
 
 SHARED = REPO.parent / "shared" / "data"
 
+# pytest-xdist (--dist loadfile, pytest.ini) hands whole files to its workers in collection order: the longest files
+# go first, so that the two workers finish together rather than one running the quickstart alone at the end.
+LONGEST_FIRST = ("test_quickstart.py", "test_training.py", "test_export.py", "test_predict.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Put the longest test files first (a stable sort: the order within each file stays as written)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
 
 @pytest.fixture(scope="session")
 def shared() -> Path:

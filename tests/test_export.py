@@ -106,7 +106,7 @@ def test_pt2_program_takes_any_batch_time_and_frame_size(scratch: I3D, arm_wrest
         run(arm_wrestling[:, :, :8])
 
 
-def test_export_script_from_run_dir(tmp_path: Path) -> None:
+def test_export_script_from_run_dir(tmp_path: Path, monkeypatch, capsys) -> None:
     run = tmp_path / "run"
     model = I3D(num_classes=3).eval()
     save_state_dict(model.state_dict(), run / "best.safetensors")
@@ -121,8 +121,9 @@ def test_export_script_from_run_dir(tmp_path: Path) -> None:
     assert (tmp_path / "run.pt2.classes.txt").read_text() == "a\nb\nc\n"
     assert "Traceback" not in result.stderr and "deprecated" not in result.stderr
     # an existing file is not replaced without --overwrite
-    refused = export(str(run), "--format", "pt2", "--out", str(out), "--check-clip", "")
-    assert refused.returncode == 1 and refused.stderr == f"error: --out {out} exists; pass --overwrite to replace it\n"
+    code, _, err = call_main("export.py", [str(run), "--format", "pt2", "--out", str(out), "--check-clip", ""],
+                             monkeypatch, capsys)
+    assert code == 1 and err == f"error: --out {out} exists; pass --overwrite to replace it\n"
     with pytest.raises(ExportError, match="best.safetensors"):
         load_for_export(run_dir=tmp_path)
 
