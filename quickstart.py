@@ -37,15 +37,14 @@ def step(title: str, *args: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data/quickstart", help="where the dataset goes (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 15)")
+    parser.add_argument("--epochs", type=int, default=15, help="training epochs (default: %(default)s)")
     parser.add_argument("--runs", default="runs", help="where the run folder goes (default: %(default)s)")
     parser.add_argument("--multi-label", action="store_true",
                         help="the multi-label variant: annotated segments of long recordings, two motions at once")
     args = parser.parse_args()
     if args.multi_label:
         return multi_label(Path(args.data + "-multilabel" if args.data == "data/quickstart" else args.data),
-                           args.epochs or 15, Path(args.runs))
-    args.epochs = args.epochs or 15
+                           args.epochs, Path(args.runs))
     data = Path(args.data)
     run = Path(args.runs) / f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}"
     started = time.time()

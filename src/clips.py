@@ -55,6 +55,7 @@ def load_clip(path: str | Path, recipe: Recipe = RGB_RECIPE, frames: int | None 
 
 
 CENTRE = (0.5, 0.5)  # a crop corner (top, left) as fractions of the slack
+TEST_CROPS = {1: [CENTRE], 3: [(0.0, 0.0), CENTRE, (1.0, 1.0)]}  # multi-crop testing: --crops 1 or 3 along the frame
 
 
 def crop_at(frames: np.ndarray, size: int, corner: tuple[float, float]) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from src.media import decode_array
+from src.media import decode_array, finite_frames
 from src.paths import ITEM_LABELS_FILE
 
 MODALITY_CHANNELS = {"rgb": 3, "flow": 2}
@@ -173,7 +173,7 @@ def nonfinite_frames(path: Path, chunk: int = 16) -> list[int]:
     bad: list[int] = []
     for start in range(0, len(arr), chunk):
         block = decode_array(np.asarray(arr[start:start + chunk]))  # float64 beyond float32's range is inf too
-        bad += (start + np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1))).tolist()
+        bad += (start + np.flatnonzero(~finite_frames(block))).tolist()
     return bad
 
 
@@ -282,7 +282,7 @@ class ClipDataset(Dataset):
             frames = frames[::-1]
         clip = decode_array(np.asarray(stored[frames, top:top + self.crop, left:left + self.crop]))
         if stored.dtype.kind == "f":  # checking what is read costs little next to the network, and misses nothing used
-            finite = np.isfinite(clip.reshape(len(clip), -1)).all(axis=1)
+            finite = finite_frames(clip)
             if not finite.all():
                 raise NonFiniteValues(f"{path}: NaN/inf values in {frame_span(frames[~finite])}; {SKIP_HINT}")
         if view.flip:

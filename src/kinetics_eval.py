@@ -28,16 +28,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from src.annotations import AnnotationError, read_annotations, resolve_video
-from src.clips import InputError, clip_to_tensor, crop_at, load_crops
-from src.dataset import DatasetError, decode_array, read_classes, scan_split
+from src.clips import TEST_CROPS, InputError, clip_to_tensor, crop_at, load_crops
+from src.dataset import DatasetError, decode_array, find_array, read_classes, scan_split
+from src.device import pick_device
 from src.jobs import FolderLock, LockError, inside, write_text_atomic
 from src.media import VideoError, is_video_file, natural_key
-from src.predict import Predictor
+from src.predict import Predictor, make_predictor
+from src.weights import pretrained_streams
 
 log = logging.getLogger("evaluate")
-CORNERS = {1: [(0.5, 0.5)], 3: [(0.0, 0.0), (0.5, 0.5), (1.0, 1.0)]}  # (top, left) as fractions of the slack
 RECORDS, SETTINGS, PER_CLASS, SUMMARY = "records.jsonl", "settings.json", "per_class.csv", "summary.json"
 FLUSH_SECONDS = 10.0  # records are rewritten at most this often (and at the end): cheap, and little is lost
 SHOWN = 20  # problems named one by one before the rest are only counted
@@ -153,9 +155,8 @@ def windows(length: int, clips: int, frames: int | None) -> list[slice]:
 
 def load_views(predictor: Predictor, entry: Entry, crops: int) -> dict[str, list[np.ndarray]]:
     """Each stream's whole clip at each crop corner: decoded by the recipe, or read from a pre-processed item."""
-    corners = CORNERS[crops]
+    corners = TEST_CROPS[crops]
     if Path(entry.path).is_dir():
-        from src.dataset import find_array
         views = {}
         for stream, recipe in predictor.recipes.items():
             path = find_array(Path(entry.path), stream, None)
@@ -173,7 +174,7 @@ def score(predictor: Predictor, entry: Entry, clips: int, crops: int, frames: in
     views = load_views(predictor, entry, crops)
     total, n = 0.0, 0
     with torch.inference_mode():
-        for c in range(len(CORNERS[crops])):
+        for c in range(len(TEST_CROPS[crops])):
             # joint: rgb has one frame more than flow; each stream takes its own windows, in step
             spans = {s: windows(len(v[c]), clips, frames) for s, v in views.items()}
             for w in range(min(len(x) for x in spans.values())):
@@ -252,8 +253,6 @@ def evaluate_entries(predictor: Predictor, entries: list[Entry], records: ScoreR
 
     Missing, broken and unusable entries are recorded, named (the first few) and counted, never fatal.
     """
-    from tqdm import tqdm
-
     todo = [e for e in entries if not records.done(e)]
     if len(todo) < len(entries):
         log.info("%d of %d videos already scored in %s: skipped", len(entries) - len(todo), len(entries), records.path)
@@ -300,17 +299,13 @@ def evaluate_weights(weights: str, target: str | Path, annotations: str | Path |
                      compile: bool = False, overwrite: bool = False) -> dict:
     """Kinetics accuracy of pretrained `weights` ('NAME', or 'RGB+FLOW' for both streams) over the videos of an
     annotation list in RAW_DIR `target`, or over one split of a pre-processed folder; returns the summary."""
-    from src.device import pick_device
-    from src.predict import make_predictor
-    from src.weights import pretrained_streams
-
-    if clips < 1 or crops not in CORNERS or (frames is not None and frames < 1):
+    if clips < 1 or crops not in TEST_CROPS or (frames is not None and frames < 1):
         raise EvaluationError(f"--clips {clips} / --crops {crops} / --frames {frames}: clips and frames must be "
                               "1 or more, crops 1 or 3")
     if clips > 1 and frames is None:
         raise EvaluationError(f"--clips {clips} needs --frames (each clip's length); the official test is one pass "
                               "over the whole video")
-    target = Path(target)
+    target, device = Path(target), device or pick_device()
     if not target.is_dir():
         raise EvaluationError(f"{target}: not a folder (give the folder of the videos, or a pre-processed folder)")
     names = weights.split("+")
@@ -328,7 +323,7 @@ def evaluate_weights(weights: str, target: str | Path, annotations: str | Path |
     try:
         records = ScoreRecords(out_dir, settings, overwrite)  # before the weights load: a mistake costs nothing
         streams = pretrained_streams(names[0] if len(names) == 1 else {"rgb": names[0], "flow": names[1]})
-        predictor = make_predictor(streams, device or pick_device(), precision, compile)
+        predictor = make_predictor(streams, device, precision, compile)
         modality = "joint" if len(predictor.models) == 2 else next(iter(predictor.models))
         if annotations:
             entries = list_entries(Path(annotations), target, predictor.categories)
@@ -337,7 +332,7 @@ def evaluate_weights(weights: str, target: str | Path, annotations: str | Path |
         if not entries:
             raise EvaluationError(f"{annotations or target / split}: no videos listed")
         log.info("%s: %d videos listed; %s; writing to %s", weights, len(entries), predictor.path, out_dir)
-        summary = evaluate_entries(predictor, entries, records, clips, crops, frames, device or pick_device())
+        summary = evaluate_entries(predictor, entries, records, clips, crops, frames, device)
         summary = {**summary, **settings, "out_dir": str(out_dir),
                    "recipe": "; ".join(f"{s}: {r.describe()}" for s, r in predictor.recipes.items())}
         write_text_atomic(out_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")

@@ -180,46 +180,36 @@ def _one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
 
 
 def test_predict_bad_numbers_are_one_line(shared, monkeypatch, capsys):
-    import predict
-
     cases = [(["--frames", "0"], "--frames must be 1 or more, got 0"),
              (["--frames", "-5"], "--frames must be 1 or more, got -5"),
              (["--top-k", "0"], "--top-k must be 1 or more, got 0"),
              (["--top-k", "-3"], "--top-k must be 1 or more, got -3"),
              (["--timeline", "--stride", "-1"], "--stride must be 1 or more, got -1")]
     for args, named in cases:  # in this process (each run of the script costs seconds of imports)
-        monkeypatch.setattr(sys, "argv", ["predict.py", str(shared / "videos" / "video_0.mov"), *args])
-        assert predict.main() == 1
-        out, err = capsys.readouterr()
-        assert out == "" and err == f"error: {named}\n"
+        code, out, err = call_main("predict.py", [str(shared / "videos" / "video_0.mov"), *args], monkeypatch, capsys)
+        assert code == 1 and out == "" and err == f"error: {named}\n"
     # and once as a user runs it: the case that raised `range() arg 3 must not be zero`
     result = run("predict.py", str(shared / "videos" / "video_0.mov"), "--timeline", "--window", "0", "--stride", "0")
     _one_line_error(result, "--window must be 1 or more, got 0")
 
 
 def test_predict_unwritable_outputs_fail_before_the_work(shared, tmp_path, monkeypatch, capsys):
-    import predict
-
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     clip = str(shared / "videos" / "arm_wrestling.mp4")
     _one_line_error(run("predict.py", clip, "--logits-out", str(blocker / "logits.npy")), "--logits-out", "cannot be written")
     for args, named in [(["--logits-out", str(tmp_path / "missing" / "l")], "l.npy: cannot be written (No such file"),
                         (["--timeline", "--timeline-out", str(tmp_path)], f"--timeline-out {tmp_path}: is a folder")]:
-        monkeypatch.setattr(sys, "argv", ["predict.py", clip, *args])
-        assert predict.main() == 1
-        out, err = capsys.readouterr()
-        assert out == "" and err.startswith("error: ") and err.count("\n") == 1 and named in err
+        code, out, err = call_main("predict.py", [clip, *args], monkeypatch, capsys)
+        assert code == 1 and out == "" and err.startswith("error: ") and err.count("\n") == 1 and named in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # the checks leave nothing behind
     kept = tmp_path / "kept.npy"
     kept.write_bytes(b"the user's file")
     from src.cli import check_output
     check_output(kept, "--logits-out", overwrite=True)
     assert kept.read_bytes() == b"the user's file"  # probing an existing file leaves it as it was
-    monkeypatch.setattr(sys, "argv", ["predict.py", clip, "--logits-out", str(kept)])
-    assert predict.main() == 1
-    out, err = capsys.readouterr()
-    assert err == f"error: --logits-out {kept}: exists; pass --overwrite to replace it\n"
+    code, _, err = call_main("predict.py", [clip, "--logits-out", str(kept)], monkeypatch, capsys)
+    assert code == 1 and err == f"error: --logits-out {kept}: exists; pass --overwrite to replace it\n"
     assert kept.read_bytes() == b"the user's file"  # never replaced without --overwrite
 
 
@@ -242,10 +232,8 @@ def test_predict_explicit_bf16_on_a_cpu_without_it(shared, monkeypatch, capsys):
         return
     loaded = []
     monkeypatch.setattr(predict, "predictor_from_weights", lambda *args: loaded.append(args))
-    monkeypatch.setattr(sys, "argv", ["predict.py", video, "--precision", "bf16"])
-    assert predict.main() == 1
-    out, err = capsys.readouterr()
-    assert out == "" and loaded == []  # refused before loading anything
+    code, out, err = call_main("predict.py", [video, "--precision", "bf16"], monkeypatch, capsys)
+    assert code == 1 and out == "" and loaded == []  # refused before loading anything
     assert err == f"error: --precision bf16: this CPU cannot run bf16 convolutions ({cpu_bf16_unsupported()}); " \
                   "use --precision fp32 or auto\n"
     _one_line_error(run("predict.py", video, "--precision", "bf16"), "--precision bf16", "fp32 or auto")

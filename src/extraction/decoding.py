@@ -20,7 +20,7 @@ from src.extraction.inputs import Video
 from src.flow import FlowExtractor, rgb_to_gray
 from src.flow.jpeg import flow_through_jpeg
 from src.jobs import worker_init
-from src.media.transforms import center_crop, jpeg_round_trip, resize_exact, resize_short_side
+from src.media.transforms import center_crop, finite_frames, jpeg_round_trip, resize_exact, resize_short_side
 from src.media.video import FrameStream, VideoError
 from src.weights import Recipe
 
@@ -43,7 +43,7 @@ def _check_finite(chunk: np.ndarray, path: Path, start: int) -> None:
     """VideoError naming the file and frame when a stored float array holds NaN or infinite values."""
     if chunk.dtype.kind != "f":
         return
-    finite = np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1)
+    finite = finite_frames(chunk)
     if not finite.all():
         frame = start + int(np.argmin(finite))
         raise VideoError(f"{path}: frame {frame} holds NaN or infinite values; re-make this item with pre-process.py")

@@ -77,6 +77,11 @@ def encode_array(x: np.ndarray, dtype: str) -> np.ndarray:
     raise ValueError(f"unknown storage dtype {dtype!r}; choose one of {', '.join(STORAGE_DTYPES)}")
 
 
+def finite_frames(frames: np.ndarray) -> np.ndarray:
+    """Per frame (axis 0), whether every value in it is finite: a (T,) bool array."""
+    return np.isfinite(frames.reshape(len(frames), -1)).all(axis=1)
+
+
 def decode_array(arr: np.ndarray) -> np.ndarray:
     """Stored array back to float32 in [-1, 1]; uint8 is read as q / 255 * 2 - 1."""
     if arr.dtype == np.uint8:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from src.clips import TEST_CROPS
 from src.dataset import ClipDataset, View, drop_nonfinite_items, read_classes, scan_split
 from src.device import pick_device
 from src.inference import accelerate
@@ -30,7 +31,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val
     """
     if clips < 1:
         raise TrainingError(f"--clips {clips}: must be 1 or more")
-    if crops not in (1, 3):
+    if crops not in TEST_CROPS:
         raise TrainingError(f"--crops {crops}: choose 1 (centre) or 3 (along the frame)")
     device = device or pick_device()
     cfg, plain = load_run(run_dir)
@@ -49,7 +50,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "val
         raise TrainingError(f"{data_dir / split}: no items to evaluate")
     dataset = ClipDataset(items, cfg.modality, cfg.clip_len, cfg.crop, train=False)
     starts = [0.5] if clips == 1 else [i / (clips - 1) for i in range(clips)]
-    corners = [(0.5, 0.5)] if crops == 1 else [(0.0, 0.0), (0.5, 0.5), (1.0, 1.0)]
+    corners = TEST_CROPS[crops]
     scores, labels, loss_sum = [], [], 0.0
     with torch.inference_mode():
         for item in tqdm(items, desc=f"evaluating {split}"):
