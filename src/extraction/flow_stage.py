@@ -13,6 +13,7 @@ from src.device import usable_device
 from src.extraction.config import ExtractionError, FeatureConfig
 from src.flow import FlowExtractor
 from src.flow.jpeg import flow_through_jpeg
+from src.flow.pairs import PairChunk, pending_pairs, take_pairs
 from src.media.transforms import center_crop
 
 Message = tuple[int, str, object]  # (video index, kind, payload), as the decoders send them
@@ -29,14 +30,11 @@ def flow_in_parent(cfg: FeatureConfig) -> bool:
     return cfg.flow_batch > 0 or device.type != "cpu"
 
 
-@dataclass
-class _Chunk:
-    """The grayscale frames of one message (pairs frames[i] -> frames[i + 1]) and the flow of those done."""
+@dataclass(kw_only=True)
+class _Chunk(PairChunk):
+    """The grayscale frames of one message of video `video` and the flow of the pairs done."""
 
-    frames: np.ndarray
-    out: np.ndarray
-    queued: int = 0
-    done: int = 0
+    video: int
 
 
 @dataclass
@@ -62,7 +60,7 @@ class FlowStage:
         if kind == "gray":
             frames = np.asarray(payload)
             out = np.empty((len(frames) - 1, *frames.shape[1:], 2), np.float32)
-            self.videos.setdefault(index, _VideoFlow()).entries.append(_Chunk(frames, out))
+            self.videos.setdefault(index, _VideoFlow()).entries.append(_Chunk(frames, out, video=index))
             return self._run(full_only=True)
         if kind == "end" and self.videos.get(index) and self.videos[index].entries:
             self.videos[index].entries.append(("end", payload))
@@ -75,32 +73,20 @@ class FlowStage:
         """Compute every queued pair (the decoders are behind, or done); return what that releases."""
         return self._run(full_only=False)
 
-    def _waiting(self) -> list[tuple[int, _Chunk]]:
-        return [(i, e) for i, v in self.videos.items() for e in v.entries if isinstance(e, _Chunk) and e.queued < len(e.out)]
-
     def _run(self, full_only: bool) -> list[Message]:
         released: list[Message] = []
         while True:
-            waiting = self._waiting()
-            if not waiting:
+            chunks = [e for v in self.videos.values() for e in v.entries if isinstance(e, _Chunk)]
+            waiting = pending_pairs(chunks)
+            if not waiting or (full_only and waiting < self.call):
                 return released
-            shape = waiting[0][1].frames.shape[1:]
-            same = [(i, c) for i, c in waiting if c.frames.shape[1:] == shape]
-            if full_only and sum(len(c.out) - c.queued for _, c in same) < self.call:
-                return released
-            chosen: list[tuple[int, _Chunk, int]] = []
-            for i, chunk in same:
-                while chunk.queued < len(chunk.out) and len(chosen) < self.call:
-                    chosen.append((i, chunk, chunk.queued))
-                    chunk.queued += 1
-            prev = np.stack([c.frames[k] for _, c, k in chosen])
-            nxt = np.stack([c.frames[k + 1] for _, c, k in chosen])
+            chosen, prev, nxt = take_pairs(chunks, self.call)
             flows = (flow_through_jpeg(self.flow.raw_batch(prev, nxt), self.flow.bound) if self.cfg.flow_jpeg
                      else self.flow.batch(prev, nxt))
-            for (_, chunk, k), flow in zip(chosen, flows):
+            for (chunk, k), flow in zip(chosen, flows):
                 chunk.out[k] = flow
                 chunk.done += 1
-            for i in dict.fromkeys(i for i, _, _ in chosen):
+            for i in dict.fromkeys(chunk.video for chunk, _ in chosen):
                 released += self._release(i)
 
     def _release(self, index: int) -> list[Message]:
@@ -110,7 +96,7 @@ class FlowStage:
         while video and video.entries:
             entry = video.entries[0]
             if isinstance(entry, _Chunk):
-                if entry.done < len(entry.out):
+                if not entry.finished:
                     break
                 flows = np.ascontiguousarray(center_crop(entry.out, self.crop)) if self.cfg.crops == 1 else entry.out
                 released.append((index, "flow", flows))

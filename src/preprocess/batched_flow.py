@@ -14,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from src.flow import FlowExtractor
+from src.flow.pairs import PairChunk, pending_pairs, take_pairs
 from src.jobs import save_array_atomic, worker_init
 from src.media import center_crop, encode_array
 from src.preprocess.item import process_item
@@ -22,16 +23,12 @@ from src.preprocess.options import Options
 from src.preprocess.plan import FlowPlan, Job
 
 
-@dataclass
-class ClipFlow:
+@dataclass(kw_only=True)
+class ClipFlow(PairChunk):
     """An item whose frames are decoded and whose flow pairs are being computed in batches."""
 
     row: dict[str, str]
     paths: dict[str, Path]
-    gray: np.ndarray
-    out: np.ndarray
-    queued: int = 0  # pairs handed to a batch
-    done: int = 0  # pairs whose flow is stored in `out`
 
 
 def decode_job(job: Job, opts: Options, flow: FlowPlan) -> tuple[dict[str, str], np.ndarray | None]:
@@ -69,7 +66,7 @@ class BatchedFlow:
             return
         crop = (self.opts.crop, self.opts.crop) if self.opts.crop else gray.shape[1:]
         out = np.empty((len(gray) - 1, *crop, 2), np.dtype(self.opts.dtype))
-        clip = ClipFlow(row, self.paths[row["source"]], gray, out)
+        clip = ClipFlow(gray, out, row=row, paths=self.paths[row["source"]])
         if not len(clip.out):
             self.finish(clip)
             return
@@ -77,22 +74,9 @@ class BatchedFlow:
         self.bar.total = (self.bar.total or 0) + len(clip.out)
         self.bar.refresh()
 
-    def waiting_pairs(self) -> int:
-        """Pairs not yet batched of the queued items that share the first one's frame size."""
-        shape = self.clips[0].gray.shape[1:] if self.clips else None
-        return sum(len(c.out) - c.queued for c in self.clips if c.gray.shape[1:] == shape)
-
     def one_batch(self) -> None:
         """Compute one batch of pairs (of one frame size) and finish the items it completes."""
-        shape = self.clips[0].gray.shape[1:]
-        chosen: list[tuple[ClipFlow, int]] = []
-        for clip in self.clips:
-            while (clip.gray.shape[1:] == shape and clip.queued < len(clip.out)
-                   and len(chosen) < self.call):
-                chosen.append((clip, clip.queued))
-                clip.queued += 1
-        prev = np.stack([c.gray[i] for c, i in chosen])
-        nxt = np.stack([c.gray[i + 1] for c, i in chosen])
+        chosen, prev, nxt = take_pairs(self.clips, self.call)
         try:
             flows = self.extractor.batch(prev, nxt)
         except Exception as exc:  # a device failure fails these items, the batch goes on
@@ -107,9 +91,9 @@ class BatchedFlow:
                 clip.out[i] = encode_array(cropped, self.opts.dtype)
                 clip.done += 1
         self.bar.update(len(chosen))
-        while self.clips and self.clips[0].done == len(self.clips[0].out):
+        while self.clips and self.clips[0].finished:
             self.finish(self.clips.popleft())
-        for clip in [c for c in self.clips if c.done == len(c.out)]:
+        for clip in [c for c in self.clips if c.finished]:
             self.clips.remove(clip)
             self.finish(clip)
 
@@ -131,13 +115,13 @@ class BatchedFlow:
             try:
                 self.refill(pool)
                 while self.inflight or self.clips:
-                    block = self.waiting_pairs() < self.call and self.inflight
+                    block = pending_pairs(self.clips) < self.call and self.inflight
                     done, _ = wait(self.inflight, timeout=None if block else 0, return_when=FIRST_COMPLETED)
                     for future in done:
                         self.inflight.discard(future)
                         self.take(future)
                     self.refill(pool)
-                    if self.clips and (self.waiting_pairs() >= self.call or not self.inflight):
+                    if self.clips and (pending_pairs(self.clips) >= self.call or not self.inflight):
                         self.one_batch()
                         self.refill(pool)
             except BaseException:
