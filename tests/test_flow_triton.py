@@ -144,7 +144,11 @@ def test_warp_median_step_kernels_bit_identical(kernels, shared, size, tile):
         ops.step(got)
         for name in ("state", "par", "it", "active"):
             _same(getattr(got, name), getattr(ref, name), f"{name} after step {k}")
-        np.testing.assert_allclose(got.err.cpu().numpy()[:2], ref.err.numpy()[:2], rtol=1e-12)
+        # float64 sums of the same non-negative terms in another order (per-tile partials against torch's vectorised
+        # reduction, whose order depends on the CPU's vector width): within n * eps relative for n terms
+        terms = ref.state[0, 0].numel()
+        np.testing.assert_allclose(got.err.cpu().numpy()[:2], ref.err.numpy()[:2],
+                                   rtol=terms * np.finfo(np.float64).eps)
     assert got.it.tolist() == [32, 32, 0]
 
 

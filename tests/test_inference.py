@@ -215,10 +215,18 @@ def test_fp32_and_bf16_parity_and_top1_on_real_clips(scratch: I3D, shared, name:
         model = scratch
         clip = load_clip_tensor(shared / name, frames=None if name.endswith(".gif") else 32)
     deltas, want, got = _parity(model, clip, (precision,), name)
-    print(f"{name}: max |delta logit| {precision} {deltas[precision]:.2e}; top-1 {want} -> {got}")
-    assert got == {precision: want}
-    assert deltas[precision] < {"fp32": FP32_TOLERANCE, "bf16": BF16_TOLERANCE}[precision]
+    bound = {"fp32": FP32_TOLERANCE, "bf16": BF16_TOLERANCE}[precision]
+    top2 = _PLAIN[name][0].topk(2).values
+    margin = (top2[0] - top2[1]).item()
+    print(f"{name}: max |delta logit| {precision} {deltas[precision]:.2e}; top-1 {want} -> {got}; "
+          f"plain top-1 margin {margin:.3f}")
     assert math.isfinite(deltas[precision])
+    assert deltas[precision] < bound
+    # With every logit within `bound` of the plain model's, the top-1 cannot change where the plain top-1 leads the
+    # runner-up by more than 2 * bound; where it leads by less (the flow GIF through RGB weights: a meaningless
+    # input whose top two logits nearly tie), a different top-1 is rounding, not a fault, so it is not asserted.
+    if margin > 2 * bound:
+        assert got == {precision: want}
 
 
 def test_fast_path_runs_inside_an_autocast_region() -> None:
