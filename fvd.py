@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from src.cli import Parser, add_inference_arguments, check_output, chosen_precision, one_line, parse_fps
 from src.clips import InputError
@@ -36,6 +37,42 @@ def number_or(word: str):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a whole number or '{word}', got {text!r}") from None
     return parse
+
+
+# The options that decide which clips are taken (and how many videos): a statistics file has them fixed.
+CLIP_OPTIONS = {"frames": "--frames", "clips_per_video": "--clips-per-video", "start": "--start",
+                "stride": "--stride", "seed": "--seed", "fps": "--fps", "max_videos": "--max-videos"}
+
+
+def check_save_paths(paths: list[str]) -> None:
+    """Raise InputError for a --save-stats file that is not an .npz, or one path given for both sets."""
+    for path in paths:
+        if Path(path).suffix.lower() != ".npz":
+            raise InputError(f"--save-stats {path}: statistics are saved as .npz, the suffix fvd.py reads them back "
+                             f"by; name it {Path(path).with_suffix('.npz').name} or {Path(path).name}.npz")
+    if len(paths) == 2 and Path(paths[0]).resolve() == Path(paths[1]).resolve():
+        raise InputError(f"--save-stats {paths[0]} {paths[1]}: one file for both sets; B's statistics would "
+                         "replace A's; give two different files")
+
+
+def given_options(parser: argparse.ArgumentParser) -> set[str]:
+    """The clip options typed on the command line (not left at their defaults)."""
+    unset = object()
+    typed = parser.parse_args(namespace=argparse.Namespace(**{dest: unset for dest in CLIP_OPTIONS}))
+    return {dest for dest in CLIP_OPTIONS if getattr(typed, dest) is not unset}
+
+
+def check_unused_options(given: set[str], protocol: Protocol, result, args: argparse.Namespace) -> None:
+    """Raise InputError naming the clip options given when both sets are statistics files and the files were
+    made otherwise (the files' clips are fixed; an option recording the same value is accepted)."""
+    saved, typed = result.a.protocol.as_dict(), protocol.as_dict()
+    unused = [f"{CLIP_OPTIONS[dest]} {typed[dest]}" for dest in sorted(given & set(saved)) if typed[dest] != saved[dest]]
+    if "max_videos" in given:
+        unused.append(f"--max-videos {args.max_videos}")
+    if unused:
+        raise InputError(f"{args.a} and {args.b} are statistics files: {', '.join(unused)} cannot apply (their clips "
+                         f"were taken under {result.a.protocol.describe()}, {result.a.n} and {result.b.n} clips); "
+                         "drop these options or recompute the statistics from the videos")
 
 
 def main() -> int:
@@ -87,6 +124,7 @@ def main() -> int:
                              f"got {len(args.save_stats)}")
         if args.b is None and not args.save_stats:
             raise InputError("give two sets A B, or one set with --save-stats FILE")
+        check_save_paths(args.save_stats)
         for path in args.save_stats:
             check_output(path, "--save-stats", args.overwrite)
         seed = args.seed if args.seed is not None or args.start is not None else 0
@@ -94,9 +132,14 @@ def main() -> int:
         options = RunOptions(args.batch, args.workers, args.device, chosen_precision(args), args.compile,
                              args.max_videos, progress=not args.quiet)
         result = run_fvd(args.a, args.b, protocol, options, tuple(args.save_stats))
+        if args.b is not None and result.videos_a is None and result.videos_b is None:
+            check_unused_options(given_options(parser), protocol, result, args)
     except (InputError, ValueError, WeightsUnavailable, OSError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: nothing half-written (statistics files already saved are complete)", file=sys.stderr)
+        return 130
     if args.b is None:
         if args.json:
             protocol = result.protocol.as_dict()
