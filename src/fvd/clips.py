@@ -138,7 +138,12 @@ def decode_clips(item: VideoEntry, protocol: Protocol, index: int) -> np.ndarray
             starts = clip_starts(count, protocol, index, item.name)  # the same starts; refuses a short video
         elif count < max(starts) + length:
             raise InputError(f"{item.name}: {count} frames decoded on a second pass, fewer than the first pass counted")
-    return np.stack([np.stack([kept[s + j] for j in range(length)]) for s in starts])
+    first = kept[starts[0]]
+    clips = np.empty((len(starts), length, *first.shape), first.dtype)
+    for k, s in enumerate(starts):
+        for j in range(length):
+            clips[k, j] = kept[s + j]
+    return clips
 
 
 def load_frames(item: VideoEntry, protocol: Protocol, array: np.ndarray | None = None) -> np.ndarray:

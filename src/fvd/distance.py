@@ -38,7 +38,8 @@ def frechet_distance(mean1: np.ndarray, sigma1: np.ndarray, mean2: np.ndarray, s
         if not np.all(np.isfinite(values)):
             raise ValueError(f"the {name} holds NaN or infinite values: no Fréchet distance")
     trace = np.trace(sigma1 + sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2)
-    value = float(trace + np.sum(np.square(mean1 - mean2)))
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, in one line
+        value = float(trace + np.sum(np.square(mean1 - mean2)))
     if not np.isfinite(value):  # never hand on a NaN: json.dumps would print it as the invalid token NaN
         raise ValueError(f"the Fréchet distance came out {value} (statistics too large for float64?)")
     return value
