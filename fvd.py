@@ -4,7 +4,8 @@ TF-GAN's Fréchet distance in float64), without TensorFlow. See docs/fvd.md.
 
 A and B are each a folder (searched recursively) of videos, frame folders or .npy clips (T, H, W, 3);
 a .txt list of such paths; an .npy/.npz array (N, T, H, W, 3) of uint8 or float in [0, 255]; or a
-statistics file written by --save-stats.
+statistics file written by --save-stats. Float clips in [0, 1] or [-1, 1] are refused; uint8 clips holding
+only 0 and 1 are warned about. With two statistics files, clip options that differ from theirs are refused.
 
 Examples:
     python fvd.py real_videos/ generated_videos/ --json
@@ -84,7 +85,8 @@ def main() -> int:
     parser.add_argument("--frames", type=number_or("all"), default=16, metavar="N|all",
                         help="clip length in frames, at least 9; 'all': each video whole (default: 16)")
     parser.add_argument("--clips-per-video", type=int, default=1, metavar="K",
-                        help="clips taken from each video (default: 1)")
+                        help="clips taken from each video; with --start random at most the video's distinct starts "
+                             "(default: 1)")
     parser.add_argument("--start", type=number_or("random"), default=0, metavar="F|random",
                         help="first frame of the first clip, or 'random' (uniform, with --seed) (default: 0)")
     parser.add_argument("--stride", type=int, default=None,
@@ -100,7 +102,7 @@ def main() -> int:
                         help="decoding processes; 0 decodes here (default: %(default)s)")
     add_inference_arguments(parser, precision="fp32", plain=True)
     parser.add_argument("--save-stats", nargs="+", default=(), metavar="FILE",
-                        help="save A's statistics to FILE (and B's to a second FILE) as .npz")
+                        help="save A's statistics to FILE (and B's to a second, different FILE); names end in .npz")
     parser.add_argument("--overwrite", action="store_true", help="replace existing --save-stats files")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object (fvd, n_a, n_b, frames, protocol, ...)")
