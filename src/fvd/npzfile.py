@@ -20,6 +20,7 @@ from numpy.lib import format as npy_format
 from src.clips import InputError
 
 # What a corrupt or truncated zip raises while its directory or a member is read.
+CHUNK = 1 << 22  # bytes read from a member at a time
 ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, NotImplementedError, EOFError, OSError,
               ValueError)
 
@@ -48,12 +49,19 @@ def member_names(archive: zipfile.ZipFile) -> list[str]:
     return [name[:-4] if name.endswith(".npy") else name for name in archive.namelist()]
 
 
+def member_info(archive: zipfile.ZipFile, name: str, path: str | Path) -> zipfile.ZipInfo:
+    """The zip entry of array `name` ('name.npy', or 'name' as numpy also reads)."""
+    for entry in (name + ".npy", name):
+        try:
+            return archive.getinfo(entry)
+        except KeyError:
+            continue
+    raise InputError(f"{path}: has no array '{name}'")
+
+
 def read_header(archive: zipfile.ZipFile, name: str, path: str | Path) -> Member:
     """The declared shape and dtype of member `name`, checked against the bytes the member really holds."""
-    try:
-        info = archive.getinfo(name + ".npy")
-    except KeyError:
-        raise InputError(f"{path}: has no array '{name}'") from None
+    info = member_info(archive, name, path)
     try:
         with archive.open(info) as stream:
             member = parse_header(stream, name)
@@ -108,13 +116,20 @@ def read_member(archive: zipfile.ZipFile, name: str, path: str | Path,
     if max_bytes is not None and member.nbytes > max_bytes:
         raise InputError(f"{path}: array '{name}' of shape {member.shape} {member.dtype} is {member.nbytes:,} bytes, "
                          f"more than the {max_bytes:,} allowed here")
+    data = np.empty(member.nbytes, np.uint8)  # filled in place: one copy of the data, writable
+    view, filled = memoryview(data), 0
     try:
-        with archive.open(name + ".npy") as stream:
+        with archive.open(member_info(archive, name, path)) as stream:
             parse_header(stream, name)
-            data = stream.read(member.nbytes)
+            while filled < member.nbytes:
+                chunk = stream.read(min(CHUNK, member.nbytes - filled))
+                if not chunk:
+                    break
+                view[filled:filled + len(chunk)] = chunk
+                filled += len(chunk)
     except ZIP_ERRORS as exc:
         raise InputError(f"{path}: array '{name}' cannot be read ({type(exc).__name__}: {exc})") from None
-    if len(data) != member.nbytes:
-        raise InputError(f"{path}: array '{name}' is truncated ({len(data):,} of {member.nbytes:,} bytes)")
-    array = np.frombuffer(data, dtype=member.dtype) if member.nbytes else np.zeros(0, member.dtype)
+    if filled != member.nbytes:
+        raise InputError(f"{path}: array '{name}' is truncated ({filled:,} of {member.nbytes:,} bytes)")
+    array = data.view(member.dtype) if member.dtype.itemsize else np.zeros(0, member.dtype)
     return array.reshape(member.shape, order="F" if member.fortran_order else "C")
