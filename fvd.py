@@ -67,7 +67,8 @@ def check_unused_options(given: set[str], protocol: Protocol, result, args: argp
     """Raise InputError naming the clip options given when both sets are statistics files and the files were
     made otherwise (the files' clips are fixed; an option recording the same value is accepted)."""
     saved, typed = result.a.protocol.as_dict(), protocol.as_dict()
-    unused = [f"{CLIP_OPTIONS[dest]} {typed[dest]}" for dest in sorted(given & set(saved)) if typed[dest] != saved[dest]]
+    unused = [f"{CLIP_OPTIONS[dest]} {typed[dest]}" for dest in sorted(given & set(saved))
+              if typed[dest] != saved[dest]]
     if "max_videos" in given:
         unused.append(f"--max-videos {args.max_videos}")
     if unused:

@@ -129,7 +129,8 @@ def test_statistics_that_are_not_a_gaussians_are_refused_by_name(tmp_path: Path)
     skew[0, 1] += 1.0
     cases = {"nan_mean": (nan_mean, covariance, r"the mean holds 1 non-finite value"),
              "inf_cov": (mean, inf_cov, r"the covariance holds 1 non-finite value"),
-             "negative": (mean, -1000 * np.eye(400), r"the covariance is not positive semi-definite \(eigenvalue -1000"),
+             "negative": (mean, -1000 * np.eye(400),
+                          r"the covariance is not positive semi-definite \(eigenvalue -1000"),
              "skew": (mean, skew, r"the covariance is not symmetric")}
     for name, (m, c, message) in cases.items():
         path = stats_file(tmp_path / f"{name}.npz", m, c)

@@ -35,7 +35,8 @@ def clip_starts(n_frames: int, protocol: Protocol, index: int, name: str) -> lis
             raise InputError(f"{name}: {n_frames} frames, shorter than one clip of --frames {protocol.frames}")
         distinct = n_frames - protocol.frames + 1
         if protocol.clips_per_video > distinct:  # checked before drawing: K draws take K integers of memory
-            raise InputError(f"{name}: {n_frames} frames allow at most {distinct} distinct clip starts of --frames "
+            starts = "start" if distinct == 1 else "starts"
+            raise InputError(f"{name}: {n_frames} frames allow at most {distinct} distinct clip {starts} of --frames "
                              f"{protocol.frames}; --clips-per-video {protocol.clips_per_video} asks for more")
         rng = np.random.default_rng([protocol.seed, index])
         return sorted(int(s) for s in rng.integers(0, n_frames - protocol.frames + 1, protocol.clips_per_video))

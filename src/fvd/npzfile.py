@@ -20,6 +20,7 @@ from numpy.lib import format as npy_format
 from src.clips import InputError
 
 # What a corrupt or truncated zip raises while its directory or a member is read.
+KIND_NAMES = {"f": "float", "i": "int", "u": "unsigned int", "U": "text", "b": "bool"}
 CHUNK = 1 << 22  # bytes read from a member at a time
 ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, NotImplementedError, EOFError, OSError,
               ValueError)
@@ -111,8 +112,8 @@ def read_member(archive: zipfile.ZipFile, name: str, path: str | Path,
         expected = "(" + ", ".join("n" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
         raise InputError(f"{path}: array '{name}' has shape {member.shape}; expected {expected}")
     if kinds is not None and member.dtype.kind not in kinds:
-        raise InputError(f"{path}: array '{name}' has dtype {member.dtype}; expected "
-                         f"{' or '.join({'f': 'float', 'i': 'int', 'u': 'unsigned int', 'U': 'text'}.get(k, k) for k in kinds)}")
+        expected = " or ".join(KIND_NAMES.get(kind, kind) for kind in kinds)
+        raise InputError(f"{path}: array '{name}' has dtype {member.dtype}; expected {expected}")
     if max_bytes is not None and member.nbytes > max_bytes:
         raise InputError(f"{path}: array '{name}' of shape {member.shape} {member.dtype} is {member.nbytes:,} bytes, "
                          f"more than the {max_bytes:,} allowed here")

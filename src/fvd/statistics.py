@@ -3,12 +3,14 @@
 A statistics file is an .npz holding `mean`, `covariance` and `fvd_meta` (JSON: n, the protocol,
 the weights and the sha256 of their tensors, the toolkit version). Two sets are compared only when
 their protocols and weights are the same; N may differ but FVD is biased by it, so compare FVD
-values only at one N.
+values only at one N. A file is read without trusting it (src.fvd.npzfile: headers checked before any
+array is read) and refused unless its mean and covariance are finite and the covariance symmetric PSD.
 """
 from __future__ import annotations
 
 import json
 import subprocess
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,13 +94,14 @@ def refuse_constant(word: str) -> None:
     raise ValueError(f"{word} is not a JSON number")
 
 
-def read_meta(archive, path: Path) -> dict:
+def read_meta(archive: zipfile.ZipFile, path: Path) -> dict:
     """The fvd_meta record of a statistics file: bounded JSON text, standard numbers only, an object."""
     text = read_member(archive, STATS_KEY, path, shape=(), kinds="U", max_bytes=4 * MAX_META_CHARS)
     try:
         meta = json.loads(str(text), parse_constant=refuse_constant)
     except (ValueError, RecursionError) as exc:
-        raise InputError(f"{path}: {STATS_KEY} is not valid JSON ({type(exc).__name__}: {one_line_text(exc)})") from None
+        reason = f"{type(exc).__name__}: {one_line_text(exc)}"
+        raise InputError(f"{path}: {STATS_KEY} is not valid JSON ({reason})") from None
     if not isinstance(meta, dict):
         raise InputError(f"{path}: {STATS_KEY} is a JSON {type(meta).__name__}, not an object")
     return meta
