@@ -4,7 +4,8 @@ TF-GAN's Fréchet distance in float64), without TensorFlow. See docs/fvd.md.
 
 A and B are each a folder (searched recursively) of videos, frame folders or .npy clips (T, H, W, 3);
 a .txt list of such paths; an .npy/.npz array (N, T, H, W, 3) of uint8 or float in [0, 255]; or a
-statistics file written by --save-stats.
+statistics file written by --save-stats. Float clips in [0, 1] or [-1, 1] are refused; uint8 clips holding
+only 0 and 1 are warned about. With two statistics files, clip options that differ from theirs are refused.
 
 Examples:
     python fvd.py real_videos/ generated_videos/ --json
@@ -18,6 +19,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from src.cli import Parser, add_inference_arguments, check_output, chosen_precision, one_line, parse_fps
 from src.clips import InputError
@@ -38,6 +40,43 @@ def number_or(word: str):
     return parse
 
 
+# The options that decide which clips are taken (and how many videos): a statistics file has them fixed.
+CLIP_OPTIONS = {"frames": "--frames", "clips_per_video": "--clips-per-video", "start": "--start",
+                "stride": "--stride", "seed": "--seed", "fps": "--fps", "max_videos": "--max-videos"}
+
+
+def check_save_paths(paths: list[str]) -> None:
+    """Raise InputError for a --save-stats file that is not an .npz, or one path given for both sets."""
+    for path in paths:
+        if Path(path).suffix.lower() != ".npz":
+            raise InputError(f"--save-stats {path}: statistics are saved as .npz, the suffix fvd.py reads them back "
+                             f"by; name it {Path(path).with_suffix('.npz').name} or {Path(path).name}.npz")
+    if len(paths) == 2 and Path(paths[0]).resolve() == Path(paths[1]).resolve():
+        raise InputError(f"--save-stats {paths[0]} {paths[1]}: one file for both sets; B's statistics would "
+                         "replace A's; give two different files")
+
+
+def given_options(parser: argparse.ArgumentParser) -> set[str]:
+    """The clip options typed on the command line (not left at their defaults)."""
+    unset = object()
+    typed = parser.parse_args(namespace=argparse.Namespace(**{dest: unset for dest in CLIP_OPTIONS}))
+    return {dest for dest in CLIP_OPTIONS if getattr(typed, dest) is not unset}
+
+
+def check_unused_options(given: set[str], protocol: Protocol, result, args: argparse.Namespace) -> None:
+    """Raise InputError naming the clip options given when both sets are statistics files and the files were
+    made otherwise (the files' clips are fixed; an option recording the same value is accepted)."""
+    saved, typed = result.a.protocol.as_dict(), protocol.as_dict()
+    unused = [f"{CLIP_OPTIONS[dest]} {typed[dest]}" for dest in sorted(given & set(saved))
+              if typed[dest] != saved[dest]]
+    if "max_videos" in given:
+        unused.append(f"--max-videos {args.max_videos}")
+    if unused:
+        raise InputError(f"{args.a} and {args.b} are statistics files: {', '.join(unused)} cannot apply (their clips "
+                         f"were taken under {result.a.protocol.describe()}, {result.a.n} and {result.b.n} clips); "
+                         "drop these options or recompute the statistics from the videos")
+
+
 def main() -> int:
     parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("a", metavar="A", help="the first set (conventionally the real videos)")
@@ -47,7 +86,8 @@ def main() -> int:
     parser.add_argument("--frames", type=number_or("all"), default=16, metavar="N|all",
                         help="clip length in frames, at least 9; 'all': each video whole (default: 16)")
     parser.add_argument("--clips-per-video", type=int, default=1, metavar="K",
-                        help="clips taken from each video (default: 1)")
+                        help="clips taken from each video; with --start random at most the video's distinct starts "
+                             "(default: 1)")
     parser.add_argument("--start", type=number_or("random"), default=0, metavar="F|random",
                         help="first frame of the first clip, or 'random' (uniform, with --seed) (default: 0)")
     parser.add_argument("--stride", type=int, default=None,
@@ -63,7 +103,7 @@ def main() -> int:
                         help="decoding processes; 0 decodes here (default: %(default)s)")
     add_inference_arguments(parser, precision="fp32", plain=True)
     parser.add_argument("--save-stats", nargs="+", default=(), metavar="FILE",
-                        help="save A's statistics to FILE (and B's to a second FILE) as .npz")
+                        help="save A's statistics to FILE (and B's to a second, different FILE); names end in .npz")
     parser.add_argument("--overwrite", action="store_true", help="replace existing --save-stats files")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object (fvd, n_a, n_b, frames, protocol, ...)")
@@ -87,6 +127,7 @@ def main() -> int:
                              f"got {len(args.save_stats)}")
         if args.b is None and not args.save_stats:
             raise InputError("give two sets A B, or one set with --save-stats FILE")
+        check_save_paths(args.save_stats)
         for path in args.save_stats:
             check_output(path, "--save-stats", args.overwrite)
         seed = args.seed if args.seed is not None or args.start is not None else 0
@@ -94,9 +135,14 @@ def main() -> int:
         options = RunOptions(args.batch, args.workers, args.device, chosen_precision(args), args.compile,
                              args.max_videos, progress=not args.quiet)
         result = run_fvd(args.a, args.b, protocol, options, tuple(args.save_stats))
+        if args.b is not None and result.videos_a is None and result.videos_b is None:
+            check_unused_options(given_options(parser), protocol, result, args)
     except (InputError, ValueError, WeightsUnavailable, OSError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: nothing half-written (statistics files already saved are complete)", file=sys.stderr)
+        return 130
     if args.b is None:
         if args.json:
             protocol = result.protocol.as_dict()

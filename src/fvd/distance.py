@@ -33,5 +33,13 @@ def frechet_distance(mean1: np.ndarray, sigma1: np.ndarray, mean2: np.ndarray, s
     if mean1.shape != mean2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mean1.shape * 2:
         raise ValueError(f"mismatched statistics: means {mean1.shape} {mean2.shape}, covariances "
                          f"{sigma1.shape} {sigma2.shape}")
+    for name, values in (("first mean", mean1), ("first covariance", sigma1), ("second mean", mean2),
+                         ("second covariance", sigma2)):
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"the {name} holds NaN or infinite values: no Fréchet distance")
     trace = np.trace(sigma1 + sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2)
-    return float(trace + np.sum(np.square(mean1 - mean2)))
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, in one line
+        value = float(trace + np.sum(np.square(mean1 - mean2)))
+    if not np.isfinite(value):  # never hand on a NaN: json.dumps would print it as the invalid token NaN
+        raise ValueError(f"the Fréchet distance came out {value} (statistics too large for float64?)")
+    return value

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from src.clips import InputError
+from src.fvd.npzfile import member_names, open_npz, read_member
 from src.media import is_hidden, is_image_file, is_video_file, natural_key
 
 log = logging.getLogger(__name__)
@@ -96,20 +97,24 @@ def read_list(path: Path) -> list[Path]:
 
 
 def load_video_array(path: Path) -> np.ndarray | None:
-    """The (N, T, H, W, 3) videos of an array file (memory-mapped .npy); None for a statistics file."""
-    try:
-        if path.suffix.lower() == ".npy":
+    """The (N, T, H, W, 3) videos of an array file (memory-mapped .npy); None for a statistics file.
+
+    An .npz member is read whole, after its header is checked against the bytes it really holds.
+    """
+    if path.suffix.lower() == ".npy":
+        try:
             return np.load(path, mmap_mode="r", allow_pickle=False)
-        with np.load(path, allow_pickle=False) as z:
-            if STATS_KEY in z.files:
-                return None
-            names = ["videos"] if "videos" in z.files else z.files
-            if len(names) != 1:
-                raise InputError(f"{path}: holds arrays {', '.join(z.files)}; expected one (N, T, H, W, 3) array "
-                                 "(or one named 'videos') or a statistics file from --save-stats")
-            return z[names[0]]
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{path}: not a readable .npy/.npz array ({exc})") from None
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputError(f"{path}: not a readable .npy array ({exc})") from None
+    with open_npz(path) as archive:
+        names = member_names(archive)
+        if STATS_KEY in names:
+            return None
+        chosen = ["videos"] if "videos" in names else names
+        if len(chosen) != 1:
+            raise InputError(f"{path}: holds arrays {', '.join(names) or 'none'}; expected one (N, T, H, W, 3) array "
+                             "(or one named 'videos') or a statistics file from --save-stats")
+        return read_member(archive, chosen[0], path)
 
 
 def open_set(spec: str, max_videos: int | None = None) -> VideoSet:

@@ -2,7 +2,10 @@
 batch across videos, reduce each set to its statistics, and compare them."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import signal
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -18,6 +21,9 @@ from src.fvd.distance import frechet_distance
 from src.fvd.inputs import VideoSet, open_set
 from src.fvd.protocol import Protocol
 from src.fvd.statistics import Statistics, activation_statistics, load_statistics, save_statistics
+from src.jobs import worker_init
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,6 +39,27 @@ class RunOptions:
     progress: bool = True
 
 
+def reader_init(parent_pid: int) -> None:
+    """Set up a clip-reading worker: Ctrl-C is the parent's to handle (it reaches the whole process group), and the
+    worker dies with the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker_init(1, parent_pid)
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C held back (not lost) in this thread while worker processes start: they inherit the mask, so none can
+    be interrupted before reader_init runs; a held Ctrl-C is delivered here when the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def default_workers() -> int:
     """Decoding processes by default: half the cores (the network uses the rest), 1 to 4."""
     return max(1, min(4, (os.cpu_count() or 2) // 2))
@@ -45,11 +72,9 @@ class ClipReaders:
         from concurrent.futures import ProcessPoolExecutor
         from multiprocessing import get_context
 
-        from src.jobs import worker_init
-
         self.count = count
-        self.pool = ProcessPoolExecutor(count, mp_context=get_context("spawn"), initializer=worker_init,
-                                        initargs=(1, os.getpid())) if count > 0 else None
+        self.pool = ProcessPoolExecutor(count, mp_context=get_context("spawn"), initializer=reader_init,
+                                        initargs=(os.getpid(),)) if count > 0 else None
 
     def clips(self, video_set: VideoSet, protocol: Protocol) -> Iterator[np.ndarray]:
         """Every clip of the set, (T, H, W, 3), in the set's order; at most 2 videos per worker read ahead."""
@@ -65,7 +90,8 @@ class ClipReaders:
                     nxt = next(items, None)
                     if nxt is None:
                         break
-                    ahead.append(self.pool.submit(read_clips, nxt[1], protocol, nxt[0]))
+                    with interrupts_held():  # a submit may start a worker process
+                        ahead.append(self.pool.submit(read_clips, nxt[1], protocol, nxt[0]))
                 if not ahead:
                     return
                 yield from ahead.popleft().result()
@@ -73,10 +99,37 @@ class ClipReaders:
             for future in ahead:
                 future.cancel()
 
-    def close(self) -> None:
-        """Stop the workers (queued work is cancelled)."""
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, interrupted: bool = False) -> None:
+        """Stop the workers (queued work is cancelled); `interrupted`: end them now, without finishing their video."""
+        if self.pool is None:
+            return
+        if interrupted:
+            for process in list((getattr(self.pool, "_processes", None) or {}).values()):
+                process.terminate()  # the executor has no public way to stop a task in progress
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class ValueRange:
+    """The range of the pixel values of a set's clips, and whether they were all uint8."""
+
+    def __init__(self) -> None:
+        self.low, self.high, self.clips, self.all_uint8 = np.inf, -np.inf, 0, True
+
+    def track(self, clips: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        """The clips, passed on unchanged, their values' range noted."""
+        for clip in clips:
+            self.low, self.high = min(self.low, float(clip.min())), max(self.high, float(clip.max()))
+            self.clips += 1
+            self.all_uint8 &= clip.dtype == np.uint8
+            yield clip
+
+    def warn(self, name: str) -> None:
+        """Log a warning naming the set if every clip holds only 0 and 1 (uint8): [0, 1] pixels cast to uint8
+        without the x255 (float clips in [0, 1] are refused clip by clip in src.fvd.clips)."""
+        if self.clips and self.all_uint8 and self.high <= 1:
+            log.warning("%s: every value of its %d clips lies in [%d, %d] (uint8): [0, 1] pixels cast to uint8 "
+                        "without x255? FVD takes pixels in [0, 255]; this FVD compares near-black videos",
+                        name, self.clips, self.low, self.high)
 
 
 def compute_statistics(video_set: VideoSet, protocol: Protocol, embedding: Embedding, decoders: ClipReaders,
@@ -88,10 +141,21 @@ def compute_statistics(video_set: VideoSet, protocol: Protocol, embedding: Embed
     parts = []
     with tqdm(total=total, desc=f"{label} {video_set.spec}".strip(), unit="clip", disable=not options.progress,
               dynamic_ncols=True) as bar:
-        for activations in batched_activations(decoders.clips(video_set, protocol), embedding, options.batch):
+        value_range = ValueRange()
+        clips = value_range.track(decoders.clips(video_set, protocol))
+        for activations in batched_activations(clips, embedding, options.batch):
             parts.append(activations)
             bar.update(len(activations))
+    value_range.warn(f"{label} {video_set.spec}".strip())
     return activation_statistics(np.concatenate(parts), protocol, embedding.weights_sha256, video_set.spec)
+
+
+def check_first_array(video_set: VideoSet, protocol: Protocol) -> None:
+    """Read the first video of a set of arrays here, before any set goes through the network, so that a
+    wrong shape or float values in [0, 1] are refused at once (array reads are cheap; video files decode later)."""
+    item = video_set.items[0]
+    if item.path.suffix.lower() in (".npy", ".npz"):
+        read_clips(item, protocol, 0, video_set.array)
 
 
 @dataclass
@@ -134,6 +198,9 @@ def run_fvd(spec_a: str, spec_b: str | None, protocol: Protocol, options: RunOpt
         for i, stats in loaded.items():
             stats.check_protocol(protocol if computing else first.protocol, sets[i].spec)
             stats.check_weights(first.weights_sha256, sets[i].spec)
+    for i, video_set in enumerate(sets):
+        if i not in loaded:
+            check_first_array(video_set, protocol)
     results: list[Statistics] = []
     embedding, decoders, path = None, None, "statistics files"
     try:
@@ -152,6 +219,11 @@ def run_fvd(spec_a: str, spec_b: str | None, protocol: Protocol, options: RunOpt
             if i < len(save_stats):
                 save_statistics(stats, save_stats[i], source=video_set.spec)
             results.append(stats)
+    except KeyboardInterrupt:
+        if decoders is not None:
+            decoders.close(interrupted=True)
+            decoders = None
+        raise
     finally:
         if decoders is not None:
             decoders.close()
