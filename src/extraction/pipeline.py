@@ -136,7 +136,8 @@ class Execution:
                 for key, array in arrays.items():
                     save_array_atomic(paths[key], array)
                 warnings = " | ".join(state.info.get("warnings", []))
-                row = feature_row(video, cfg, "ok", state.info, len(arrays["times"]), self.out_dir, warnings)
+                t_prime = len(arrays["times"] if "times" in arrays else arrays["timestamps_ms"])
+                row = feature_row(video, cfg, "ok", state.info, t_prime, self.out_dir, warnings)
                 self.summary.done += 1
                 if warnings:
                     self.bar.write(f"warning: {warnings}")
