@@ -18,9 +18,11 @@ Examples:
     python extract_features.py clip.npy --endpoint Mixed_4f --weights model/model_rgb.pth --out f.npy
 
 Dataset outputs: DIR/<path relative to INPUT, without extension>_<rgb|flow|rgb+flow>.npy, shape (T', C)
-or (T', crops, C) (crops: centre, top-left, top-right, bottom-left, bottom-right, then the same flipped),
-and _times.npy (T',) in seconds. T' = (T - window) // stride + 1 (1 for a clip shorter than a window;
-T with --per-frame). Finished videos are skipped on a rerun; broken inputs are logged and skipped.
+or (T', crops, C) (crops: centre, top-left, top-right, bottom-left, bottom-right, then the same flipped;
+--crops-first (crops, T', C), --per-crop-files one NAME__k.npy per crop), and _times.npy (T',) in seconds
+(--time-files video-features: _fps.npy and _timestamps_ms.npy). T' = (T - window) // stride + 1 (1 for a clip
+shorter than a window; T with --per-frame; --tail repeat-last or loop keeps the last, incomplete window).
+Finished videos are skipped on a rerun; broken inputs are logged and skipped.
 """
 from __future__ import annotations
 

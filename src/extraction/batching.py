@@ -5,8 +5,9 @@ A video is fed decoding messages (frame chunks, then its end); each stream's Win
 their frames arrive, each window is cut into its crops, and crops of the same stream and shape from any
 video share a batch. Flow: T frames give T - 1 flows; the last flow is repeated once so the flow stream
 also has T frames and shares the RGB windows (window s uses flows s .. s + W - 1, i.e. frames s .. s + W);
-with align drop-first or drop-last the decoder sent T - 1 frames and T - 1 flows, and nothing is repeated; per-frame rows
-padded 'still' get zero flow past the ends (the flow of a video standing still) and the end frames repeated.
+with align drop-first or drop-last the decoder sent T - 1 frames and T - 1 flows, and nothing is repeated;
+per-frame rows padded 'still' get zero flow past the ends (the flow of a video standing still) and the end frames
+repeated.
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ ALIGNS = ("repeat-last", "drop-first", "drop-last")
 CROP_ORDERS = ("centre-first", "cmcs", "torchvision")
 FLIP_FLOWS = ("negate", "keep")
 SHORT_VIDEOS = ("one-window", "reject", "drop")
-TAILS = ("drop", "repeat-last", "loop")  # the last, incomplete window: dropped, or completed by the last frame or the first
+TAILS = ("drop", "repeat-last", "loop")  # the last, incomplete window: dropped, or completed by the last or first frames
 TIME_FILES = ("seconds", "video-features")  # NAME_times.npy; or video_features' NAME_fps.npy and NAME_timestamps_ms.npy
 
 
@@ -102,7 +102,8 @@ class FeatureConfig:
                                        ("--align", self.align, ALIGNS), ("--crop-order", self.crop_order, CROP_ORDERS),
                                        ("--flip-flow", self.flip_flow, FLIP_FLOWS),
                                        ("--short-videos", self.short_videos, SHORT_VIDEOS),
-                                       ("--tail", self.tail, TAILS), ("--resize-filter", self.resize_filter, RESIZE_FILTERS),
+                                       ("--tail", self.tail, TAILS),
+                                       ("--resize-filter", self.resize_filter, RESIZE_FILTERS),
                                        ("--time-files", self.time_files, TIME_FILES)):
             if value not in choices:
                 raise ExtractionError(f"{option} must be {' or '.join(choices)}, got {value!r}")

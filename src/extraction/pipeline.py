@@ -5,6 +5,7 @@ Layout written under OUT_DIR (NAME = the input's path relative to the INPUT fold
     NAME_rgb.npy, NAME_flow.npy     (T', C) or (T', crops, C); (T', C, t, h, w) ... with pool none
     NAME_rgb+flow.npy               the two streams side by side on the last feature axis (RGB first)
     NAME_times.npy                  (T',) start of each window in seconds (per-frame: the frame's time)
+    NAME__k.npy, NAME_fps.npy ...   --per-crop-files (crop k), --time-files video-features (src.extraction.inputs)
     features.csv                    one row per video: recipe, shapes, status (checked when read)
     features-recipe.json            the recipe the folder was started with: a job with another one is refused
 The window maths is in src.extraction.windows.
