@@ -507,7 +507,7 @@ def test_ucf_crime_10crop_conventions_on_a_real_clip(small_frames, tmp_path, rgb
     np.testing.assert_allclose(got[5, 1], features(rgb_model, last[:, :, ::-1][:, :224, :224], "mean"), atol=1e-4)
     recipe = rows(tmp_path / "f")["clip"]["recipe"]
     for word in ("preset=ucf-crime-10crop", "tail=repeat-last", "resize=340x256", "resize_filter=pil-lanczos",
-                 "crops=10", "crop_order=cmcs", "crop_layout=first", "weights=rgb_scratch"):
+                 "crops=10", "crop_order=cmcs", "crop_layout=crops-first", "weights=rgb_scratch"):
         assert word in recipe
     again = run([folder], tmp_path / "f", config("ucf-crime-10crop", weights="rgb_scratch", **QUICK),
                 **QUIET)
@@ -585,6 +585,9 @@ def test_anet_cmcs_and_wtalc_are_the_stated_options():
     assert (wtalc.fps, wtalc.window, wtalc.stride, wtalc.tail, wtalc.concat, wtalc.streams) == \
         (25.0, 16, 16, "drop", True, ("rgb", "flow"))
     assert window_count(250, wtalc.window, wtalc.stride, tail=wtalc.tail) == 250 // 16
+    deepmil = FeatureConfig(**preset_options("ucf-crime-10crop", {"per_crop_files": True}))
+    deepmil.validate()  # the preset's --crops-first gives way to --per-crop-files
+    assert (deepmil.per_crop_files, deepmil.crops_first) == (True, False)
 
 
 def test_preset_list_says_what_was_confirmed_and_inferred(monkeypatch, capsys):

@@ -80,6 +80,7 @@ class FeatureConfig:
     crop_order: str = "centre-first"
     flip_flow: str = "negate"  # flipped crops' x flow: negated (mirrored motion) or kept as the CMCS extractor did
     short_videos: str = "one-window"  # a video of at most --window frames: one window of all of it, or refused
+    # (reject: at most --window frames; drop: fewer)
     tail: str = "drop"  # the last window when frames run out: dropped, or completed (see TAILS)
     resize_filter: str = "bilinear"
     crops_first: bool = False  # (crops, T', C) instead of (T', crops, C)
@@ -147,7 +148,8 @@ class FeatureConfig:
         resize = "x".join(map(str, self.resize_to)) if self.resize_to else f"short-side-{RGB_RECIPE.resize_short_side}"
         crops = f"crops={self.crops}" + (f" crop_order={self.crop_order}" if self.crops > 1 else "")
         if self.crops > 1:
-            crops += " crop_layout=" + ("files" if self.per_crop_files else "first" if self.crops_first else "second")
+            crops += " crop_layout=" + ("per-crop-files" if self.per_crop_files else
+                                        "crops-first" if self.crops_first else "time-first")
         if self.crops == 10 and "flow" in self.streams:
             crops += f" flip_flow={self.flip_flow}"
         jpeg = " ".join(f"{s}_jpeg={'yes' if getattr(self, f'{s}_jpeg') else 'no'}" for s in self.streams)

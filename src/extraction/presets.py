@@ -104,9 +104,12 @@ def get_preset(name: str) -> Preset:
 def preset_options(name: str, explicit: dict[str, object]) -> dict[str, object]:
     """FeatureConfig options of a preset with the explicit ones on top, and the preset's name.
 
-    A preset's --concat applies only when both streams run (so '--streams rgb' alone needs no '--no-concat').
+    A preset's --concat applies only when both streams run (so '--streams rgb' alone needs no '--no-concat'), and its
+    --crops-first gives way to an explicit --per-crop-files (the other layout of the crops).
     """
     options = {**get_preset(name).options, **explicit, "preset": name}
+    if explicit.get("per_crop_files") and "crops_first" not in explicit:
+        options.pop("crops_first", None)
     if "concat" not in explicit and set(options.get("streams", ("rgb",))) != set(STREAMS):
         options.pop("concat", None)
     return options
