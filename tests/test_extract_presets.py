@@ -7,6 +7,7 @@ cannot be downloaded here).
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -636,6 +637,20 @@ def test_print_config_for_actionformer_and_tridet(shared, tmp_path, monkeypatch,
     code, out, _ = call_main("extract_features.py", ["--print-config", "tridet", str(tmp_path / "f")],
                              monkeypatch, capsys)
     assert code == 0 and out.startswith("# TriDet") and "feat_stride: 2" in out
+    cmcs = tmp_path / "cmcs"  # a THUMOS-14 folder as the preset writes it, two videos at different native rates
+    cmcs.mkdir()
+    words = ("preset=thumos14-cmcs window=16 per_frame=no stride=4 tail=drop fps=native resize=340x256 crops=1 "
+             "endpoint=Mixed_5c pool=head align=drop-first")
+    (cmcs / "features-recipe.json").write_text(json.dumps(dict(w.split("=") for w in words.split())))
+    (cmcs / "features.csv").write_text("name,file,stream,frames,fps,T',status,recipe,outputs\n" + "".join(
+        f"{n},{n}.mp4,rgb+flow,100,{fps},18,ok,{words},{n}_rgb+flow.npy;{n}_times.npy\n"
+        for n, fps in (("a", 30), ("b", 29.97))))
+    code, out, err = call_main("extract_features.py", ["--print-config", "actionformer", str(cmcs)], monkeypatch, capsys)
+    assert code == 0, err
+    values = dict(line.strip().split(": ", 1) for line in out.splitlines() if line.startswith("  "))
+    assert (values["file_ext"], values["input_dim"], values["feat_stride"], values["num_frames"]) == \
+        ("_rgb+flow.npy", "2048", "4", "16")
+    assert values["default_fps"].startswith("~  # native rates differ (29.97 .. 30)") and "drop-first" in out
     run([video], tmp_path / "g", config("i3d", window=4, stride=4, crops=5), **QUIET)
     capsys.readouterr()  # the run's progress bar
     code, _, err = call_main("extract_features.py", ["--print-config", "actionformer", str(tmp_path / "g")],

@@ -22,6 +22,14 @@ def endpoint_channels(endpoint: str) -> int:
     return c0 + c1 + c2 + c3
 
 
+def _number(text: str) -> float:
+    """A CSV field as a number for sorting (0 when it is not one)."""
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0
+
+
 def _folder_recipe(folder: Path) -> tuple[dict[str, str], list[dict[str, str]]]:
     """The folder's recipe words and its finished rows; ExtractionError (one line) when it has none."""
     path = folder / RECIPE_NAME
@@ -68,7 +76,7 @@ def model_config(folder: str | Path, model: str) -> str:
     if words.get("fps") not in (None, "native"):
         default_fps = words["fps"]
     else:
-        rates = sorted({row.get("fps", "") for row in rows})
+        rates = sorted({row.get("fps", "") for row in rows}, key=_number)
         default_fps = rates[0] if len(rates) == 1 and rates[0] else "~"
         fps_note = ("  # native rate, the same for every video here" if default_fps != "~" else
                     f"  # native rates differ ({rates[0]} .. {rates[-1]}): {name} takes each video's fps from the "
