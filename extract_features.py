@@ -8,6 +8,8 @@ Examples:
     python extract_features.py videos/ --out-dir feats/                                  # RGB, 16 every 16, 25 fps
     python extract_features.py videos/ --out-dir feats/ --preset thumos14-cmcs           # ActionFormer's THUMOS-14
     python extract_features.py videos/ --out-dir feats/ --preset ms-tcn --weights w.pth --flow-weights f.pth
+    python extract_features.py videos/ --out-dir feats/ --preset ucf-crime-10crop --streams rgb   # (10, T', 1024)
+    python extract_features.py --print-config actionformer feats/                       # its dataset settings
     python extract_features.py --compare feats/video_test_0000004_rgb+flow.npy released/video_test_0000004.npy
     python extract_features.py videos/ --out-dir feats/ --streams rgb,flow --concat --fps native --stride 4
     python extract_features.py list.txt --out-dir feats/ --crops 10 --shard 2/8          # one of 8 machines
@@ -16,9 +18,11 @@ Examples:
     python extract_features.py clip.npy --endpoint Mixed_4f --weights model/model_rgb.pth --out f.npy
 
 Dataset outputs: DIR/<path relative to INPUT, without extension>_<rgb|flow|rgb+flow>.npy, shape (T', C)
-or (T', crops, C) (crops: centre, top-left, top-right, bottom-left, bottom-right, then the same flipped),
-and _times.npy (T',) in seconds. T' = (T - window) // stride + 1 (1 for a clip shorter than a window;
-T with --per-frame). Finished videos are skipped on a rerun; broken inputs are logged and skipped.
+or (T', crops, C) (crops: centre, top-left, top-right, bottom-left, bottom-right, then the same flipped;
+--crops-first (crops, T', C), --per-crop-files one NAME__k.npy per crop), and _times.npy (T',) in seconds
+(--time-files video-features: _fps.npy and _timestamps_ms.npy). T' = (T - window) // stride + 1 (1 for a clip
+shorter than a window; T with --per-frame; --tail repeat-last or loop keeps the last, incomplete window).
+Finished videos are skipped on a rerun; broken inputs are logged and skipped.
 """
 from __future__ import annotations
 
@@ -32,9 +36,11 @@ import torch
 from src.cli import Parser, add_inference_arguments, chosen_precision, one_line, parse_fps
 from src.clips import InputError, clip_to_tensor, load_clip
 from src.device import pick_device
-from src.extraction import PRESETS, ExtractionError, FeatureConfig, describe_presets, prepare_feature_dir, preset_options, run
+from src.extraction import (MODELS, PRESETS, ExtractionError, FeatureConfig, describe_presets, model_config,
+                            prepare_feature_dir, preset_options, run)
 from src.extraction.compare import compare_files
-from src.extraction.config import ALIGNS, CROP_ORDERS, FLIP_FLOWS, PADS, POOLS, SHORT_VIDEOS
+from src.extraction.config import ALIGNS, CROP_ORDERS, FLIP_FLOWS, PADS, POOLS, SHORT_VIDEOS, TAILS, TIME_FILES
+from src.media.transforms import RESIZE_FILTERS
 from src.inference import check_precision, optimize_for_inference
 from src.jobs import parse_shard, save_array_atomic, shard_from_env
 from src.model import ENDPOINTS
@@ -65,6 +71,17 @@ class CompareAction(argparse.Action):
         parser.exit(0 if report.comparable else 1)
 
 
+class PrintConfigAction(argparse.Action):
+    """--print-config MODEL DIR: the dataset settings MODEL needs for the features in DIR, as YAML, then exit."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            print(model_config(values[1], values[0]))
+        except (OSError, ValueError) as exc:
+            parser.exit(1, f"error: {one_line(exc)}\n")
+        parser.exit(0)
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """'340x256' -> (340, 256) (argparse type)."""
     width, sep, height = text.lower().partition("x")
@@ -81,7 +98,7 @@ def parse_streams(text: str) -> tuple[str, ...]:
 # FeatureConfig fields a preset may set: their options default to the preset's (absent unless given)
 PRESET_FIELDS = ("window", "stride", "fps", "streams", "concat", "per_frame", "pad", "crops", "pool", "weights",
                  "flow_weights", "resize_to", "rgb_jpeg", "flow_jpeg", "align", "crop_order", "flip_flow",
-                 "short_videos")
+                 "short_videos", "tail", "resize_filter", "crops_first", "per_crop_files", "time_files")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "an explicit flag; 'list' shows them with their provenance (default: %(default)s)")
     p.add_argument("--compare", nargs=2, metavar=("MINE", "THEIRS"), action=CompareAction,
                    help="compare two feature files (.npy/.npz): shapes, T', per-row cosine similarity; then exit")
+    p.add_argument("--print-config", nargs=2, metavar=("MODEL", "DIR"), action=PrintConfigAction,
+                   help=f"print the dataset settings {' or '.join(MODELS)} needs for the features in DIR (YAML: "
+                        "feat_stride, num_frames, default_fps, input_dim, file_ext); then exit")
     p.add_argument("--endpoint", default="Mixed_5c", choices=ENDPOINTS, help="DeepMind endpoint (default: %(default)s)")
     p.add_argument("--weights", default=keep,
                    help="RGB registry name or weights file (default: the preset's; rgb_scratch)")
@@ -125,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="centre; + 4 corners; + their flips, kept as an axis (T', crops, C) (default: 1)")
     ds.add_argument("--crop-order", choices=CROP_ORDERS, default=keep,
                     help="centre-first: C, TL, TR, BL, BR, then each mirrored; cmcs: TL, TR, C, BL, BR, then the same "
-                         "boxes of the mirrored frame (default: centre-first)")
+                         "boxes of the mirrored frame; torchvision (TenCrop): TL, TR, BL, BR, C, then the same of the "
+                         "mirrored frame (default: centre-first)")
     ds.add_argument("--flip-flow", choices=FLIP_FLOWS, default=keep,
                     help="flipped crops' x flow: negate (mirrored motion) or keep (as CMCS) (default: negate)")
     ds.add_argument("--pool", choices=POOLS, default=keep,
@@ -143,10 +164,27 @@ def build_parser() -> argparse.ArgumentParser:
                          "v * 2 / 255 - 1 (default: no)")
     ds.add_argument("--align", choices=ALIGNS, default=keep,
                     help="repeat-last: T frames, the last flow repeated; drop-first: as dense_flow's files, frames "
-                         "2..T each with the flow into it (T - 1 rows of each) (default: repeat-last)")
+                         "2..T each with the flow into it (T - 1 rows of each); drop-last: as video_features, frames "
+                         "1..T-1 each with the flow out of it (default: repeat-last)")
     ds.add_argument("--short-videos", choices=SHORT_VIDEOS, default=keep,
-                    help="a video of at most --window frames: one window of all of it, or reject it (default: "
-                         "one-window)")
+                    help="a video of at most --window frames: one window of all of it; reject it (CMCS); or drop: "
+                         "refuse one with fewer than --window (no full window, video_features) (default: one-window)")
+    # issue 24's conventions (anomaly-detection and localisation presets)
+    ds.add_argument("--tail", choices=TAILS, default=keep,
+                    help="the last window when the frames run out: drop it (T' = (T - W) // S + 1), or complete it "
+                         "by repeating the last frame or looping to the first (T' = ceil((T - W) / S) + 1) "
+                         "(default: drop)")
+    ds.add_argument("--resize-filter", choices=RESIZE_FILTERS, default=keep,
+                    help="OpenCV's bilinear resize, or Pillow's Image.resize with BILINEAR or LANCZOS on the uint8 "
+                         "RGB frames, as PIL-based extractors (default: bilinear)")
+    ds.add_argument("--crops-first", action=on_off, default=keep,
+                    help="crops before time: (crops, T', C) per file, as DeepMIL-style files (default: no)")
+    ds.add_argument("--per-crop-files", action=on_off, default=keep,
+                    help="one (T', C) file per crop, NAME__k.npy for k = 0..crops-1 (NAME_STREAM__k.npy with two "
+                         "streams), DeepMIL's and XD-Violence's naming (default: no)")
+    ds.add_argument("--time-files", choices=TIME_FILES, default=keep,
+                    help="seconds: NAME_times.npy, each window's start; video-features: NAME_fps.npy and "
+                         "NAME_timestamps_ms.npy, each window's end in ms, as video_features (default: seconds)")
     ds.add_argument("--flow-weights", default=keep, help="flow registry name or file (default: the preset's; flow_scratch)")
     ds.add_argument("--checkpoint", default=None, help="a fine-tuned train.py run folder (its streams and recipe)")
     ds.add_argument("--batch", type=int, default=8, help="clips per forward pass, across videos (default: %(default)s)")

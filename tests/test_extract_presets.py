@@ -7,6 +7,8 @@ cannot be downloaded here).
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
 
@@ -15,14 +17,15 @@ import numpy as np
 import pytest
 import torch
 
-from src.extraction import ExtractionError, FeatureConfig, crop_boxes, run
+from src.extraction import ExtractionError, FeatureConfig, Windower, crop_boxes, run, window_count, window_starts
 from src.extraction.batching import pool_features, to_model_input
 from src.extraction.compare import compare_files
 from src.extraction.config import parse_recipe
 from src.extraction.presets import PRESETS, preset_options
 from src.flow.jpeg import flow_through_jpeg, quantise_flow
-from src.media.transforms import resize_exact
-from tests.test_extract import cli, decode, model_range, rows, write_folder
+from src.media.transforms import resize_exact, resize_short_side
+from tests.conftest import call_main
+from tests.test_extract import cli, decode, model_range, rows, windows_of, write_folder
 
 QUIET = dict(log=lambda *_: None)
 
@@ -409,3 +412,250 @@ def test_compare_reads_released_layouts_and_finds_row_shifts(tmp_path):
     np.save(tmp_path / "narrow.npy", mine[:, :1024])
     result = cli("--compare", str(tmp_path / "mine.npy"), str(tmp_path / "narrow.npy"))
     assert result.returncode == 1 and "not comparable" in result.stdout
+
+
+# ----- issue 24: the anomaly-detection and localisation conventions
+
+QUICK = dict(window=4, stride=4, pool="mean")  # 4-frame windows: one Mixed_5c time step, which the head's pool overhangs
+
+
+def pil_resized(frames: np.ndarray, width: int, height: int, method) -> np.ndarray:
+    """Frames through Pillow's own Image.resize, one by one (the reference of --resize-filter pil-*)."""
+    from PIL import Image
+    return np.stack([np.asarray(Image.fromarray(f).resize((width, height), method)) for f in frames])
+
+
+@pytest.fixture(scope="module")
+def small_frames(shared) -> np.ndarray:
+    """10 frames of arm_wrestling.mp4 shrunk to 320x240 (so every preset's resize has work to do), as PNG-exact
+    uint8 RGB."""
+    frames = decode(shared / "videos" / "arm_wrestling.mp4", 10)
+    return np.stack([cv2.resize(f, (320, 240), interpolation=cv2.INTER_AREA) for f in frames])
+
+
+def test_tail_window_counts_follow_their_formulas():
+    """drop: (N - W) // S + 1; repeat-last / loop: ceil((N - W) / S) + 1 (UCF-Crime's ceil(N / 16) for W = S = 16);
+    video_features' stacks: N - 1 frames under --align drop-last, (N - 1 - 64) // 64 + 1; XD-Violence's (N - 1) // 16
+    under drop-first; W-TALC's N // 16."""
+    for n in (16, 17, 31, 32, 33, 280, 300):
+        assert window_count(n, 16, 16, tail="repeat-last") == window_count(n, 16, 16, tail="loop") == math.ceil(n / 16)
+        assert window_count(n, 16, 16) == n // 16  # W-TALC
+        assert window_count(n - 1, 16, 16) == (n - 1) // 16 or n - 1 < 16  # XD-Violence
+        assert window_count(n, 16, 4, tail="repeat-last") == math.ceil((n - 16) / 4) + 1
+    for n in (65, 128, 129, 280, 300):
+        assert window_count(n - 1, 64, 64) == (n - 1 - 64) // 64 + 1
+    assert window_count(280 - 1, 64, 64) == 4 and window_count(300 - 1, 64, 64) == 4
+    assert window_count(280, 16, 16, tail="repeat-last") == 18 and window_count(300, 16, 16, tail="loop") == 19
+    assert window_count(5, 16, 16, tail="repeat-last") == 1  # shorter than a window: one, completed
+    frames = np.arange(1, 11, dtype=np.float32)[:, None]  # frame i has the value i + 1
+    assert windows_of(frames, Windower(4, 4, False, "edge", "repeat-last"), chunk=3) == \
+        {0: [1, 2, 3, 4], 1: [5, 6, 7, 8], 2: [9, 10, 10, 10]}
+    assert windows_of(frames, Windower(4, 4, False, "edge", "loop"), chunk=3) == \
+        {0: [1, 2, 3, 4], 1: [5, 6, 7, 8], 2: [9, 10, 1, 2]}
+    assert windows_of(frames[:3], Windower(8, 8, False, "edge", "loop"), chunk=2) == {0: [1, 2, 3, 1, 2, 3, 1, 2]}
+    np.testing.assert_allclose(window_starts(10, 4, 4, False, 2.0, "repeat-last"), [0, 2, 4])
+
+
+def test_crop_orders_by_hand_torchvision_and_centre_first(shared):
+    """torchvision's TenCrop, by hand (its wheel does not load against this CPU torch): five_crop = TL, TR, BL, BR,
+    centre at round((S - 224) / 2), then five_crop of the mirrored image; centre-first (XD-Violence's __0..__4):
+    centre at floor((S - 224) / 2), TL, TR, BL, BR. A 341-wide frame makes the two centres differ."""
+    frame = cv2.resize(decode(shared / "videos" / "arm_wrestling.mp4", 1)[0], (341, 256))
+    h, w = frame.shape[:2]
+
+    def five(img):
+        top, left = int(round((h - 224) / 2)), int(round((w - 224) / 2))
+        return [img[:224, :224], img[:224, w - 224:], img[h - 224:, :224], img[h - 224:, w - 224:],
+                img[top:top + 224, left:left + 224]]
+
+    tencrop = five(frame) + five(frame[:, ::-1])
+    boxes = crop_boxes(h, w, 224, 10, "torchvision")
+    assert len(boxes) == 10 and boxes[4] == (16, 58, False) and boxes[9] == (16, 59, True)  # round(58.5) = 58
+    for i, (top, left, flip) in enumerate(boxes):
+        crop = frame[top:top + 224, left:left + 224]
+        np.testing.assert_array_equal(crop[:, ::-1] if flip else crop, tencrop[i], err_msg=f"crop {i}")
+    assert crop_boxes(h, w, 224, 5, "torchvision") == boxes[:5]
+    xd = [frame[16:240, 58:282], frame[:224, :224], frame[:224, 117:], frame[32:, :224], frame[32:, 117:]]
+    for k, (top, left, flip) in enumerate(crop_boxes(h, w, 224, 5, "centre-first")):
+        assert not flip
+        np.testing.assert_array_equal(frame[top:top + 224, left:left + 224], xd[k], err_msg=f"__{k}")
+
+
+def test_pil_resize_filters_are_pillows_own(small_frames):
+    from PIL import Image
+    lanczos = resize_exact(small_frames[:2], 340, 256, "pil-lanczos")
+    np.testing.assert_array_equal(lanczos, pil_resized(small_frames[:2], 340, 256, Image.Resampling.LANCZOS))
+    bilinear = resize_short_side(small_frames[:2], 256, "pil-bilinear")  # 320x240 -> 341x256
+    np.testing.assert_array_equal(bilinear, pil_resized(small_frames[:2], 341, 256, Image.Resampling.BILINEAR))
+    assert np.abs(lanczos.astype(int) - resize_exact(small_frames[:2], 340, 256).astype(int)).max() > 0  # not cv2's
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        resize_exact(small_frames[:1].astype(np.float32), 340, 256, "pil-bilinear")
+
+
+def test_ucf_crime_10crop_conventions_on_a_real_clip(small_frames, tmp_path, rgb_model):
+    """The preset with --window/--stride 4 and --pool mean (the same conventions, a quarter of the model's work; a
+    4-frame window has one Mixed_5c time step, which the head's pool does not fit): 6 frames of 320x240 ->
+    340x256 through Pillow's LANCZOS -> ceil(6 / 4) = 2 rows, the last frame repeated, ten CMCS crops, crops first."""
+    from PIL import Image
+    folder = write_folder(tmp_path / "clip", small_frames[:6])
+    run([folder], tmp_path / "f", config("ucf-crime-10crop", weights="rgb_scratch", **QUICK), **QUIET)
+    got = np.load(tmp_path / "f" / "clip_rgb.npy")
+    assert got.shape == (10, math.ceil(6 / 4), 1024)
+    x = model_range(pil_resized(small_frames[:6], 340, 256, Image.Resampling.LANCZOS))
+    np.testing.assert_allclose(got[0, 0], features(rgb_model, x[:4, :224, :224], "mean"), atol=1e-4)  # TL
+    last = x[[4, 5, 5, 5]]
+    np.testing.assert_allclose(got[2, 1], features(rgb_model, last[:, 16:240, 58:282], "mean"), atol=1e-4)  # centre
+    np.testing.assert_allclose(got[5, 1], features(rgb_model, last[:, :, ::-1][:, :224, :224], "mean"), atol=1e-4)
+    recipe = rows(tmp_path / "f")["clip"]["recipe"]
+    for word in ("preset=ucf-crime-10crop", "tail=repeat-last", "resize=340x256", "resize_filter=pil-lanczos",
+                 "crops=10", "crop_order=cmcs", "crop_layout=crops-first", "weights=rgb_scratch"):
+        assert word in recipe
+    again = run([folder], tmp_path / "f", config("ucf-crime-10crop", weights="rgb_scratch", **QUICK),
+                **QUIET)
+    assert (again.done, again.skipped) == (0, 1)  # a (crops, T', C) file is checked on its T' axis
+
+
+def test_ucf_crime_10crop_from_the_command_line(shared, tmp_path, monkeypatch, capsys):
+    """The issue's command on a real 18-frame cut: (10, ceil(18 / 16), 1024) = (10, 2, 1024)."""
+    (tmp_path / "videos").mkdir()
+    cut(shared / "videos" / "cleaning_pool.mp4", 18, tmp_path / "videos" / "clip.mp4")
+    code, out, err = call_main("extract_features.py", [str(tmp_path / "videos"), "--out-dir", str(tmp_path / "f"),
+                                                       "--preset", "ucf-crime-10crop", "--streams", "rgb",
+                                                       "--weights", "rgb_scratch", "--workers", "0"],
+                               monkeypatch, capsys)
+    assert code == 0, err
+    assert np.load(tmp_path / "f" / "clip_rgb.npy").shape == (10, math.ceil(18 / 16), 1024) == (10, 2, 1024)
+
+
+def test_xd_violence_5crop_writes_one_file_per_crop_centre_first(small_frames, tmp_path, rgb_model):
+    """Short side 256 (320x240 -> 341x256, OpenCV bilinear), frames 2..N, T' = (N - 1) // W; NAME__0 the centre,
+    NAME__1..4 TL, TR, BL, BR; a video with no full window gets no files (its row says why)."""
+    videos = tmp_path / "videos"
+    write_folder(videos / "clip", small_frames[:9])
+    write_folder(videos / "tiny", small_frames[:4])
+    summary = run([videos], tmp_path / "f", config("xd-violence-5crop", weights="rgb_scratch", **QUICK),
+                  **QUIET)
+    assert (summary.done, summary.failed) == (1, 1)
+    out = tmp_path / "f"
+    crops = [np.load(out / f"clip__{k}.npy") for k in range(5)]
+    assert all(c.shape == ((9 - 1) // 4, 1024) == (2, 1024) for c in crops) and not (out / "clip_rgb.npy").exists()
+    x = model_range(resize_short_side(small_frames[:9], 256))[1:]  # frames 2..9
+    assert x.shape[1:3] == (256, 341)
+    np.testing.assert_allclose(crops[0][1], features(rgb_model, x[4:8, 16:240, 58:282], "mean"), atol=1e-4)
+    np.testing.assert_allclose(crops[2][0], features(rgb_model, x[0:4, :224, 117:], "mean"), atol=1e-4)  # TR
+    table = rows(out)
+    assert "--short-videos drop needs at least --window 4" in table["tiny"]["status"]
+    assert not list(out.glob("tiny*.npy"))
+    assert table["clip"]["outputs"].split(";")[:2] == ["clip__0.npy", "clip__1.npy"]
+
+
+def test_video_features_stacks_read_one_frame_more_and_time_files(small_frames, tmp_path, rgb_model, flow_model,
+                                                                    flow_file):
+    """--window/--stride 4 in place of 64 (same rule): 10 frames -> (10 - 1 - 4) // 4 + 1 = 2 stacks; stack k's RGB
+    is frames 4k .. 4k + 3 and its flow the 4 flows of frames 4k .. 4k + 4; short side 256 through Pillow's bilinear;
+    NAME_fps.npy the rate, NAME_timestamps_ms.npy each stack's end (4k + 4) / fps in ms; the RAFT note in the CSV."""
+    from PIL import Image
+
+    from src.flow import FlowExtractor, rgb_to_gray
+    folder = write_folder(tmp_path / "clip", small_frames)
+    cfg = config("video-features", weights="rgb_scratch", flow_weights=str(flow_file), **QUICK)
+    cfg.flow_algorithm = "farneback"
+    run([folder], tmp_path / "f", cfg, **QUIET)
+    out = tmp_path / "f"
+    rgb, flow = np.load(out / "clip_rgb.npy"), np.load(out / "clip_flow.npy")
+    assert rgb.shape == flow.shape == ((10 - 1 - 4) // 4 + 1, 1024) == (2, 1024)
+    resized = pil_resized(small_frames, 341, 256, Image.Resampling.BILINEAR)  # int(256 * 320 / 240) = 341
+    x = model_range(resized)[:, 16:240, 58:282]  # floor((341 - 224) / 2) = 58
+    flows = FlowExtractor("farneback")(rgb_to_gray(resized))[:, 16:240, 58:282]
+    for k in range(2):
+        np.testing.assert_allclose(rgb[k], features(rgb_model, x[4 * k:4 * k + 4], "mean"), atol=1e-4)
+        np.testing.assert_allclose(flow[k], features(flow_model, flows[4 * k:4 * k + 4], "mean"), atol=1e-4)
+    fps = np.load(out / "clip_fps.npy")
+    assert fps.shape == () and float(fps) == 25.0  # a frame folder is taken at 25 fps
+    np.testing.assert_allclose(np.load(out / "clip_timestamps_ms.npy"), [4 / 25 * 1000, 8 / 25 * 1000])
+    assert not (out / "clip_times.npy").exists()
+    row = rows(out)["clip"]
+    assert "RAFT" in row["message"] and "TV-L1" in row["message"] and "time_files=video-features" in row["recipe"]
+    assert (row["frames"], row["T'"]) == ("9", "2")
+
+
+def test_anet_cmcs_and_wtalc_are_the_stated_options():
+    thumos, anet = PRESETS["thumos14-cmcs"].options, PRESETS["anet-cmcs"].options
+    assert {**thumos, "fps": 25.0, "stride": 16} == anet
+    wtalc = FeatureConfig(**preset_options("wtalc", {}))
+    assert (wtalc.fps, wtalc.window, wtalc.stride, wtalc.tail, wtalc.concat, wtalc.streams) == \
+        (25.0, 16, 16, "drop", True, ("rgb", "flow"))
+    assert window_count(250, wtalc.window, wtalc.stride, tail=wtalc.tail) == 250 // 16
+    deepmil = FeatureConfig(**preset_options("ucf-crime-10crop", {"per_crop_files": True}))
+    deepmil.validate()  # the preset's --crops-first gives way to --per-crop-files
+    assert (deepmil.per_crop_files, deepmil.crops_first) == (True, False)
+
+
+def test_preset_list_says_what_was_confirmed_and_inferred(monkeypatch, capsys):
+    code, out, _ = call_main("extract_features.py", ["--preset", "list"], monkeypatch, capsys)
+    assert code == 0
+    for name in ("ucf-crime-10crop", "xd-violence-5crop", "video-features", "anet-cmcs", "wtalc"):
+        block = out.split(f"{name}: ")[1].split("\n\n")[0]
+        assert "confirmed in the sources:" in block and "inferred:" in block, name
+    assert "RAFT" in out.split("video-features: ")[1].split("\n\n")[0]
+    for flags in ("--tail repeat-last", "--resize-filter pil-lanczos", "--crops-first", "--per-crop-files",
+                  "--align drop-last", "--time-files video-features", "--crop-order centre-first"):
+        assert flags in out
+
+
+def test_new_options_alone_loop_tail_and_torchvision_crops_first(small_frames, tmp_path, rgb_model):
+    """--tail loop --crops 5 --crop-order torchvision --crops-first under the default preset (224x224 frames taken as
+    cropped): 6 frames -> 2 rows, the second frames 4, 5, 0, 1; a rerun with another --tail is refused."""
+    frames = np.ascontiguousarray(small_frames[:6, 8:232, 48:272])
+    folder = write_folder(tmp_path / "clip", frames)
+    cfg = dict(window=4, stride=4, tail="loop", crops=5, crop_order="torchvision", crops_first=True)
+    run([folder], tmp_path / "f", config("i3d", **cfg), **QUIET)
+    got = np.load(tmp_path / "f" / "clip_rgb.npy")
+    assert got.shape == (5, 2, 1024)
+    x = model_range(frames)
+    np.testing.assert_allclose(got[4, 1], features(rgb_model, x[[4, 5, 0, 1]], "mean"), atol=1e-4)
+    with pytest.raises(ExtractionError, match=r"--tail loop \(now repeat-last\)"):
+        run([folder], tmp_path / "f", config("i3d", **{**cfg, "tail": "repeat-last"}), **QUIET)
+    with pytest.raises(ExtractionError, match="--crops-first lays out the crop axis"):
+        FeatureConfig(crops_first=True).validate()
+    with pytest.raises(ExtractionError, match=r"--tail must be drop or repeat-last or loop"):
+        FeatureConfig(tail="pad").validate()
+
+
+def test_print_config_for_actionformer_and_tridet(shared, tmp_path, monkeypatch, capsys):
+    """From a real folder's recipe: RGB windows of 4 every 2 at 25 fps -> file_ext _rgb.npy, input_dim 1024,
+    feat_stride 2, num_frames 4, default_fps 25; a ten-crop folder is refused in one line."""
+    video = shared / "videos" / "video_0.mov"  # 3 frames
+    run([video], tmp_path / "f", config("i3d", window=4, stride=2), **QUIET)
+    code, out, err = call_main("extract_features.py", ["--print-config", "actionformer", str(tmp_path / "f")],
+                               monkeypatch, capsys)
+    assert code == 0, err
+    values = dict(line.strip().split(": ", 1) for line in out.splitlines() if line.startswith("  "))
+    assert (values["file_ext"], values["input_dim"], values["feat_stride"], values["num_frames"],
+            values["default_fps"]) == ("_rgb.npy", "1024", "2", "4", "25")
+    assert values["feat_folder"] == str((tmp_path / "f").resolve()) and "window centre" in out
+    code, out, _ = call_main("extract_features.py", ["--print-config", "tridet", str(tmp_path / "f")],
+                             monkeypatch, capsys)
+    assert code == 0 and out.startswith("# TriDet") and "feat_stride: 2" in out
+    cmcs = tmp_path / "cmcs"  # a THUMOS-14 folder as the preset writes it, two videos at different native rates
+    cmcs.mkdir()
+    words = ("preset=thumos14-cmcs window=16 per_frame=no stride=4 tail=drop fps=native resize=340x256 crops=1 "
+             "endpoint=Mixed_5c pool=head align=drop-first")
+    (cmcs / "features-recipe.json").write_text(json.dumps(dict(w.split("=") for w in words.split())))
+    (cmcs / "features.csv").write_text("name,file,stream,frames,fps,T',status,recipe,outputs\n" + "".join(
+        f"{n},{n}.mp4,rgb+flow,100,{fps},18,ok,{words},{n}_rgb+flow.npy;{n}_times.npy\n"
+        for n, fps in (("a", 30), ("b", 29.97))))
+    code, out, err = call_main("extract_features.py", ["--print-config", "actionformer", str(cmcs)], monkeypatch, capsys)
+    assert code == 0, err
+    values = dict(line.strip().split(": ", 1) for line in out.splitlines() if line.startswith("  "))
+    assert (values["file_ext"], values["input_dim"], values["feat_stride"], values["num_frames"]) == \
+        ("_rgb+flow.npy", "2048", "4", "16")
+    assert values["default_fps"].startswith("~  # native rates differ (29.97 .. 30)") and "drop-first" in out
+    run([video], tmp_path / "g", config("i3d", window=4, stride=4, crops=5), **QUIET)
+    capsys.readouterr()  # the run's progress bar
+    code, _, err = call_main("extract_features.py", ["--print-config", "actionformer", str(tmp_path / "g")],
+                             monkeypatch, capsys)
+    assert code == 1 and "5 crops a row" in err and len(err.strip().splitlines()) == 1
+    code, _, err = call_main("extract_features.py", ["--print-config", "actionformer", str(tmp_path / "none")],
+                             monkeypatch, capsys)
+    assert code == 1 and "features-recipe.json" in err

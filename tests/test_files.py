@@ -69,3 +69,9 @@ def test_save_array_atomic_round_trip(tmp_path: Path) -> None:
     arr = np.linspace(-1, 1, 24, dtype=np.float32).reshape(2, 3, 4)
     save_array_atomic(tmp_path / "a.npy", arr)
     np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), arr)
+    save_array_atomic(tmp_path / "fps.npy", np.array(29.97))  # a 0-d array stays 0-d (video_features' fps file)
+    assert np.load(tmp_path / "fps.npy").shape == () and float(np.load(tmp_path / "fps.npy")) == 29.97
+    save_array_atomic(tmp_path / "t.npy", arr.T)  # a transposed view is stored in C order
+    loaded = np.load(tmp_path / "t.npy")
+    np.testing.assert_array_equal(loaded, arr.T)
+    assert loaded.flags.c_contiguous

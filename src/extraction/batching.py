@@ -5,8 +5,9 @@ A video is fed decoding messages (frame chunks, then its end); each stream's Win
 their frames arrive, each window is cut into its crops, and crops of the same stream and shape from any
 video share a batch. Flow: T frames give T - 1 flows; the last flow is repeated once so the flow stream
 also has T frames and shares the RGB windows (window s uses flows s .. s + W - 1, i.e. frames s .. s + W);
-with align drop-first the decoder sent T - 1 frames and T - 1 flows, and nothing is repeated; per-frame rows
-padded 'still' get zero flow past the ends (the flow of a video standing still) and the end frames repeated.
+with align drop-first or drop-last the decoder sent T - 1 frames and T - 1 flows, and nothing is repeated;
+per-frame rows padded 'still' get zero flow past the ends (the flow of a video standing still) and the end frames
+repeated.
 """
 from __future__ import annotations
 
@@ -143,7 +144,7 @@ class Extractor:
         """Start collecting a video's windows."""
         cfg = self.cfg
         self.states[index] = VideoState(
-            video, {s: Windower(cfg.window, cfg.stride, cfg.per_frame, self._pad(s)) for s in cfg.streams},
+            video, {s: Windower(cfg.window, cfg.stride, cfg.per_frame, self._pad(s), cfg.tail) for s in cfg.streams},
             {s: {} for s in cfg.streams})
 
     def _pad(self, stream: str) -> str:
@@ -176,16 +177,20 @@ class Extractor:
         return self.run_full()
 
     def _too_short(self, video: Video, frames: int) -> str | None:
-        """Why --short-videos reject refuses a video (at most --window frames, as CMCS's extractor), or None."""
+        """Why --short-videos refuses a video (reject: at most --window frames, as CMCS's extractor; drop: fewer than
+        --window, no full window, as video_features writes nothing for it), or None."""
         cfg = self.cfg
-        if cfg.short_videos != "reject" or cfg.per_frame or frames > cfg.window:
+        if cfg.short_videos == "one-window" or cfg.per_frame or frames > cfg.window or \
+                (cfg.short_videos == "drop" and frames == cfg.window):
             return None
-        counted = " after the first, as dense_flow stores them" if cfg.align == "drop-first" else ""
-        return (f"{video.source}: {frames} frames{counted}; --short-videos reject needs more than "
+        counted = {"drop-first": " after the first, as dense_flow stores them",
+                   "drop-last": " before the last, whose flow the last frame's needs"}.get(cfg.align, "")
+        need = "more than" if cfg.short_videos == "reject" else "at least"
+        return (f"{video.source}: {frames} frames{counted}; --short-videos {cfg.short_videos} needs {need} "
                 f"--window {cfg.window}")
 
     def _finish_flow(self, windower: Windower) -> list[tuple[int, np.ndarray]]:
-        if self.cfg.align == "drop-first":  # T - 1 frames and T - 1 flows: nothing to repeat
+        if self.cfg.align != "repeat-last":  # T - 1 frames and T - 1 flows: nothing to repeat
             return windower.finish()
         # T frames gave T - 1 flows: repeat the last (or, padding 'still', no motion) so the flow stream has T frames
         last = windower.frames[-1] if windower.frames else None
@@ -252,7 +257,7 @@ class Extractor:
         """The finished video's feature arrays by output key, and its window times."""
         state, cfg = self.states[index], self.cfg
         info = state.info
-        t_prime = window_count(info["frames"], cfg.window, cfg.stride, cfg.per_frame)
+        t_prime = window_count(info["frames"], cfg.window, cfg.stride, cfg.per_frame, cfg.tail)
         out: dict[str, np.ndarray] = {}
         for stream, rows in state.results.items():
             if sorted(rows) != list(range(t_prime)):
@@ -264,8 +269,17 @@ class Extractor:
             axis = -1 if cfg.pool != "none" else (2 if cfg.crops > 1 else 1)
             out = {"rgb+flow": np.concatenate([out["rgb"], out["flow"]], axis=axis)}
         out = {k: v.astype(cfg.dtype) for k, v in out.items()}
+        if cfg.crops > 1 and cfg.per_crop_files:
+            out = {f"{k}__{c}": np.ascontiguousarray(v[:, c]) for k, v in out.items() for c in range(cfg.crops)}
+        elif cfg.crops > 1 and cfg.crops_first:
+            out = {k: np.ascontiguousarray(np.moveaxis(v, 1, 0)) for k, v in out.items()}
         first = 1 / info["fps"] if cfg.align == "drop-first" else 0.0  # row 0 starts at the video's second frame
-        out["times"] = window_starts(info["frames"], cfg.window, cfg.stride, cfg.per_frame, info["fps"]) + first
+        starts = window_starts(info["frames"], cfg.window, cfg.stride, cfg.per_frame, info["fps"], cfg.tail) + first
+        if cfg.time_files == "seconds":
+            out["times"] = starts
+        else:  # video_features: the rate, and the time the frame after each window's frames begins (its end), in ms
+            out["fps"] = np.array(info["fps"], dtype=np.float64)
+            out["timestamps_ms"] = (starts + (1 if cfg.per_frame else cfg.window) / info["fps"]) * 1000
         return out
 
     def close(self, index: int) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from numbers import Integral, Real
 from pathlib import Path
 
+from src.media.transforms import RESIZE_FILTERS
 from src.model import ENDPOINTS
 from src.weights import RGB_RECIPE
 
@@ -14,10 +15,14 @@ STREAMS = ("rgb", "flow")
 CROPS = (1, 5, 10)
 POOLS = ("mean", "head", "none")  # mean over (t, h, w); the classifier head's (2, 7, 7) pool then mean; none
 PADS = ("edge", "zero", "still")  # per-frame ends: repeat the end frame; zeros; the video standing still
-ALIGNS = ("repeat-last", "drop-first")  # T frames, T - 1 flows + the last repeated; or dense_flow's T - 1 of each
-CROP_ORDERS = ("centre-first", "cmcs")
+# T frames, T - 1 flows + the last repeated; dense_flow's frames 2..T with the flow into each; or frames 1..T-1 with
+# the flow out of each (video_features: a stack of W frames reads W + 1)
+ALIGNS = ("repeat-last", "drop-first", "drop-last")
+CROP_ORDERS = ("centre-first", "cmcs", "torchvision")
 FLIP_FLOWS = ("negate", "keep")
-SHORT_VIDEOS = ("one-window", "reject")
+SHORT_VIDEOS = ("one-window", "reject", "drop")
+TAILS = ("drop", "repeat-last", "loop")  # the last, incomplete window: dropped, or completed by the last or first frames
+TIME_FILES = ("seconds", "video-features")  # NAME_times.npy; or video_features' NAME_fps.npy and NAME_timestamps_ms.npy
 
 
 class ExtractionError(ValueError):
@@ -75,6 +80,12 @@ class FeatureConfig:
     crop_order: str = "centre-first"
     flip_flow: str = "negate"  # flipped crops' x flow: negated (mirrored motion) or kept as the CMCS extractor did
     short_videos: str = "one-window"  # a video of at most --window frames: one window of all of it, or refused
+    # (reject: at most --window frames; drop: fewer)
+    tail: str = "drop"  # the last window when frames run out: dropped, or completed (see TAILS)
+    resize_filter: str = "bilinear"
+    crops_first: bool = False  # (crops, T', C) instead of (T', crops, C)
+    per_crop_files: bool = False  # one (T', C) file per crop, NAME__k.npy (DeepMIL's naming)
+    time_files: str = "seconds"
     flow_device: str | None = None  # where TV-L1 runs (None: --device); a GPU's flow is batched across videos here
     flow_batch: int = 0  # >0: flow in this process in calls of that many pairs across videos, on any device
 
@@ -91,11 +102,20 @@ class FeatureConfig:
         for option, value, choices in (("--pad", self.pad, PADS), ("--pool", self.pool, POOLS),
                                        ("--align", self.align, ALIGNS), ("--crop-order", self.crop_order, CROP_ORDERS),
                                        ("--flip-flow", self.flip_flow, FLIP_FLOWS),
-                                       ("--short-videos", self.short_videos, SHORT_VIDEOS)):
+                                       ("--short-videos", self.short_videos, SHORT_VIDEOS),
+                                       ("--tail", self.tail, TAILS),
+                                       ("--resize-filter", self.resize_filter, RESIZE_FILTERS),
+                                       ("--time-files", self.time_files, TIME_FILES)):
             if value not in choices:
                 raise ExtractionError(f"{option} must be {' or '.join(choices)}, got {value!r}")
         if self.crops not in CROPS:
             raise ExtractionError(f"--crops must be 1, 5 or 10, got {self.crops}")
+        layout = [option for option, on in (("--crops-first", self.crops_first),
+                                            ("--per-crop-files", self.per_crop_files)) if on]
+        if layout and self.crops == 1:
+            raise ExtractionError(f"{layout[0]} lays out the crop axis; pass --crops 5 or 10 with it")
+        if self.crops_first and self.per_crop_files:
+            raise ExtractionError("--crops-first and --per-crop-files are two layouts of the crops; choose one")
         if self.endpoint not in ENDPOINTS:
             raise ExtractionError(f"--endpoint {self.endpoint}: unknown; choose one of {', '.join(ENDPOINTS)}")
         if self.pool == "head" and self.endpoint != "Mixed_5c":
@@ -123,13 +143,18 @@ class FeatureConfig:
         else:
             weights = " ".join(([f"weights={self.weights}"] if "rgb" in self.streams else []) +
                                ([f"flow_weights={self.flow_weights}"] if "flow" in self.streams else []))
-        frames = f"per_frame={self.pad} stride=1" if self.per_frame else f"per_frame=no stride={self.stride}"
+        frames = (f"per_frame={self.pad} stride=1" if self.per_frame
+                  else f"per_frame=no stride={self.stride} tail={self.tail}")
         resize = "x".join(map(str, self.resize_to)) if self.resize_to else f"short-side-{RGB_RECIPE.resize_short_side}"
         crops = f"crops={self.crops}" + (f" crop_order={self.crop_order}" if self.crops > 1 else "")
+        if self.crops > 1:
+            crops += " crop_layout=" + ("per-crop-files" if self.per_crop_files else
+                                        "crops-first" if self.crops_first else "time-first")
         if self.crops == 10 and "flow" in self.streams:
             crops += f" flip_flow={self.flip_flow}"
         jpeg = " ".join(f"{s}_jpeg={'yes' if getattr(self, f'{s}_jpeg') else 'no'}" for s in self.streams)
-        return (f"preset={self.preset} window={self.window} {frames} fps={fps} resize={resize} {crops} "
+        return (f"preset={self.preset} window={self.window} {frames} fps={fps} resize={resize} "
+                f"resize_filter={self.resize_filter} {crops} time_files={self.time_files} "
                 f"endpoint={self.endpoint} pool={self.pool} align={self.align} short_videos={self.short_videos} "
                 f"{jpeg} dtype={self.dtype} {weights}")
 
@@ -145,7 +170,8 @@ def parse_recipe(text: str) -> dict[str, str]:
 
 def recipe_option(key: str) -> str:
     """The command-line option of a recipe word ('per_frame' -> '--per-frame', 'resize' -> '--resize-to')."""
-    return {"resize": "--resize-to"}.get(key, "--" + key.replace("_", "-"))
+    return {"resize": "--resize-to", "crop_layout": "--crops-first / --per-crop-files"}.get(
+        key, "--" + key.replace("_", "-"))
 
 
 def resolve_fps(cfg: FeatureConfig) -> float | None:

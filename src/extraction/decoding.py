@@ -3,7 +3,8 @@ arrays), in this process or in decoding processes that run beside the model.
 
 Flow: T frames give T - 1 flows; the batching side repeats the last flow once so the flow stream also
 has T frames and shares the RGB windows. With align drop-first (dense_flow's files) the first frame is not sent
-to the RGB stream instead: frame t is paired with the flow from t - 1 to t, and both streams have T - 1.
+to the RGB stream instead: frame t is paired with the flow from t - 1 to t, and both streams have T - 1; with
+drop-last (video_features) the last frame is not: frame t is paired with the flow from t to t + 1.
 """
 from __future__ import annotations
 
@@ -29,9 +30,9 @@ FRAMES_PER_MESSAGE = 32  # frames a decoding worker sends at a time
 
 def _prepare(frame: np.ndarray, recipe: Recipe, cfg: FeatureConfig) -> np.ndarray:
     if cfg.resize_to:
-        return resize_exact(frame, *cfg.resize_to)
+        return resize_exact(frame, *cfg.resize_to, cfg.resize_filter)
     if cfg.force_resize or frame.shape[:2] != (recipe.crop, recipe.crop):
-        return resize_short_side(frame, recipe.resize_short_side)
+        return resize_short_side(frame, recipe.resize_short_side, cfg.resize_filter)
     return frame
 
 
@@ -55,7 +56,8 @@ def _iter_arrays(video: Video, cfg: FeatureConfig, size: int) -> Iterator[tuple[
     if missing:
         raise VideoError(f"{video.source}: no {missing[0]} array in this pre-processed item")
     decoding_only = [option for option, on in (("--resize-to", cfg.resize_to), ("--rgb-jpeg", cfg.rgb_jpeg),
-                                               ("--flow-jpeg", cfg.flow_jpeg)) if on]
+                                               ("--flow-jpeg", cfg.flow_jpeg),
+                                               ("--resize-filter", cfg.resize_filter != "bilinear")) if on]
     if decoding_only:
         raise VideoError(f"{video.source}: a pre-processed item's arrays are resized and stored already; "
                          f"{', '.join(decoding_only)} apply to videos and frame folders")
@@ -63,12 +65,13 @@ def _iter_arrays(video: Video, cfg: FeatureConfig, size: int) -> Iterator[tuple[
     for stream in cfg.streams:
         arr = np.load(video.arrays[stream], mmap_mode="r", allow_pickle=False)
         first = 1 if stream == "rgb" and cfg.align == "drop-first" else 0  # the flow array has T - 1 already
-        lengths[stream] = len(arr) - first
-        for start in range(first, len(arr), FRAMES_PER_MESSAGE):
-            chunk = np.asarray(arr[start:start + FRAMES_PER_MESSAGE])
+        stop = len(arr) - 1 if stream == "rgb" and cfg.align == "drop-last" else len(arr)
+        lengths[stream] = stop - first
+        for start in range(first, stop, FRAMES_PER_MESSAGE):
+            chunk = np.asarray(arr[start:min(start + FRAMES_PER_MESSAGE, stop)])
             _check_finite(chunk, video.arrays[stream], start)
             yield stream, _centre(chunk, size) if cfg.crops == 1 else chunk
-    frames = lengths.get("rgb", lengths.get("flow", 0) + (cfg.align != "drop-first"))
+    frames = lengths.get("rgb", lengths.get("flow", 0) + (cfg.align == "repeat-last"))
     fps = video.array_fps or cfg.fps or 25.0
     yield "end", {"frames": frames, "fps": fps, "warnings": []}
 
@@ -94,15 +97,19 @@ def iter_source(video: Video, cfg: FeatureConfig, recipes: dict[str, Recipe],
         if "flow" in cfg.streams and not flow_elsewhere else None
     pending: list[np.ndarray] = []
     previous_gray = None
+    held = None  # drop-last: the latest frame, sent to the RGB stream only once a later one comes
     count = 0
-    drop_first = cfg.align == "drop-first"
+    drop_first, drop_last = cfg.align == "drop-first", cfg.align == "drop-last"
 
     def emit() -> Iterator[tuple[str, np.ndarray]]:
-        nonlocal previous_gray
+        nonlocal previous_gray, held
         frames = np.stack(pending)
         pending.clear()
         if "rgb" in cfg.streams:
             rgb = frames[1:] if drop_first and count == len(frames) else frames  # the first chunk
+            if drop_last:
+                rgb = rgb if held is None else np.concatenate([held[None], rgb])
+                held, rgb = rgb[-1], rgb[:-1]
             if cfg.rgb_jpeg and len(rgb):  # the stored frames; the flow is computed before any JPEG, as dense_flow
                 rgb = jpeg_round_trip(rgb)
             if len(rgb):
@@ -131,12 +138,13 @@ def iter_source(video: Video, cfg: FeatureConfig, recipes: dict[str, Recipe],
         yield from emit()
     if count == 0:
         raise VideoError(f"{video.source}: no frames could be decoded")
-    if ("flow" in cfg.streams or drop_first) and count < 2:
-        why = "flow needs" if "flow" in cfg.streams else "--align drop-first (the first frame is not used) needs"
+    if ("flow" in cfg.streams or drop_first or drop_last) and count < 2:
+        why = "flow needs" if "flow" in cfg.streams else \
+            f"--align {cfg.align} (the {'first' if drop_first else 'last'} frame is not used) needs"
         raise VideoError(f"{video.source}: {why} at least 2 frames, got {count}")
     native = stream.info.fps if stream.kind == "video" else 0.0
     rate = (fps or native or 25.0) / recipe.sample_rate
-    yield "end", {"frames": count - drop_first, "fps": rate, "warnings": list(stream.info.warnings)}
+    yield "end", {"frames": count - drop_first - drop_last, "fps": rate, "warnings": list(stream.info.warnings)}
 
 
 def decode_failure(video: Video, exc: Exception) -> str:

@@ -150,12 +150,22 @@ def shard_videos(videos: list[Video], shard: tuple[int, int]) -> list[Video]:
     return take_shard(videos, shard, key=lambda v: (natural_key(v.name), str(v.source)))
 
 
+TIME_KEYS = ("times", "fps", "timestamps_ms")  # output keys that are not feature arrays
+
+
 def output_paths(out_dir: Path, name: str, cfg: FeatureConfig) -> dict[str, Path]:
-    """Feature files of one video: each stream (or 'rgb+flow' with concat) and 'times'."""
+    """Files of one video by key: each stream's features (or 'rgb+flow' with concat), NAME_rgb.npy ...; with
+    --per-crop-files one per crop, 'rgb__k' -> NAME__k.npy (NAME_rgb__k.npy when there are two streams); then
+    'times' (NAME_times.npy), or 'fps' and 'timestamps_ms' with --time-files video-features."""
     base = Path(out_dir) / name
     keys = ["rgb+flow"] if cfg.concat else list(cfg.streams)
-    paths = {k: base.with_name(f"{base.name}_{k}.npy") for k in keys}
-    paths["times"] = base.with_name(f"{base.name}_times.npy")
+    if cfg.per_crop_files and cfg.crops > 1:
+        paths = {f"{k}__{c}": base.with_name(f"{base.name}{'' if len(keys) == 1 else '_' + k}__{c}.npy")
+                 for k in keys for c in range(cfg.crops)}
+    else:
+        paths = {k: base.with_name(f"{base.name}_{k}.npy") for k in keys}
+    times = ["times"] if cfg.time_files == "seconds" else ["fps", "timestamps_ms"]
+    paths.update({k: base.with_name(f"{base.name}_{k}.npy") for k in times})
     return paths
 
 

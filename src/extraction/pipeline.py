@@ -5,6 +5,7 @@ Layout written under OUT_DIR (NAME = the input's path relative to the INPUT fold
     NAME_rgb.npy, NAME_flow.npy     (T', C) or (T', crops, C); (T', C, t, h, w) ... with pool none
     NAME_rgb+flow.npy               the two streams side by side on the last feature axis (RGB first)
     NAME_times.npy                  (T',) start of each window in seconds (per-frame: the frame's time)
+    NAME__k.npy, NAME_fps.npy ...   --per-crop-files (crop k), --time-files video-features (src.extraction.inputs)
     features.csv                    one row per video: recipe, shapes, status (checked when read)
     features-recipe.json            the recipe the folder was started with: a job with another one is refused
 The window maths is in src.extraction.windows.
@@ -136,7 +137,8 @@ class Execution:
                 for key, array in arrays.items():
                     save_array_atomic(paths[key], array)
                 warnings = " | ".join(state.info.get("warnings", []))
-                row = feature_row(video, cfg, "ok", state.info, len(arrays["times"]), self.out_dir, warnings)
+                t_prime = len(arrays["times"] if "times" in arrays else arrays["timestamps_ms"])
+                row = feature_row(video, cfg, "ok", state.info, t_prime, self.out_dir, warnings)
                 self.summary.done += 1
                 if warnings:
                     self.bar.write(f"warning: {warnings}")

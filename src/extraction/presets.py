@@ -12,29 +12,85 @@ from src.extraction.config import STREAMS, ExtractionError
 
 @dataclass(frozen=True)
 class Preset:
-    """One convention: its name, what it reproduces, who used it, and the options it sets."""
+    """One convention: its name, what it reproduces, who used it, the options it sets, what of it was confirmed in
+    the sources and what was inferred, and a note on the flow where ours differs from theirs."""
 
     name: str
     title: str
     used_by: str
     options: dict[str, object] = field(default_factory=dict)
+    confirmed: str = ""
+    inferred: str = ""
+    flow_note: str = ""  # written into features.csv's message when the flow stream runs
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("i3d", "the official I3D recipe (DeepMind kinetics-i3d), this tool's default",
            "Carreira & Zisserman 2017, deepmind/kinetics-i3d's input recipe",
            dict(weights="rgb_scratch", flow_weights="flow_scratch", fps="recipe", window=16, stride=16,
-                resize_to=None, crops=1, pool="mean")),
+                resize_to=None, crops=1, pool="mean"),
+           confirmed="25 fps, short side 256, centre 224, values in [-1, 1], TV-L1 flow clipped to +-20 (its README)"),
     Preset("thumos14-cmcs", "the THUMOS-14 I3D features of CMCS, used by ActionFormer and TriDet",
            "CMCS (Liu et al., CVPR 2019) with Finspire13/pytorch-i3d-feature-extraction on dense_flow output; "
            "the features of ActionFormer (Zhang et al., ECCV 2022) and TriDet (Shi et al., CVPR 2023)",
            dict(streams=("rgb", "flow"), concat=True, weights="rgb_imagenet", flow_weights="flow_imagenet", fps=None,
                 window=16, stride=4, resize_to=(340, 256), rgb_jpeg=True, flow_jpeg=True, align="drop-first",
-                crops=1, crop_order="cmcs", flip_flow="keep", pool="head", short_videos="reject")),
+                crops=1, crop_order="cmcs", flip_flow="keep", pool="head", short_videos="reject"),
+           confirmed="dense_flow's 340x256 JPEG frames and flow (bound 20, frames 2..N), windows of 16 every 4, "
+                     "frame_cnt > 16, head pooling, RGB then flow (ActionFormer #60)",
+           inferred="that CMCS ran dense_flow itself; the checkpoints; which crop ActionFormer's files hold"),
     Preset("ms-tcn", "the frame-wise I3D features of MS-TCN (Breakfast, 50Salads, GTEA)",
            "MS-TCN (Farha & Gall, CVPR 2019) with ahsaniqbal/Kinetics-FeatureExtractor (TensorFlow kinetics-i3d)",
            dict(streams=("rgb", "flow"), concat=True, weights="rgb_imagenet", flow_weights="flow_imagenet", fps=None,
-                per_frame=True, window=21, pad="still", resize_to=None, crops=1, pool="head")),
+                per_frame=True, window=21, pad="still", resize_to=None, crops=1, pool="head"),
+           confirmed="the ImageNet checkpoints, every frame, short side 256 + centre 224, 21-frame windows, the "
+                     "(2, 7, 7) pool then the mean, RGB then flow",
+           inferred="how the first and last ten frames were padded (the loader repeats the end frames)"),
+    Preset("ucf-crime-10crop", "the UCF-Crime ten-crop I3D features of DeepMIL-style anomaly detectors",
+           "the UCF-Crime files of DeepMIL (Sultani et al., CVPR 2018) re-extracted with I3D and used by RTFM, MGFN, "
+           "UR-DMU, PEL4VAD",
+           dict(weights="rgb_imagenet", flow_weights="flow_imagenet", fps=None, window=16, stride=16,
+                tail="repeat-last", resize_to=(340, 256), resize_filter="pil-lanczos", crops=10, crop_order="cmcs",
+                flip_flow="keep", crops_first=True, pool="head"),
+           confirmed="the ten crops' order and slicing (CMCS's oversample_data, which these extractors share)",
+           inferred="340x256 through PIL's LANCZOS, 16 every 16 with T' = ceil(N / 16) and the last frame repeated, "
+                    "native rate, the checkpoint (the issue's reading of the maintainers' answers; the extractor "
+                    "itself was not read)"),
+    Preset("xd-violence-5crop", "the XD-Violence five-crop I3D features (Roc-Ng/XDVioDet)",
+           "XD-Violence (Wu et al., ECCV 2020), Roc-Ng/XDVioDet, and the detectors trained on its released files",
+           dict(weights="rgb_imagenet", flow_weights="flow_imagenet", fps=None, window=16, stride=16,
+                align="drop-first", short_videos="drop", resize_to=None, crops=5, crop_order="centre-first",
+                per_crop_files=True, pool="head"),
+           confirmed="five crops, one file per crop NAME__k.npy, __0 the centre, __1..__4 the corners (its README); "
+                     "RGB and flow in separate files (its lists)",
+           inferred="the corners' order TL, TR, BL, BR, short side 256, T' = (N - 1) // 16 with the first frame "
+                    "dropped so RGB aligns with flow, native rate, the checkpoints (XDVioDet #5, the issue)"),
+    Preset("video-features", "v-iashin/video_features' I3D features (models/i3d/extract_i3d.py)",
+           "the many users of v-iashin/video_features (dense video captioning, anomaly detection, retrieval)",
+           dict(streams=("rgb", "flow"), weights="rgb_imagenet", flow_weights="flow_imagenet", fps=None, window=64,
+                stride=64, align="drop-last", short_videos="drop", resize_to=None, resize_filter="pil-bilinear",
+                crops=1, pool="head", time_files="video-features"),
+           confirmed="stacks of 64 every 64, each reading 65 frames (the RGB its first 64, the flow all 65), "
+                     "nothing for shorter videos, short side 256 with PIL bilinear, centre crop at (S - 224) // 2, "
+                     "values 2x/255 - 1, NAME_rgb/_flow/_fps/_timestamps_ms.npy",
+           inferred="that its i3d_rgb.pt / i3d_flow.pt are the rgb_imagenet / flow_imagenet conversion (the issue)",
+           flow_note="video_features computes its flow with RAFT (PWC-Net before), quantised to 8 bits; this tool's "
+                     "is TV-L1, the flow I3D was trained on (video_features PR #14)"),
+    Preset("anet-cmcs", "ActivityNet I3D features as ActionFormer reads them (configs/anet_i3d.yaml)",
+           "ActionFormer (Zhang et al., ECCV 2022) and TriDet on ActivityNet-1.3: feat_stride 16, num_frames 16, "
+           "default_fps 25",
+           dict(streams=("rgb", "flow"), concat=True, weights="rgb_imagenet", flow_weights="flow_imagenet", fps=25.0,
+                window=16, stride=16, resize_to=(340, 256), rgb_jpeg=True, flow_jpeg=True, align="drop-first",
+                crops=1, crop_order="cmcs", flip_flow="keep", pool="head", short_videos="reject"),
+           confirmed="feat_stride 16, num_frames 16, default_fps 25, input_dim 2048 (anet_i3d.yaml)",
+           inferred="everything else: thumos14-cmcs's pipeline at 25 fps with stride 16 (the extractor of the "
+                    "ActivityNet files is not published)"),
+    Preset("wtalc", "W-TALC's THUMOS-14 I3D features (Paul et al., ECCV 2018)",
+           "W-TALC and the weakly supervised localisation papers that reuse its features",
+           dict(streams=("rgb", "flow"), concat=True, weights="rgb_imagenet", flow_weights="flow_imagenet", fps=25.0,
+                window=16, stride=16, short_videos="drop", resize_to=None, crops=1, pool="head"),
+           confirmed="25 fps, non-overlapping windows of 16, T' = N // 16, RGB then flow (2048) (the paper)",
+           inferred="the checkpoints, short side 256 + centre 224, TV-L1 and the head pooling"),
 ]}
 
 
@@ -48,9 +104,12 @@ def get_preset(name: str) -> Preset:
 def preset_options(name: str, explicit: dict[str, object]) -> dict[str, object]:
     """FeatureConfig options of a preset with the explicit ones on top, and the preset's name.
 
-    A preset's --concat applies only when both streams run (so '--streams rgb' alone needs no '--no-concat').
+    A preset's --concat applies only when both streams run (so '--streams rgb' alone needs no '--no-concat'), and its
+    --crops-first gives way to an explicit --per-crop-files (the other layout of the crops).
     """
     options = {**get_preset(name).options, **explicit, "preset": name}
+    if explicit.get("per_crop_files") and "crops_first" not in explicit:
+        options.pop("crops_first", None)
     if "concat" not in explicit and set(options.get("streams", ("rgb",))) != set(STREAMS):
         options.pop("concat", None)
     return options
@@ -75,11 +134,16 @@ def as_flags(options: dict[str, object]) -> str:
 
 
 def describe_presets() -> str:
-    """What `--preset list` prints: each preset, who used it, and the flags it stands for."""
+    """What `--preset list` prints: each preset, who used it, the flags it stands for, what was confirmed and what
+    inferred."""
     lines = []
     for preset in PRESETS.values():
         lines += [f"{preset.name}: {preset.title}", f"    used by: {preset.used_by}",
-                  f"    sets: {as_flags(preset.options)}", ""]
+                  f"    sets: {as_flags(preset.options)}"]
+        lines += [f"    {label}: {text}" for label, text in (("confirmed in the sources", preset.confirmed),
+                                                            ("inferred", preset.inferred),
+                                                            ("differs", preset.flow_note)) if text]
+        lines.append("")
     lines.append("Any flag given explicitly overrides the preset's. Sources, what was confirmed in them and what is "
                  "known to differ from the published files: docs/feature-presets.md")
     return "\n".join(lines)

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from src.extraction.config import ExtractionError, FeatureConfig, parse_recipe, recipe_option
-from src.extraction.inputs import Video, name_problem, output_paths, printable
+from src.extraction.inputs import TIME_KEYS, Video, name_problem, output_paths, printable
+from src.extraction.presets import PRESETS
 from src.jobs import folder_mutex, write_text_atomic
 from src.media.video import natural_key
 
@@ -161,6 +162,9 @@ def feature_row(video: Video, cfg: FeatureConfig, status: str, info: dict | None
     """The features.csv row of one video (every field one line)."""
     paths = output_paths(out_dir or Path("."), video.name, cfg)
     info = info or {}
+    preset = PRESETS.get(cfg.preset)
+    if preset and preset.flow_note and "flow" in cfg.streams and status == "ok":
+        message = " | ".join(filter(None, [message, preset.flow_note]))
     return {
         "name": video.name, "file": printable(str(video.source)),
         "stream": "rgb+flow" if cfg.concat else ",".join(cfg.streams),
@@ -173,15 +177,18 @@ def feature_row(video: Video, cfg: FeatureConfig, status: str, info: dict | None
     }
 
 
-def _array_problem(path: Path, rows: int) -> str | None:
-    """Why a feature file cannot be what its row says (missing, unreadable or truncated, other length), or None."""
+def _array_problem(path: Path, rows: int | None, axis: int = 0) -> str | None:
+    """Why a feature file cannot be what its row says (missing, unreadable or truncated, `axis` not of length `rows`;
+    rows None: a scalar), or None."""
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
         return f"{path.name} is missing"
     except (OSError, ValueError, EOFError) as exc:
         return f"{path.name} cannot be read ({printable(str(exc))}: truncated?)"
-    if array.ndim == 0 or len(array) != rows:
+    if rows is None:
+        return None if array.ndim == 0 else f"{path.name} has shape {array.shape}, not a single value"
+    if array.ndim <= axis or array.shape[axis] != rows:
         return f"{path.name} has shape {array.shape}, not the row's T' = {rows}"
     return None
 
@@ -194,10 +201,11 @@ def check_finished(previous: dict[str, dict[str, str]], video: Video, out_dir: P
     if cfg.overwrite or row is None or row.get("status") != "ok":
         return False, None
     listed = set(row["outputs"].split(";"))
-    for path in output_paths(out_dir, video.name, cfg).values():
+    for key, path in output_paths(out_dir, video.name, cfg).items():
         if path.relative_to(out_dir).as_posix() not in listed:
             return False, None  # not made by that run (another stream): made now, no warning
-        problem = _array_problem(path, int(row["T'"]))
+        crops_first = cfg.crops > 1 and cfg.crops_first and not cfg.per_crop_files and key not in TIME_KEYS
+        problem = _array_problem(path, None if key == "fps" else int(row["T'"]), 1 if crops_first else 0)
         if problem:
             return False, f"warning: {out_dir / CSV_NAME}: {video.name!r} is ok but {problem}; redoing it"
     return True, None

@@ -57,7 +57,7 @@ def write_text_atomic(path: Path, text: str | Callable[[TextIO], object], newlin
 def save_array_atomic(path: Path, arr: np.ndarray) -> None:
     """Save `arr` as .npy at `path` via a temporary name, so `path` is either absent or complete."""
     with atomic_write(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+        np.save(f, np.asarray(arr, order="C"), allow_pickle=False)  # ascontiguousarray makes a 0-d array 1-d
 
 
 def reason(exc: OSError) -> str:

@@ -5,11 +5,12 @@ import cv2
 import numpy as np
 
 STORAGE_DTYPES = ("float32", "float16", "uint8")
+RESIZE_FILTERS = ("bilinear", "pil-bilinear", "pil-lanczos")  # OpenCV's INTER_LINEAR; Pillow's BILINEAR, LANCZOS
 JPEG_QUALITY = 95  # OpenCV's default, which dense-flow tools' cv::imwrite / cv::imencode used
 
 
-def resize_short_side(frames: np.ndarray, size: int = 256) -> np.ndarray:
-    """Resize (T, H, W, C) or (H, W, C) frames so the short side is `size`, keeping aspect (bilinear)."""
+def resize_short_side(frames: np.ndarray, size: int = 256, resize_filter: str = "bilinear") -> np.ndarray:
+    """Resize (T, H, W, C) or (H, W, C) frames so the short side is `size`, keeping aspect (see resize_exact)."""
     h, w = frames.shape[-3:-1]
     if min(h, w) == size:
         return frames
@@ -17,13 +18,31 @@ def resize_short_side(frames: np.ndarray, size: int = 256) -> np.ndarray:
         new_h, new_w = size, max(1, round(w * size / h))
     else:
         new_h, new_w = max(1, round(h * size / w)), size
-    return resize_exact(frames, new_w, new_h)
+    return resize_exact(frames, new_w, new_h, resize_filter)
 
 
-def resize_exact(frames: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Resize (T, H, W, C) or (H, W, C) frames to exactly width x height, not keeping the aspect (bilinear)."""
+def _pil_resize(frame: np.ndarray, width: int, height: int, resize_filter: str) -> np.ndarray:
+    """One uint8 RGB (H, W, 3) frame through Pillow's Image.resize with its BILINEAR or LANCZOS filter."""
+    from PIL import Image
+
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
+        raise ValueError(f"--resize-filter {resize_filter} resizes uint8 RGB frames, got {frame.dtype} "
+                         f"{frame.shape}; use --resize-filter bilinear")
+    method = Image.Resampling.LANCZOS if resize_filter == "pil-lanczos" else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(frame).resize((width, height), method))
+
+
+def resize_exact(frames: np.ndarray, width: int, height: int, resize_filter: str = "bilinear") -> np.ndarray:
+    """Resize (T, H, W, C) or (H, W, C) frames to exactly width x height, not keeping the aspect: OpenCV's bilinear,
+    or Pillow's bilinear or Lanczos filter ('pil-bilinear', 'pil-lanczos'; uint8 RGB frames only)."""
     if frames.shape[-3:-1] == (height, width):
         return frames
+    if resize_filter not in RESIZE_FILTERS:
+        raise ValueError(f"unknown resize filter {resize_filter!r}; choose one of {', '.join(RESIZE_FILTERS)}")
+    if resize_filter != "bilinear":
+        if frames.ndim == 3:
+            return _pil_resize(frames, width, height, resize_filter)
+        return np.stack([_pil_resize(frame, width, height, resize_filter) for frame in frames])
     if frames.ndim == 3:
         return cv2.resize(frames, (width, height), interpolation=cv2.INTER_LINEAR)
     out = np.empty((frames.shape[0], height, width, frames.shape[-1]), dtype=frames.dtype)
