@@ -26,7 +26,7 @@ from src.cli import add_inference_arguments, check_output, check_positive, chose
 from src.clips import InputError
 from src.dataset import DatasetError
 from src.device import pick_device
-from src.inference import check_precision
+from src.inference import check_precision, check_trusted
 from src.jobs.files import atomic_write, save_array_atomic
 from src.predict import (exported_predictor, format_json, format_table, predictor_from_run, predictor_from_weights,
                          timeline, top_k)
@@ -74,6 +74,9 @@ def main() -> int:
     add_inference_arguments(parser)
     parser.add_argument("--model", metavar="FILE", help="run an exported model (.onnx, .pt2 or TorchScript .pt) "
                                                           "with --weights' labels and recipe")
+    parser.add_argument("--trust-model", action="store_true",
+                        help="allow a --model that can run code from the file: TorchScript and .pt2 (refused "
+                             "without this; ONNX loads as data). Only for files you exported or trust")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
@@ -86,6 +89,8 @@ def main() -> int:
             check_output(args.logits_out, "--logits-out", args.overwrite)
         if args.timeline_out:
             check_output(args.timeline_out, "--timeline-out", args.overwrite)
+        if args.model:
+            check_trusted(args.model, args.trust_model)
         device = pick_device(args.device)
         check_precision(chosen_precision(args), device)
     except (InputError, ValueError) as exc:
@@ -96,7 +101,7 @@ def main() -> int:
         predictor = (predictor_from_run(args.checkpoint, device, precision, args.compile) if args.checkpoint
                      else predictor_from_weights(args.weights, device, precision, args.compile))
         if args.model:
-            predictor = exported_predictor(args.model, predictor)
+            predictor = exported_predictor(args.model, predictor, args.trust_model)
         clips = predictor.load(args.input, None if args.timeline else args.frames, args.resize)
     except (InputError, WeightsUnavailable, FileNotFoundError, KeyError, ValueError, TrainingError,
             DatasetError) as exc:

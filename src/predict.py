@@ -144,12 +144,13 @@ def timeline(predictor: Predictor, clips: dict[str, np.ndarray], window: int, st
     return rows
 
 
-def exported_predictor(path: str | Path, like: Predictor) -> Predictor:
-    """A Predictor running an exported single-stream model with `like`'s classes and recipe."""
+def exported_predictor(path: str | Path, like: Predictor, trust: bool = False) -> Predictor:
+    """A Predictor running an exported single-stream model with `like`'s classes and recipe (`trust`: see
+    src.inference.exported)."""
     if len(like.models) != 1:
         raise InputError(f"{path}: exported models are single-stream; {like.name} has {len(like.models)} streams")
     if not Path(path).exists():
         raise InputError(f"{path}: no such exported model; create one with `python export.py`")
     stream = next(iter(like.models))
-    return Predictor({stream: ExportedModel(path)}, like.recipes, like.categories, f"{path} (exported)",
+    return Predictor({stream: ExportedModel(path, trust)}, like.recipes, like.categories, f"{path} (exported)",
                      f"exported model {Path(path).suffix}", like.thresholds)

@@ -237,3 +237,36 @@ def test_predict_explicit_bf16_on_a_cpu_without_it(shared, monkeypatch, capsys):
     assert err == f"error: --precision bf16: this CPU cannot run bf16 convolutions ({cpu_bf16_unsupported()}); " \
                   "use --precision fp32 or auto\n"
     _one_line_error(run("predict.py", video, "--precision", "bf16"), "--precision bf16", "fp32 or auto")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit")  # deprecated, and what the attack uses
+def test_predict_refuses_torchscript_that_writes_a_file_unless_trusted(tmp_path, monkeypatch, capsys):
+    """A TorchScript module is code: one that writes into another file through torch.from_file(shared=True)
+    is refused in one line naming --trust-model, and the file it targets stays untouched."""
+    import torch
+    from src.inference import load_exported
+
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"original")
+
+    class Writer(torch.nn.Module):
+        def __init__(self, path: str):
+            super().__init__()
+            self.path = path
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            t = torch.from_file(self.path, True, 8, dtype=torch.uint8)
+            t.fill_(88)  # 'XXXXXXXX' through the shared mapping
+            return torch.zeros(x.shape[0], 400) + t[0].float() * 0.0
+
+    evil = tmp_path / "evil_ts.pt"
+    torch.jit.script(Writer(str(victim))).save(str(evil))
+    clip = tmp_path / "clip.npy"
+    np.save(clip, np.zeros((16, 224, 224, 3), np.float32))
+    code, out, err = call_main("predict.py", [str(clip), "--model", str(evil)], monkeypatch, capsys)
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and str(evil) in err and "--trust-model" in err and "TorchScript" in err
+    assert victim.read_bytes() == b"original"
+    # the opt-in is what lets it run (and the module does what it says)
+    load_exported(evil, trust=True)(torch.zeros(1, 3, 9, 193, 193))
+    assert victim.read_bytes() == b"XXXXXXXX"
