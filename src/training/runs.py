@@ -173,9 +173,10 @@ def save_plots(run_dir: Path, history: list[dict], confusion: np.ndarray, classe
     fig, axes = plt.subplots(1, 3 if multi else 2, figsize=(15 if multi else 10, 4))
     ax_loss, ax_acc = axes[:2]
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
     ax_acc.plot(epochs, [h["train_top1"] for h in history], "o-", label="train")
-    ax_acc.plot(epochs, [h["val_top1"] for h in history], "o-", label="val")
+    if history[-1]["val_loss"] is not None:  # None: no val split
+        ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
+        ax_acc.plot(epochs, [h["val_top1"] for h in history], "o-", label="val")
     panels = [(ax_loss, "loss"), (ax_acc, "top-1 accuracy" + (" (a label ranked first)" if multi else ""))]
     if multi:
         axes[2].plot(epochs, [h["val_map"] for h in history], "o-", label="val")
