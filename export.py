@@ -10,7 +10,8 @@ Examples:
 The check runs the exported file (onnxruntime for ONNX, torch.export.load for .pt2) and the PyTorch model
 on a real clip and fails if any logit differs by more than --tolerance. Class names are written beside
 the file (FILE.classes.txt). Exported models take clips of at least 9 frames of at least 193 x 193.
-TorchScript (torch.jit) is deprecated in PyTorch; prefer pt2 or onnx.
+TorchScript (torch.jit) is deprecated in PyTorch; prefer pt2 or onnx. `predict.py --model FILE` runs an
+.onnx as it is, a .pt2 or TorchScript file only with --trust-model: loading those can run code from the file.
 """
 from __future__ import annotations
 
