@@ -39,7 +39,7 @@ from src.weights import WeightsUnavailable
 def write_timeline(rows: list[dict], out: str | None) -> None:
     """Timeline rows as JSON or CSV (by extension; a .png is drawn by plot_timeline), and a table on stdout."""
     if out and out.lower().endswith(".png"):
-        pass
+        pass  # drawn by plot_timeline, from every class's probabilities rather than these rows
     elif out and out.endswith(".csv"):
         with atomic_write(out, fsync=False) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
