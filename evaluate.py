@@ -43,7 +43,8 @@ def main() -> int:
     parser.add_argument("--data", help="pre-processed dataset (default: the run's)")
     parser.add_argument("--split", default="val", help="split to test (default: %(default)s)")
     parser.add_argument("--clips", type=int, default=1, help="clips per video, evenly spaced in time (default: 1)")
-    parser.add_argument("--crops", type=int, choices=(1, 3), default=1, help="1 centre crop or 3 crops along the frame")
+    parser.add_argument("--crops", type=int, choices=(1, 3), default=1,
+                        help="1 centre crop or 3 crops along the frame (default: %(default)s)")
     parser.add_argument("--out", help="JSON file (default: RUN_DIR/evaluation-<split>.json)")
     parser.add_argument("--skip-bad-items", action="store_true",
                         help="leave out items whose arrays hold NaN or infinite values (each named once) instead of "

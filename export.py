@@ -10,7 +10,8 @@ Examples:
 The check runs the exported file (onnxruntime for ONNX, torch.export.load for .pt2) and the PyTorch model
 on a real clip and fails if any logit differs by more than --tolerance. Class names are written beside
 the file (FILE.classes.txt). Exported models take clips of at least 9 frames of at least 193 x 193.
-TorchScript (torch.jit) is deprecated in PyTorch; prefer pt2 or onnx.
+TorchScript (torch.jit) is deprecated in PyTorch; prefer pt2 or onnx. `predict.py --model FILE` runs an
+.onnx as it is, a .pt2 or TorchScript file only with --trust-model: loading those can run code from the file.
 """
 from __future__ import annotations
 
@@ -44,11 +45,15 @@ def main() -> int:
                         + " (default: %(default)s)")
     parser.add_argument("--out", type=Path, required=True, help="file to write (.onnx, .pt2, .pt)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    parser.add_argument("--frames", type=int, default=16, help="frames of the example clip used for tracing")
+    parser.add_argument("--frames", type=int, default=16,
+                        help="frames of the example clip used for tracing (default: %(default)s)")
     parser.add_argument("--check-clip", default=str(DEFAULT_CLIP),
-                        help="video/GIF/npy to compare the export against PyTorch on ('' to skip)")
-    parser.add_argument("--check-frames", type=int, default=32, help="middle frames of the check clip")
-    parser.add_argument("--tolerance", type=float, default=1e-3, help="max allowed |logit difference|")
+                        help="video/GIF/npy to compare the export against PyTorch on ('' to skip; default: the cricket "
+                             "GIF in ../shared/data/samples)")
+    parser.add_argument("--check-frames", type=int, default=32,
+                        help="middle frames of the check clip (default: %(default)s)")
+    parser.add_argument("--tolerance", type=float, default=1e-3,
+                        help="max allowed |logit difference| (default: %(default)s)")
     args = parser.parse_args()
     if (args.run_dir is None) == (args.weights is None):
         parser.error("give either a run folder or --weights NAME|FILE")

@@ -12,6 +12,8 @@ Examples:
     python fvd.py real_videos/ --save-stats real_stats.npz --max-videos 2048     # A's statistics only
     python fvd.py real_stats.npz generated_videos/ --max-videos 2048
     python fvd.py zeros.npy ones.npy --frames all                                # the reference's own example
+        (FVD 133.908; the files: z = np.zeros((16, 15, 64, 64, 3), np.uint8); np.save("zeros.npy", z);
+         np.save("ones.npy", z + 255))
 """
 from __future__ import annotations
 
@@ -101,7 +103,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8, help="clips per network batch (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=default_workers(),
                         help="decoding processes; 0 decodes here (default: %(default)s)")
-    add_inference_arguments(parser, precision="fp32", plain=True)
+    add_inference_arguments(parser, precision="fp32", plain=True,
+                            precision_help="protocol tf accepts only fp32: FVD is computed in float32 (the plain model, "
+                                           "or --fast: the fp32 fast path); the other choices are refused")
     parser.add_argument("--save-stats", nargs="+", default=(), metavar="FILE",
                         help="save A's statistics to FILE (and B's to a second, different FILE); names end in .npz")
     parser.add_argument("--overwrite", action="store_true", help="replace existing --save-stats files")

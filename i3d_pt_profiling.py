@@ -5,7 +5,7 @@ Examples:
     python i3d_pt_profiling.py --frame_nb 16
     python i3d_pt_profiling.py --frame_nb 64 --batch 2 --backward --json
     python i3d_pt_profiling.py --fast --precision bf16
-    kernprof -lv i3d_pt_profiling.py --frame_nb 16     # line-by-line, needs `pip install line_profiler`
+    kernprof -lv i3d_pt_profiling.py --frame_nb 16     # line by line (kernprof: line_profiler, in requirements.txt)
 """
 from __future__ import annotations
 
@@ -23,12 +23,14 @@ LINE_PROFILED = (Unit3D.forward, MaxPool3dSame.forward, InceptionBlock.forward)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frame_nb", type=int, default=16, help="frames per clip (224x224)")
-    parser.add_argument("--batch", type=int, default=1, help="clips per batch")
+    parser.add_argument("--frame_nb", type=int, default=16, help="frames per clip (224x224) (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=1, help="clips per batch (default: %(default)s)")
     parser.add_argument("--backward", action="store_true", help="also time the backward pass (training mode)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes after one warm-up; medians reported")
-    parser.add_argument("--fast", action="store_true", help="profile the inference fast path (src/inference.py)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="fast path precision")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed passes after one warm-up; medians reported (default: %(default)s)")
+    parser.add_argument("--fast", action="store_true", help="profile the inference fast path (src/inference/fast.py)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="fast path precision (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     args = parser.parse_args()

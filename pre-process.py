@@ -105,7 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--flow-compile", choices=("auto", "yes", "no"), default="auto",
                    help="torch.compile the TV-L1 iteration (default auto: only for jobs long enough to pay the compile time)")
     p.add_argument("--dtype", choices=STORAGE_DTYPES, default="float32", help="storage type of the arrays (default float32)")
-    p.add_argument("--val-ratio", type=float, default=0.2, help="fraction of each class put in val when RAW_DIR has no train/val folders (default 0.2)")
+    p.add_argument("--val-ratio", type=float, default=0.2, help="fraction of each class put in val when RAW_DIR has no train/val folders; a class of 2 or more "
+                   "items gets at least one (default: 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default 0)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes (default: all cores); with --flow tvl1 they decode and resize while this process computes flow")
     p.add_argument("--shard", default="1/1", help="process shard i of n, e.g. 3/16, for cluster job arrays (default 1/1)")

@@ -7,6 +7,7 @@ Examples:
     python predict.py clip.npy --weights model/model_rgb.pth --logits-out logits.npy
     python predict.py clip.mp4 --checkpoint runs/20261125-101500-rgb
     python predict.py long.mp4 --checkpoint runs/... --timeline --window 64 --stride 32 --timeline-out t.csv
+    python predict.py long.mp4 --timeline --window 32 --stride 8 --timeline-out t.png   # drawn
 
 With a multi-label run (train.py --multi-label, or data whose items have several labels), every class
 whose probability (sigmoid) reaches the threshold chosen on the validation split is listed, with its
@@ -19,6 +20,7 @@ import csv
 import json
 import logging
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -26,17 +28,19 @@ from src.cli import add_inference_arguments, check_output, check_positive, chose
 from src.clips import InputError
 from src.dataset import DatasetError
 from src.device import pick_device
-from src.inference import check_precision
+from src.inference import check_precision, check_trusted
 from src.jobs.files import atomic_write, save_array_atomic
-from src.predict import (exported_predictor, format_json, format_table, predictor_from_run, predictor_from_weights,
-                         timeline, top_k)
+from src.predict import (exported_predictor, format_json, format_table, plot_timeline, predictor_from_run,
+                         predictor_from_weights, timeline, top_k)
 from src.training.runs import TrainingError
 from src.weights import WeightsUnavailable
 
 
 def write_timeline(rows: list[dict], out: str | None) -> None:
-    """Timeline rows as JSON or CSV (by extension), or a table on stdout."""
-    if out and out.endswith(".csv"):
+    """Timeline rows as JSON or CSV (by extension; a .png is drawn by plot_timeline), and a table on stdout."""
+    if out and out.lower().endswith(".png"):
+        pass  # drawn by plot_timeline, from every class's probabilities rather than these rows
+    elif out and out.endswith(".csv"):
         with atomic_write(out, fsync=False) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
@@ -69,11 +73,16 @@ def main() -> int:
     parser.add_argument("--timeline", action="store_true", help="label a long video window by window")
     parser.add_argument("--window", type=int, default=64, help="timeline window in frames (default: %(default)s)")
     parser.add_argument("--stride", type=int, default=32, help="timeline stride in frames (default: %(default)s)")
-    parser.add_argument("--timeline-out", metavar="FILE", help="write the timeline as .json or .csv")
+    parser.add_argument("--timeline-out", metavar="FILE",
+                        help="write the timeline as .json or .csv, or draw it as .png (the --top-k classes' "
+                             "probabilities over time)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --logits-out / --timeline-out")
     add_inference_arguments(parser)
     parser.add_argument("--model", metavar="FILE", help="run an exported model (.onnx, .pt2 or TorchScript .pt) "
                                                           "with --weights' labels and recipe")
+    parser.add_argument("--trust-model", action="store_true",
+                        help="allow a --model that can run code from the file: TorchScript and .pt2 (refused "
+                             "without this; ONNX loads as data). Only for files you exported or trust")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
@@ -86,6 +95,8 @@ def main() -> int:
             check_output(args.logits_out, "--logits-out", args.overwrite)
         if args.timeline_out:
             check_output(args.timeline_out, "--timeline-out", args.overwrite)
+        if args.model:
+            check_trusted(args.model, args.trust_model)
         device = pick_device(args.device)
         check_precision(chosen_precision(args), device)
     except (InputError, ValueError) as exc:
@@ -96,15 +107,22 @@ def main() -> int:
         predictor = (predictor_from_run(args.checkpoint, device, precision, args.compile) if args.checkpoint
                      else predictor_from_weights(args.weights, device, precision, args.compile))
         if args.model:
-            predictor = exported_predictor(args.model, predictor)
+            predictor = exported_predictor(args.model, predictor, args.trust_model)
         clips = predictor.load(args.input, None if args.timeline else args.frames, args.resize)
     except (InputError, WeightsUnavailable, FileNotFoundError, KeyError, ValueError, TrainingError,
             DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.timeline:
-        rows = timeline(predictor, clips, args.window, args.stride, device, predictor.frame_rate(args.input))
+        probabilities: list[np.ndarray] = []
+        rows = timeline(predictor, clips, args.window, args.stride, device, predictor.frame_rate(args.input),
+                        probabilities)
         write_timeline(rows, args.timeline_out)
+        if args.timeline_out and args.timeline_out.lower().endswith(".png"):
+            plot_timeline(rows, probabilities, predictor.categories, args.timeline_out, args.top_k,
+                          f"{Path(args.input).name}: {predictor.name}, windows of {args.window} frames every "
+                          f"{args.stride}")
+            print(f"wrote {args.timeline_out}")
         return 0
     logits = predictor.logits(clips, device)
     predictions = predictor.decide(logits, args.top_k)

@@ -22,17 +22,19 @@ def main() -> None:
     parser.add_argument("what", choices=["filters", "activations", "saliency"], help="what to draw")
     parser.add_argument("input", nargs="?", type=Path, default=None,
                         help="video, GIF or .npy clip (activations and saliency)")
-    parser.add_argument("--weights", default="rgb_scratch", help="registry name or weights file")
+    parser.add_argument("--weights", default="rgb_scratch", help="registry name or weights file (default: %(default)s)")
     parser.add_argument("--in-channels", type=int, default=None, help="2 to draw a flow stream (from RGB weights)")
     parser.add_argument("--out", type=Path, required=True, help="GIF to write")
     parser.add_argument("--endpoint", default=None, choices=ENDPOINTS,
                         help="activations: layer to show (default Mixed_3c); saliency: Grad-CAM layer (Mixed_4f)")
     parser.add_argument("--class", dest="label", default=None,
                         help="saliency: class name or index (default: the predicted class)")
-    parser.add_argument("--frames", type=int, default=32, help="middle frames of the input to use")
-    parser.add_argument("--channels", type=int, default=16, help="activations: channels shown (most active first)")
-    parser.add_argument("--size", type=int, default=160, help="height in pixels of each panel")
-    parser.add_argument("--fps", type=float, default=8.0, help="GIF frame rate")
+    parser.add_argument("--frames", type=int, default=32,
+                        help="middle frames of the input to use (default: %(default)s)")
+    parser.add_argument("--channels", type=int, default=16,
+                        help="activations: channels shown (most active first) (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=160, help="height in pixels of each panel (default: %(default)s)")
+    parser.add_argument("--fps", type=float, default=8.0, help="GIF frame rate (default: %(default)s)")
     args = parser.parse_args()
     model = i3d(weights=args.weights, in_channels=args.in_channels).eval()
     print(f"weights {args.weights}: {model.in_channels} input channels, {model.num_classes} classes")

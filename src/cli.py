@@ -23,13 +23,14 @@ def one_line(exc: BaseException) -> str:
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
-def add_inference_arguments(parser: argparse.ArgumentParser, precision: str = "auto", plain: bool = False) -> None:
+def add_inference_arguments(parser: argparse.ArgumentParser, precision: str = "auto", plain: bool = False,
+                            precision_help: str | None = None) -> None:
     """The --device, --precision, --plain (or, where the plain model is the default, --fast) and --compile options
-    shared by the inference scripts."""
+    shared by the inference scripts (`precision_help`: a script's own --precision help, e.g. what it refuses)."""
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     parser.add_argument("--precision", choices=PRECISIONS, default=precision,
-                        help="fast inference path: auto picks bf16/fp16 only where this hardware makes it faster "
-                             "(bf16 CPUs, CUDA), else the fp32 fast path (default: %(default)s)")
+                        help=(precision_help or "fast inference path: auto picks bf16/fp16 only where this hardware "
+                              "makes it faster (bf16 CPUs, CUDA), else the fp32 fast path") + " (default: %(default)s)")
     if plain:
         parser.add_argument("--fast", action="store_true",
                             help="run the fast path at --precision instead of the plain float32 model (the default)")

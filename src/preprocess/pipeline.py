@@ -70,7 +70,9 @@ def find_items(raw_dir: Path, opts: Options, log: Log, annotations: Path | None)
     if len(found.notes) > 20:
         log(f"note: ... and {len(found.notes) - 20} more skipped entries")
     if not found.presplit and not annotations:
-        assign_splits(found.items, opts.val_ratio, opts.seed)
+        note = assign_splits(found.items, opts.val_ratio, opts.seed)
+        if note:
+            log(f"note: {note}")
     return found
 
 

@@ -9,8 +9,9 @@ from src.media import natural_key
 from src.preprocess.discovery import RawItem
 
 
-def assign_splits(items: list[RawItem], val_ratio: float, seed: int) -> None:
-    """Stratified split: per class, round(n * val_ratio) items to val, keeping at least one in train.
+def assign_splits(items: list[RawItem], val_ratio: float, seed: int) -> str:
+    """Stratified split: per class, round(n * val_ratio) items to val, at least one (with val_ratio > 0 and two
+    or more items) and keeping at least one in train; returns a note naming the classes raised to one val item.
 
     Deterministic for a given seed and set of item names (each class is shuffled by its own
     random.Random seeded with 'seed:class', independent of the other classes).
@@ -18,12 +19,21 @@ def assign_splits(items: list[RawItem], val_ratio: float, seed: int) -> None:
     by_class: dict[str, list[RawItem]] = {}
     for item in items:
         by_class.setdefault(item.cls, []).append(item)
+    raised = []
     for cls, members in by_class.items():
         members = sorted(members, key=lambda it: natural_key(it.source.name))
         random.Random(f"{seed}:{cls}").shuffle(members)
         n_val = min(round(len(members) * val_ratio), len(members) - 1)
+        if val_ratio > 0 and n_val == 0 and len(members) >= 2:
+            n_val = 1  # round() gave none: a class without a val item could not be validated at all
+            raised.append(cls)
         for i, item in enumerate(members):
             item.split = "val" if i < n_val else "train"
+    if not raised:
+        return ""
+    names = ", ".join(sorted(raised)[:5]) + (f" and {len(raised) - 5} more" if len(raised) > 5 else "")
+    return (f"{len(raised)} class(es) too small for --val-ratio {val_ratio:g} to give a val item got one each "
+            f"({names})")
 
 
 def assign_splits_by_source(items: list[RawItem], val_ratio: float, seed: int) -> str:

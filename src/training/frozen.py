@@ -47,7 +47,8 @@ def build_streams(cfg: RunConfig, num_classes: int) -> nn.ModuleDict:
                 except (WeightsUnavailable, FileNotFoundError) as exc:
                     if cfg.flow_weights:
                         raise
-                    log.info("flow weights %s unavailable (%s)", name, str(exc).splitlines()[0])
+                    log.info("flow weights %s unavailable: %s", name,
+                             exc.summary() if isinstance(exc, WeightsUnavailable) else exc)
             if model is None:
                 log.info("no flow checkpoint: initialising the flow stream from %s by cross-modality averaging "
                          "of the first convolution over its colour channels", cfg.weights)

@@ -161,8 +161,15 @@ def fit(cfg: RunConfig, run_dir: Path, state: dict | None, rank: int, world: int
         raise TrainingError("--reverse-pairs: not for multi-label data (a clip played backwards would keep labels "
                             "that may not hold backwards); leave it out, or train single-label")
     reverse_to = reverse_map(cfg.reverse_pairs, classes)
+    if not val_items:
+        if cfg.multi_label:
+            raise TrainingError(f"{Path(cfg.data) / 'val'}: no items; a multi-label run chooses its thresholds on "
+                                "the val split (pre-process.py --val-ratio makes one)")
+        if master:
+            log.warning("%s: no val split, so nothing is measured on held-out items and the best model is the last "
+                        "epoch's (pre-process.py --val-ratio makes one)", Path(cfg.data) / "val")
     missing_val = sorted(set(classes) - {classes[i] for it in val_items for i in it.label_set()})
-    if missing_val and master:
+    if missing_val and val_items and master:
         log.warning("val has no items of %s: their accuracy cannot be measured", missing_val)
     cfg.classes = classes
     record_recipe(cfg, Path(cfg.data), train_items[0].files[streams(cfg.modality)[0]])
@@ -246,24 +253,28 @@ def fit(cfg: RunConfig, run_dir: Path, state: dict | None, rank: int, world: int
         if world > 1:
             dist.all_reduce(totals)
         result = evaluate(models, frozen, val_loader, cfg, device, cache, len(classes), amp)
+        measured = bool(val_items)  # without a val split the val fields are None and the last epoch is the best
         row = {"epoch": epoch + 1, "train_loss": totals[0].item() / max(totals[2].item(), 1),
-               "train_top1": totals[1].item() / max(totals[2].item(), 1), "val_loss": result.loss,
-               "val_top1": result.top1, **({"val_map": result.map} if cfg.multi_label else {}),
+               "train_top1": totals[1].item() / max(totals[2].item(), 1),
+               "val_loss": result.loss if measured else None, "val_top1": result.top1 if measured else None,
+               **({"val_map": result.map} if cfg.multi_label else {}),
                "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - started}
         history.append(row)
-        improved = (row[key], -result.loss) > (best[key], -best["val_loss"])
+        improved = not measured or (row[key], -result.loss) > (best[key], -best["val_loss"])
         if improved:
-            best = {"epoch": epoch + 1, key: row[key], "val_loss": result.loss}
+            best = {"epoch": epoch + 1, key: row[key], "val_loss": row["val_loss"]}
             if cfg.multi_label:
                 best.update(val_top1=result.top1, val_f1=result.f1, val_ap=dict(zip(classes, result.per_class_ap)),
                             thresholds=dict(zip(classes, result.thresholds)))
         bad_epochs = 0 if improved else bad_epochs + 1
         if master:
-            log.info("epoch %d: train loss %.4f top-1 %.3f | val loss %.4f top-1 %.3f%s | lr %.2e | %.1f s",
-                     epoch + 1, row["train_loss"], row["train_top1"], row["val_loss"], row["val_top1"],
-                     f" mAP {result.map:.3f}" if cfg.multi_label else "", row["lr"], row["seconds"])
-            log.info("per-class val %s: %s", "AP" if cfg.multi_label else "accuracy", ", ".join(
-                f"{c} {a:.2f}" for c, a in zip(classes, result.per_class) if not math.isnan(a)))
+            val = (f"val loss {result.loss:.4f} top-1 {result.top1:.3f}"
+                   + (f" mAP {result.map:.3f}" if cfg.multi_label else "") if measured else "no val split")
+            log.info("epoch %d: train loss %.4f top-1 %.3f | %s | lr %.2e | %.1f s",
+                     epoch + 1, row["train_loss"], row["train_top1"], val, row["lr"], row["seconds"])
+            if measured:
+                log.info("per-class val %s: %s", "AP" if cfg.multi_label else "accuracy", ", ".join(
+                    f"{c} {a:.2f}" for c, a in zip(classes, result.per_class) if not math.isnan(a)))
             if improved:
                 save_state_dict(stream_state_dict(models), run_dir / "best.safetensors")
                 if cfg.multi_label:
@@ -283,7 +294,9 @@ def fit(cfg: RunConfig, run_dir: Path, state: dict | None, rank: int, world: int
         if cfg.patience and bad_epochs >= cfg.patience:
             log.info("early stop: no val improvement for %d epochs (best: epoch %d)", cfg.patience, best["epoch"])
             break
-    if master:
+    if master and best["val_loss"] is None:
+        log.info("kept the last epoch (%s; no val split); run folder %s", best["epoch"], run_dir)
+    elif master:
         log.info("best epoch %s: val %s %.3f, loss %.4f; run folder %s", best["epoch"],
                  "mAP" if cfg.multi_label else "top-1", best[key], best["val_loss"], run_dir)
     return run_dir

@@ -22,6 +22,7 @@ from torch import nn
 from src.dataset import streams
 from src.jobs.files import atomic_write
 from src.model import I3D
+from src.plots import pyplot
 from src.training.config import RunConfig, TrainingError
 from src.weights import RGB_RECIPE, Streams, flow_recipe
 
@@ -164,18 +165,17 @@ def save_plots(run_dir: Path, history: list[dict], confusion: np.ndarray, classe
                per_class_ap: list[float] | None = None) -> None:
     """curves.png (loss and top-1 per epoch, and val mAP for multi-label runs) and confusion_matrix.png,
     or, given the best epoch's per-class AP of a multi-label run, ap_per_class.png."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     epochs = [h["epoch"] for h in history]
     multi = "val_map" in history[-1]
     fig, axes = plt.subplots(1, 3 if multi else 2, figsize=(15 if multi else 10, 4))
     ax_loss, ax_acc = axes[:2]
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
     ax_acc.plot(epochs, [h["train_top1"] for h in history], "o-", label="train")
-    ax_acc.plot(epochs, [h["val_top1"] for h in history], "o-", label="val")
+    if history[-1]["val_loss"] is not None:  # None: no val split
+        ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
+        ax_acc.plot(epochs, [h["val_top1"] for h in history], "o-", label="val")
     panels = [(ax_loss, "loss"), (ax_acc, "top-1 accuracy" + (" (a label ranked first)" if multi else ""))]
     if multi:
         axes[2].plot(epochs, [h["val_map"] for h in history], "o-", label="val")
@@ -195,9 +195,7 @@ def plot_ap(per_class_ap: list[float], classes: list[str], path: Path) -> None:
     """A bar chart of each class's average precision (classes without a positive left at 0, marked n/a)."""
     import math
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from src.training.metrics import mean_ap
 
@@ -235,9 +233,7 @@ def read_thresholds(run_dir: str | Path, classes: list[str]) -> list[float]:
 
 def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path) -> None:
     """A labelled confusion-matrix heat map (rows: true class, columns: predicted)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     size = max(4.0, 0.5 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size, size))

@@ -43,13 +43,15 @@ def load_items(cfg: RunConfig, master: bool = True) -> tuple[list[str], list[Ite
     """The dataset's classes and its train and val items, with clear errors for data that cannot train.
 
     With --skip-bad-items, items whose arrays hold NaN/inf are left out, each reported once (by rank 0).
+    A missing or empty val split gives no val items (single-label runs then keep the last epoch as the best).
     """
     data = Path(cfg.data)
     classes = read_classes(data)
     if len(classes) < 2:
         raise DatasetError(f"{data / 'classes.txt'}: only one class ({classes[0]!r}); a classifier needs at least two")
     train_items = scan_split(data, "train", classes, cfg.modality, cfg.sample_rate)
-    val_items = scan_split(data, "val", classes, cfg.modality, cfg.sample_rate)
+    has_val = (data / "val").is_dir()  # no val split: training goes on, each epoch kept (fit warns)
+    val_items = scan_split(data, "val", classes, cfg.modality, cfg.sample_rate) if has_val else []
     if cfg.skip_bad_items:
         (train_items, bad_train), (val_items, bad_val) = map(drop_nonfinite_items, (train_items, val_items))
         for line in bad_train + bad_val if master else []:
@@ -58,9 +60,6 @@ def load_items(cfg: RunConfig, master: bool = True) -> tuple[list[str], list[Ite
         if empty:
             raise DatasetError(f"{data / 'train'}: no usable items of {empty} left once items with NaN/inf values "
                                "are left out")
-    if not val_items:
-        raise DatasetError(f"{data / 'val'}: no items; every epoch is judged on the val split "
-                           "(pre-process.py --val-ratio makes one)")
     return classes, train_items, val_items
 
 

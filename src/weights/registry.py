@@ -102,7 +102,17 @@ CHECKPOINTS: dict[str, Weights] = {w.name: w for w in [
 
 
 class WeightsUnavailable(RuntimeError):
-    """No source of a checkpoint worked; the message lists what was tried."""
+    """No source of a checkpoint worked; the message lists what was tried, `tried` holds 'source: reason' lines."""
+
+    def __init__(self, message: str, name: str = "", tried: list[str] | None = None):
+        super().__init__(message)
+        self.name, self.tried = name, list(tried or [])
+
+    def summary(self) -> str:
+        """One line: the checkpoint and each source tried with why it failed."""
+        if not self.tried:
+            return str(self).splitlines()[0]
+        return f"could not obtain weights {self.name!r}; tried " + "; ".join(self.tried)
 
 
 def read_label_file(path: Path) -> list[str]:
@@ -150,7 +160,9 @@ def _from_official(entry: Weights) -> dict[str, torch.Tensor]:
     folder = model_dir() / "sources" / entry.name
     for file, sha256 in entry.files.items():
         if not (folder / file).exists():
-            download(entry.url(file), folder / file, sha256)
+            download(entry.url(file), folder / file, sha256,
+                     unverified="each tensor is checked against the CRC32C in the checkpoint's index (not a "
+                                "cryptographic hash)")
     state_dict, _, _ = state_dict_from_tf(read_tf_checkpoint(folder / "model.ckpt"))
     return state_dict
 
@@ -173,14 +185,18 @@ def fetch_state_dict(name: str) -> dict[str, torch.Tensor]:
     if cache.exists():
         from safetensors.torch import load_file
         return load_file(cache)
-    failures = []
-    for source in ("official", *entry.extra_sources):
+    failures, tried = [], []
+    sources = ("official", *entry.extra_sources)
+    for i, source in enumerate(sources):
         fetch, description = FETCH_SOURCES[source]
         try:
             log.info("fetching %s from %s", name, source)
             state_dict = fetch(entry)
         except (FetchError, OSError, ValueError) as exc:
             failures.append(f"  - {description.format(url=entry.url(DATA))}: {exc}")
+            tried.append(f"{source}: {exc}")
+            if i + 1 < len(sources):  # say why before falling back, or the next line reads as a mystery
+                log.info("could not fetch %s from %s (%s); trying %s", name, source, exc, sources[i + 1])
             continue
         save_state_dict(state_dict, cache)
         log.info("cached %s in %s", name, cache)
@@ -188,7 +204,8 @@ def fetch_state_dict(name: str) -> dict[str, torch.Tensor]:
     raise WeightsUnavailable(
         f"could not obtain weights {name!r}; tried:\n" + "\n".join(failures) +
         f"\nDownload {entry.url(INDEX)} and {entry.url(DATA)} yourself and run "
-        f"`python i3d_tf_to_pt.py --tf-checkpoint DIR --out {cache}`, or pass a local file with --weights PATH.")
+        f"`python i3d_tf_to_pt.py --tf-checkpoint DIR --out {cache}`, or pass a local file with --weights PATH.",
+        name, tried)
 
 
 def load_state_dict(weights: str | Path) -> tuple[dict[str, torch.Tensor], Weights | None]:
