@@ -81,7 +81,8 @@ def main() -> int:
             check_out(Path(args.out), args.overwrite)
             if args.tf_checkpoint:
                 reader = read_tf_checkpoint if args.reader == "native" else read_tf_checkpoint_with_tensorflow
-                state_dict, modality, classes = state_dict_from_tf(reader(args.tf_checkpoint))
+                state_dict, modality, classes = state_dict_from_tf(reader(args.tf_checkpoint),
+                                                                source=args.tf_checkpoint)
                 print(f"{args.tf_checkpoint}: {modality} stream, {classes} classes, every tensor's CRC32C verified")
             else:
                 kind, src = args.source

@@ -580,3 +580,11 @@ def test_big_endian_checkpoints(rgb_scratch_dir: Path, shared: Path, jax_sd: dic
     _rewrite_index(rgb_scratch_dir, shared, big)
     sd = state_dict_from_tf(read_tf_checkpoint(rgb_scratch_dir))[0]
     assert all(torch.equal(sd[k], jax_sd[k]) for k in jax_sd)
+
+
+def test_a_shard_of_zeros_is_one_short_line(rgb_scratch_dir: Path) -> None:
+    (rgb_scratch_dir / SHARD_NAME).write_bytes(bytes(RGB_SCRATCH_SHARD_SIZE))
+    with pytest.raises(CheckpointError, match=r"CRC32C mismatch \(corrupt data\) for 230 tensor\(s\): RGB/.* and 220 "
+                                              r"more$") as info:
+        read_tf_checkpoint(rgb_scratch_dir)
+    assert len(str(info.value)) < 1000  # ten names, not 230

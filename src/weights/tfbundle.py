@@ -225,8 +225,9 @@ def read_tf_checkpoint(prefix_or_dir: str | Path, verify: bool = True) -> dict[s
             except ValueError as e:  # the index's checks make this unreachable; one line all the same
                 problems.append(f"{entry.name}: cannot be decoded as {entry.dtype} {entry.shape} ({e})")
         if bad_crc:
+            more = f" and {len(bad_crc) - 10} more" if len(bad_crc) > 10 else ""
             problems.append(f"{path}: CRC32C mismatch (corrupt data) for {len(bad_crc)} tensor(s): "
-                            + ", ".join(bad_crc))
+                            + ", ".join(bad_crc[:10]) + more)
             bad_crc = []
     if problems:
         raise CheckpointError(f"{prefix}: " + "; ".join(problems))
