@@ -13,7 +13,7 @@ SHIFTS = range(-2, 3)  # rows THEIRS may be offset by
 CROP_COUNTS = (5, 10)
 
 
-_NPY_MAGIC, _ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
+_NPY_MAGIC, _ZIP_MAGIC = b"\x93NUMPY", b"PK"  # an empty .npz is a zip of the end record only: PK\x05\x06
 
 
 def _fits(member, available: int) -> None:
@@ -34,9 +34,11 @@ def _load(path: Path) -> np.ndarray:
     if magic.startswith(_ZIP_MAGIC):
         with np.load(path, allow_pickle=False) as data:
             keys = list(data.keys())
+            if not keys:
+                raise ValueError("an .npz archive holding no arrays")
             key = next((k for k in ("feature", "features") if k in keys), keys[0] if len(keys) == 1 else None)
             if key is None:
-                raise ValueError(f"which array of {', '.join(keys) or 'none'} holds the features? keep one, "
+                raise ValueError(f"which array of {', '.join(keys)} holds the features? keep one, "
                                  "or name it 'feature'")
             names = data.zip.namelist()
             info = data.zip.getinfo(f"{key}.npy" if f"{key}.npy" in names else key)
