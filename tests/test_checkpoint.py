@@ -588,3 +588,16 @@ def test_a_shard_of_zeros_is_one_short_line(rgb_scratch_dir: Path) -> None:
                                               r"more$") as info:
         read_tf_checkpoint(rgb_scratch_dir)
     assert len(str(info.value)) < 1000  # ten names, not 230
+
+
+def test_keys_growing_through_shared_prefixes_are_bounded(tmp_path: Path) -> None:
+    # Each entry keeps the whole previous key and adds one byte: 3,000 entries of 4-5 bytes spell out 4.5 MB of
+    # keys (a 1 MB block of them would spell out tens of GB).
+    entries = bytearray(_varint(0) + _varint(1) + _varint(0) + b"a")
+    for n in range(1, 3000):
+        entries += _varint(n) + _varint(1) + _varint(0) + b"a"
+    block = bytes(entries) + struct.pack("<II", 0, 1)
+    (tmp_path / "growing.index").write_bytes(_table([block], [(b"z", 0)]))
+    with pytest.raises(CheckpointError, match=r"growing.index: corrupt .*keys of a \d+-byte block spell out more than "
+                                              r"16 times its size"):
+        read_index(tmp_path / "growing.index")

@@ -124,6 +124,7 @@ def proto_fields(buf: bytes) -> Iterator[tuple[int, int, int | bytes]]:
 _TABLE_MAGIC = 0xDB4775248B80FB57
 _FOOTER_SIZE = 48
 _BLOCK_TRAILER_SIZE = 5
+_KEY_EXPANSION = 16  # TF's indexes spell out 1.5-4 times a block's bytes as keys
 
 
 def block_handle(buf: bytes, pos: int) -> tuple[int, int, int]:
@@ -168,12 +169,17 @@ def block_entries(block: bytes) -> Iterator[tuple[bytes, bytes]]:
         raise ValueError("block restart array is larger than the block")
     pos = 0
     key = b""
+    budget = _KEY_EXPANSION * len(block) + 4096  # bytes of keys a block may spell out through shared prefixes
     while pos < limit:
         shared, pos = varint(block, pos)
         non_shared, pos = varint(block, pos)
         value_len, pos = varint(block, pos)
         if shared > len(key) or pos + non_shared + value_len > limit:
             raise ValueError("block entry runs past the block")
+        budget -= shared + non_shared
+        if budget < 0:  # each entry re-using a growing key: quadratic time and memory otherwise
+            raise ValueError(f"the keys of a {len(block)}-byte block spell out more than {_KEY_EXPANSION} times "
+                             "its size through shared prefixes")
         key = key[:shared] + block[pos:pos + non_shared]
         pos += non_shared
         yield key, block[pos:pos + value_len]
