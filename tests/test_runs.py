@@ -128,3 +128,19 @@ def test_the_first_plots_on_a_fresh_machine_log_nothing(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout == "" and result.stderr == ""
     assert (tmp_path / "curves.png").exists() and list((tmp_path / "mpl").glob("fontlist-*.json"))
+
+
+def test_options_given_with_resume_are_applied_or_refused(tmp_path, monkeypatch, capsys):
+    from tests.conftest import call_main
+    (tmp_path / "config.json").write_text(json.dumps({**good_config(), "reverse_pairs": "pan_left:pan_right"}))
+    args = ["--resume", str(tmp_path), "--reverse-pairs", "pan_left:pan_up", "--epochs", "2", "--workers", "2"]
+    code, out, err = call_main("train.py", args, monkeypatch, capsys)
+    assert code == 1 and out == "" and err == (
+        f"error: --resume {tmp_path}: --epochs 2 (the run has 10), --reverse-pairs 'pan_left:pan_up' (the run has "
+        "'pan_left:pan_right'): cannot change when a run is resumed; leave them out, or start a new run with --out\n")
+    # the run's own values, or where and how fast it runs, may be given: applied, and said
+    cfg = RunConfig.load(tmp_path)
+    notes = cfg.resumed_with({"epochs": 10, "reverse_pairs": "pan_left:pan_right", "workers": 2, "device": "cpu"},
+                             tmp_path)
+    assert notes == ["--resume: --workers 2 instead of the run's 0", "--resume: --device 'cpu' instead of the run's 'auto'"]
+    assert (cfg.workers, cfg.device, cfg.epochs) == (2, "cpu", 10)

@@ -2,6 +2,8 @@
 row or two, which is what a different first frame or frame count gives)."""
 from __future__ import annotations
 
+import math
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,19 +13,61 @@ SHIFTS = range(-2, 3)  # rows THEIRS may be offset by
 CROP_COUNTS = (5, 10)
 
 
+_NPY_MAGIC, _ZIP_MAGIC = b"\x93NUMPY", b"PK"  # an empty .npz is a zip of the end record only: PK\x05\x06
+
+
+def _fits(member, available: int) -> None:
+    """Refuse a .npy header whose declared array is larger than the `available` bytes behind it."""
+    version = np.lib.format.read_magic(member)
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0}.get(version, np.lib.format.read_array_header_2_0)
+    shape, _, dtype = read_header(member)
+    declared = math.prod(shape) * dtype.itemsize
+    available -= member.tell()
+    if declared > available:
+        raise ValueError(f"declares a {dtype} array of shape {shape} ({declared:,} bytes) but holds only "
+                         f"{available:,}: truncated or crafted")
+
+
+def _load(path: Path) -> np.ndarray:
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith(_ZIP_MAGIC):
+        with np.load(path, allow_pickle=False) as data:
+            keys = list(data.keys())
+            if not keys:
+                raise ValueError("an .npz archive holding no arrays")
+            key = next((k for k in ("feature", "features") if k in keys), keys[0] if len(keys) == 1 else None)
+            if key is None:
+                raise ValueError(f"which array of {', '.join(keys)} holds the features? keep one, "
+                                 "or name it 'feature'")
+            names = data.zip.namelist()
+            info = data.zip.getinfo(f"{key}.npy" if f"{key}.npy" in names else key)
+            with data.zip.open(info) as member:
+                _fits(member, info.file_size)
+            return np.asarray(data[key])
+    if magic != _NPY_MAGIC:
+        raise ValueError("not a .npy array file (nor an .npz archive of them)")
+    with open(path, "rb") as f:
+        _fits(f, path.stat().st_size)  # checked before anything of that size is allocated
+        f.seek(0)
+        return np.load(f, allow_pickle=False)
+
+
 def load_features(path: str | Path) -> np.ndarray:
     """A feature array from .npy, or .npz (its 'feature' / 'features' array, as CMCS's, or its only one)."""
     path = Path(path)
-    data = np.load(path, allow_pickle=False)
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        return np.asarray(data)
-    with data:
-        keys = list(data.keys())
-        key = next((k for k in ("feature", "features") if k in keys), keys[0] if len(keys) == 1 else None)
-        if key is None:
-            raise ValueError(f"{path}: which array of {', '.join(keys)} holds the features? keep one, or name it "
-                             "'feature'")
-        return np.asarray(data[key])
+    try:
+        array = _load(path)
+    except zipfile.BadZipFile as exc:
+        raise ValueError(f"{path}: not a readable .npz archive ({exc})") from None
+    except (ValueError, EOFError, MemoryError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path}: {message}") from None
+    if array.ndim >= 1 and array.shape[0] == 0:
+        raise ValueError(f"{path}: holds no rows of features (shape {array.shape})")
+    if array.ndim >= 2 and array.size == 0:
+        raise ValueError(f"{path}: its rows hold no values (shape {array.shape})")
+    return array
 
 
 def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -113,15 +157,29 @@ def compare_files(mine_path: str | Path, theirs_path: str | Path) -> Comparison:
     if a.shape[1] != b.shape[1]:
         report.problem = f"rows of {a.shape[1]} values (mine) and {b.shape[1]} (theirs)"
         return report
+    finite_a, finite_b = _finite_rows(a, "MINE", report.notes), _finite_rows(b, "THEIRS", report.notes)
     for shift in SHIFTS:
         lo, hi = max(0, -shift), min(len(a), len(b) - shift)
         if hi - lo > 0:
-            report.cosines[shift] = row_cosines(a[lo:hi], b[lo + shift:hi + shift])
+            keep = finite_a[lo:hi] & finite_b[lo + shift:hi + shift]
+            if keep.any():
+                report.cosines[shift] = row_cosines(a[lo:hi][keep], b[lo + shift:hi + shift][keep])
     if 0 not in report.cosines:
-        report.problem = "no rows in common"
+        report.problem = "no rows in common" + ("" if finite_a.all() and finite_b.all() else " where both are finite")
         return report
     if a.shape[1] == 2048:  # rgb+flow side by side, RGB first
         n = min(len(a), len(b))
-        report.halves = {"RGB": row_cosines(a[:n, :1024], b[:n, :1024]),
-                         "flow": row_cosines(a[:n, 1024:], b[:n, 1024:])}
+        keep = finite_a[:n] & finite_b[:n]
+        report.halves = {"RGB": row_cosines(a[:n][keep, :1024], b[:n][keep, :1024]),
+                         "flow": row_cosines(a[:n][keep, 1024:], b[:n][keep, 1024:])}
     return report
+
+
+def _finite_rows(rows: np.ndarray, name: str, notes: list[str]) -> np.ndarray:
+    """Which rows hold only finite values; the others are counted in `notes` and left out of the cosines."""
+    finite = np.isfinite(rows)
+    keep = finite.all(axis=1)
+    if not keep.all():
+        notes.append(f"{name} has {(~finite).sum()} NaN or infinite values in {(~keep).sum()} of {len(rows)} rows: "
+                     "those rows are left out of the cosines")
+    return keep

@@ -15,6 +15,7 @@ from pathlib import Path
 from src.model import BLOCK_NAMES
 
 LOGITS_BLOCK = BLOCK_NAMES.index("conv3d_0c_1x1")
+RESUMABLE = ("device", "workers")  # where and how fast a resumed run computes, not what it computes
 CHOICES = {"modality": ("rgb", "flow", "joint"), "optimizer": ("sgd", "adamw"), "schedule": ("cosine", "step"),
            "cache_features": ("auto", "on", "off"), "cache_dtype": ("float16", "float32"),
            "precision": ("auto", "fp32", "bf16", "fp16", "plain")}
@@ -109,6 +110,21 @@ class RunConfig:
         if not 0 <= self.freeze <= LOGITS_BLOCK:
             raise TrainingError(f"{name('freeze')} {self.freeze}: choose 0..{LOGITS_BLOCK} (block {LOGITS_BLOCK + 1} "
                                 "is the classifier, which must train)")
+
+    def resumed_with(self, given: dict[str, object], run_dir: str | Path) -> list[str]:
+        """Apply the options given with --resume that may change (RESUMABLE) and say so; refuse the others where
+        they differ from the run's own (TrainingError naming them): the rest of the run would not match its start."""
+        differ = {k: v for k, v in given.items() if getattr(self, k) != v}
+        fixed = [k for k in differ if k not in RESUMABLE]
+        if fixed:
+            said = ", ".join(f"--{k.replace('_', '-')} {differ[k]!r} (the run has {getattr(self, k)!r})" for k in fixed)
+            raise TrainingError(f"--resume {run_dir}: {said}: cannot change when a run is resumed; leave "
+                                f"{'it' if len(fixed) == 1 else 'them'} out, or start a new run with --out")
+        notes = [f"--resume: --{k.replace('_', '-')} {v!r} instead of the run's {getattr(self, k)!r}"
+                 for k, v in differ.items()]
+        for key, value in differ.items():
+            setattr(self, key, value)
+        return notes
 
     @staticmethod
     def load(run_dir: str | Path) -> RunConfig:

@@ -117,8 +117,11 @@ def make_optimizer(cfg: RunConfig, trainable: list[nn.Parameter], steps_per_epoc
 
 # ---------------------------------------------------------------- the run
 
-def train(cfg: RunConfig, resume: str | None = None, overwrite: bool = False) -> Path:
+def train(cfg: RunConfig, resume: str | None = None, overwrite: bool = False,
+          resume_options: dict | None = None) -> Path:
     """Fine-tune, evaluate every epoch, checkpoint and plot; returns the run folder.
+
+    `resume_options`: the options given with --resume, checked against the run's own (see RunConfig.resumed_with).
 
     Ctrl-C raises Interrupted (a KeyboardInterrupt) whose message says how to go on from the last epoch.
     """
@@ -126,6 +129,8 @@ def train(cfg: RunConfig, resume: str | None = None, overwrite: bool = False) ->
     if resume:
         run_dir = Path(resume)
         cfg = RunConfig.load(run_dir)
+        for note in cfg.resumed_with(resume_options or {}, run_dir):
+            log.info("%s", note)
         state = load_checkpoint(run_dir)
     else:
         cfg.check()

@@ -5,6 +5,7 @@ and src/naming.py (how each source names the tensors).
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -47,11 +48,17 @@ def _unwrap_training_checkpoint(obj: Any, path: Path) -> Mapping[str, Any]:
 def _load_failure(exc: Exception) -> str:
     """Why torch.load(weights_only=True) failed, without torch's advice to retry with weights_only=False."""
     text = str(exc)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:  # torch names the class or function the pickle asked for
+        return f"refused because it contains something other than tensors: the global {found.group(1)}"
     marker = "WeightsUnpickler error:"
     if marker in text:
-        # torch wraps the real reason in advice to load unsafely; keep only the reason.
-        reason = " ".join(text.split(marker, 1)[1].split("\n\nCheck the documentation")[0].split())
+        reason = " ".join(text.split(marker, 1)[1].split("\n\n")[0].split())
         return f"refused by the weights-only unpickler: {reason.split('. ')[0].rstrip('.')}"
+    if "weights_only" in text:  # torch's advice to load unsafely comes first; keep only a paragraph giving a reason
+        reasons = [" ".join(p.split()) for p in text.split("\n\n")
+                   if p.strip() and "weights_only" not in p and not p.startswith("Check the documentation")]
+        return "refused by the weights-only unpickler" + (f": {reasons[0]}" if reasons else "")
     line = text.splitlines()[0] if text else "the file ended early"
     return f"{type(exc).__name__}: {line}"
 

@@ -92,6 +92,8 @@ def proto_fields(buf: bytes) -> Iterator[tuple[int, int, int | bytes]]:
     while pos < end:
         tag, pos = varint(buf, pos)
         field, wire = tag >> 3, tag & 7
+        if field == 0:  # never written by protobuf: a run of zero bytes would otherwise parse as endless fields
+            raise ValueError(f"protobuf field number 0 at byte {pos - 1}")
         if wire == 0:
             value, pos = varint(buf, pos)
         elif wire == 1:
@@ -122,6 +124,7 @@ def proto_fields(buf: bytes) -> Iterator[tuple[int, int, int | bytes]]:
 _TABLE_MAGIC = 0xDB4775248B80FB57
 _FOOTER_SIZE = 48
 _BLOCK_TRAILER_SIZE = 5
+_KEY_EXPANSION = 16  # TF's indexes spell out 1.5-4 times a block's bytes as keys
 
 
 def block_handle(buf: bytes, pos: int) -> tuple[int, int, int]:
@@ -166,20 +169,44 @@ def block_entries(block: bytes) -> Iterator[tuple[bytes, bytes]]:
         raise ValueError("block restart array is larger than the block")
     pos = 0
     key = b""
+    budget = _KEY_EXPANSION * len(block) + 4096  # bytes of keys a block may spell out through shared prefixes
     while pos < limit:
         shared, pos = varint(block, pos)
         non_shared, pos = varint(block, pos)
         value_len, pos = varint(block, pos)
         if shared > len(key) or pos + non_shared + value_len > limit:
             raise ValueError("block entry runs past the block")
+        budget -= shared + non_shared
+        if budget < 0:  # each entry re-using a growing key: quadratic time and memory otherwise
+            raise ValueError(f"the keys of a {len(block)}-byte block spell out more than {_KEY_EXPANSION} times "
+                             "its size through shared prefixes")
         key = key[:shared] + block[pos:pos + non_shared]
         pos += non_shared
         yield key, block[pos:pos + value_len]
         pos += value_len
 
 
+def _index_handles(index: bytes) -> list[tuple[int, int]]:
+    """The (offset, size) of each data block the index block names, in key order: keys strictly increasing and
+    blocks that neither repeat nor overlap, so that reading them all costs at most the file's size."""
+    previous_key = None
+    spans: list[tuple[int, int]] = []
+    for key, handle in block_entries(index):
+        if previous_key is not None and key <= previous_key:
+            raise ValueError(f"index block keys are not strictly increasing ({previous_key[:40]!r}, then {key[:40]!r})")
+        previous_key = key
+        offset, size, _ = block_handle(handle, 0)
+        spans.append((offset, size))
+    ordered = sorted(spans)
+    for (a_off, a_size), (b_off, _) in zip(ordered, ordered[1:]):
+        if a_off + a_size + _BLOCK_TRAILER_SIZE > b_off:
+            raise ValueError(f"index entries name the data block at offset {a_off} more than once "
+                             f"(or overlapping blocks at offsets {a_off} and {b_off})")
+    return spans
+
+
 def read_table(path: Path) -> list[tuple[bytes, bytes]]:
-    """All (key, value) pairs of a LevelDB table file, in key order."""
+    """All (key, value) pairs of a LevelDB table file, in key order (strictly increasing keys, each block read once)."""
     data = path.read_bytes()
     if len(data) < _FOOTER_SIZE:
         raise CheckpointError(f"{path}: {len(data)} bytes is too short for a TF checkpoint index (truncated?)")
@@ -190,10 +217,13 @@ def read_table(path: Path) -> list[tuple[bytes, bytes]]:
     try:
         _, _, pos = block_handle(footer, 0)  # metaindex: unused by TF bundles
         index_offset, index_size, _ = block_handle(footer, pos)
-        pairs = []
-        for _, handle in block_entries(read_block(data, index_offset, index_size)):
-            offset, size, _ = block_handle(handle, 0)
-            pairs.extend(block_entries(read_block(data, offset, size)))
+        pairs: list[tuple[bytes, bytes]] = []
+        for offset, size in _index_handles(read_block(data, index_offset, index_size)):
+            for key, value in block_entries(read_block(data, offset, size)):
+                if pairs and key <= pairs[-1][0]:
+                    what = "repeats" if key == pairs[-1][0] else "is out of order after"
+                    raise ValueError(f"key {key[:80]!r} {what} {pairs[-1][0][:80]!r}")
+                pairs.append((key, value))
     except UnsupportedTable as e:
         raise CheckpointError(f"{path}: {e}") from None
     except (ValueError, IndexError, struct.error) as e:

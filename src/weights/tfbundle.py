@@ -6,6 +6,7 @@ its masked CRC32C.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -52,10 +53,15 @@ class _BundleHeader:
     endianness: int = 0  # 0 little, 1 big
 
 
+_MAX_DIMS = 32  # numpy's limit is 64; no I3D tensor has more than 5
+
+
 def _parse_shape(buf: bytes) -> tuple:
     dims = []
     for field, _, value in proto_fields(buf):
         if field == 2:  # dim
+            if len(dims) == _MAX_DIMS:
+                raise ValueError(f"tensor shape has more than {_MAX_DIMS} dimensions")
             size = 0
             for f, _, v in proto_fields(value):
                 if f == 1:
@@ -183,7 +189,9 @@ def read_tf_checkpoint(prefix_or_dir: str | Path, verify: bool = True) -> dict[s
         elif entry.dtype == np.dtype(object):
             kind = _TF_DTYPE_NAMES.get(entry.tf_dtype, f"DataType {entry.tf_dtype}")
             problems.append(f"{entry.name} has unsupported dtype {kind}")
-        elif entry.size != entry.dtype.itemsize * int(np.prod(entry.shape, dtype=np.int64)):
+        elif any(d < 0 for d in entry.shape):
+            problems.append(f"{entry.name}: shape {entry.shape} has a negative (unknown) dimension")
+        elif entry.size != entry.dtype.itemsize * math.prod(entry.shape):  # exact: int64 products wrap around
             problems.append(f"{entry.name}: size {entry.size} bytes does not match dtype {entry.dtype} "
                             f"and shape {entry.shape}")
     if problems:
@@ -212,14 +220,41 @@ def read_tf_checkpoint(prefix_or_dir: str | Path, verify: bool = True) -> dict[s
             if verify and mask_crc(crc32c(raw)) != entry.crc32c:
                 bad_crc.append(entry.name)
                 continue
-            out[entry.name] = _decode_tensor(entry, raw)
+            try:
+                out[entry.name] = _decode_tensor(entry, raw)
+            except ValueError as e:  # the index's checks make this unreachable; one line all the same
+                problems.append(f"{entry.name}: cannot be decoded as {entry.dtype} {entry.shape} ({e})")
         if bad_crc:
+            more = f" and {len(bad_crc) - 10} more" if len(bad_crc) > 10 else ""
             problems.append(f"{path}: CRC32C mismatch (corrupt data) for {len(bad_crc)} tensor(s): "
-                            + ", ".join(bad_crc))
+                            + ", ".join(bad_crc[:10]) + more)
             bad_crc = []
     if problems:
         raise CheckpointError(f"{prefix}: " + "; ".join(problems))
+    bad = nonfinite_tensors(out)
+    if bad:
+        hint = (" (its header declares big-endian data: if the shard was written little-endian, the header is wrong)"
+                if header.endianness == 1 else "")
+        raise CheckpointError(f"{prefix}: {describe_nonfinite(bad)}{hint}; such weights are refused")
     return {name: out[name] for name in entries}
+
+
+def nonfinite_tensors(tensors: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors (numpy or torch) holding NaN or infinity."""
+    bad = []
+    for name, t in tensors.items():
+        if hasattr(t, "is_floating_point"):  # a torch tensor (bfloat16 has no numpy dtype)
+            if (t.is_floating_point() or t.is_complex()) and not bool(t.isfinite().all()):
+                bad.append(name)
+        elif np.asarray(t).dtype.kind in "fc" and not np.isfinite(t).all():
+            bad.append(name)
+    return bad
+
+
+def describe_nonfinite(names: list[str], shown: int = 5) -> str:
+    """One line naming the non-finite tensors: the first `shown`, then how many more."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"{len(names)} tensor(s) hold NaN or infinite values: {', '.join(names[:shown])}{more}"
 
 
 def read_tf_checkpoint_with_tensorflow(prefix: str | Path) -> dict[str, np.ndarray]:
