@@ -22,7 +22,8 @@ import sys
 
 import numpy as np
 
-from src.cli import add_inference_arguments, check_output, check_positive, chosen_precision
+from src.cli import (add_guard_arguments, add_inference_arguments, apply_guard_arguments, check_output, check_positive,
+                     chosen_precision)
 from src.clips import InputError
 from src.dataset import DatasetError
 from src.device import pick_device
@@ -72,9 +73,11 @@ def main() -> int:
     parser.add_argument("--timeline-out", metavar="FILE", help="write the timeline as .json or .csv")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --logits-out / --timeline-out")
     add_inference_arguments(parser)
+    add_guard_arguments(parser)
     parser.add_argument("--model", metavar="FILE", help="run an exported model (.onnx, .pt2 or TorchScript .pt) "
                                                           "with --weights' labels and recipe")
     args = parser.parse_args()
+    apply_guard_arguments(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
     try:  # options and output paths first: a mistake should cost nothing, not the whole computation
