@@ -111,10 +111,10 @@ class FlowExtractor:
                     self.backend = "OpenCV"
                 compile = choice.implementation == "compiled"
             if not forced and self.backend in GUARDED:  # checked once per device against OpenCV (src/flow/guard.py)
-                implementation, note = guarded_tvl1(self.device, GUARDED[self.backend])
+                implementation = guarded_tvl1(self.device, GUARDED[self.backend])[0]
                 if implementation != GUARDED[self.backend]:
+                    self.backend_reason = f"the {self.backend} TV-L1 failed its check on {self.device} (see the warning)"
                     self.backend = {"pytorch": "PyTorch", "opencv": "OpenCV"}[implementation]
-                    self.backend_reason = note
             if self.backend == "OpenCV":
                 self._impl = cv2.optflow.DualTVL1OpticalFlow_create()
                 if self.device.type != "cpu":  # fallen back from a GPU: the callers' calls keep their size
