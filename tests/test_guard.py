@@ -14,6 +14,7 @@ import torch
 import src.flow.extractor as extractor_module
 import src.flow.guard as flow_guard
 import src.guard as guard
+import src.inference.guard as inference_guard
 from src.flow import FlowExtractor
 from src.flow.triton_tvl1 import TritonTVL1
 from src.flow.tvl1 import TVL1
@@ -152,13 +153,15 @@ def test_flow_backend_forces_an_implementation_unchecked(monkeypatch, capsys) ->
     assert code == 1 and err.count("\n") == 1 and "--flow-backend: invalid choice: 'cuda'" in err
 
 
-def small_model() -> I3D:
+def small_model(monkeypatch: pytest.MonkeyPatch) -> I3D:
+    """A random-init I3D, and the guard's check clip made small (8 frames of 96x96): the function is the same."""
+    monkeypatch.setattr(inference_guard, "CHECK_CLIP", (8, 96))
     torch.manual_seed(0)
     return I3D(num_classes=7).eval()
 
 
 def test_a_fast_path_with_wrong_logits_falls_back_to_the_plain_model(monkeypatch, capsys, fresh_cache) -> None:
-    model = small_model()
+    model = small_model(monkeypatch)
     real_head = FastI3D.forward_head
     monkeypatch.setattr(FastI3D, "forward_head", lambda self, f: real_head(self, f) + 0.5)
     runners, line = accelerate({"rgb": model}, torch.device("cpu"), "fp32")
@@ -176,7 +179,7 @@ def test_a_fast_path_with_wrong_logits_falls_back_to_the_plain_model(monkeypatch
 def test_a_bf16_path_with_wrong_logits_falls_back_to_fp32(monkeypatch, capsys, fresh_cache) -> None:
     if cpu_bf16_unsupported():
         pytest.skip(f"this CPU runs no bf16 convolutions: {cpu_bf16_unsupported()}")
-    model = small_model()
+    model = small_model(monkeypatch)
     real_head = FastI3D.forward_head
     monkeypatch.setattr(FastI3D, "forward_head",
                         lambda self, f: real_head(self, f) + (3.0 if self.dtype == torch.bfloat16 else 0.0))

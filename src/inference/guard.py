@@ -32,9 +32,11 @@ def fast_bound(precision: str, device: torch.device) -> float:
     return FAST_PATH_BOUNDS[precision]
 
 
-def texture_clip(channels: int = 3, frames: int = CHECK_CLIP[0], size: int = CHECK_CLIP[1], seed: int = 0
+def texture_clip(channels: int = 3, frames: int | None = None, size: int | None = None, seed: int = 0
                  ) -> torch.Tensor:
-    """(1, channels, frames, size, size) in [-1, 1]: a smooth random texture moving 1 px down, 2 px right a frame."""
+    """(1, channels, frames, size, size) in [-1, 1] (default CHECK_CLIP): a smooth random texture moving 1 px down,
+    2 px right a frame."""
+    frames, size = frames or CHECK_CLIP[0], size or CHECK_CLIP[1]
     rng = np.random.default_rng(seed)
     pad = 2 * frames + 8
     big = cv2.GaussianBlur(rng.uniform(0, 255, (size + pad, size + pad, 3)).astype(np.float32), (0, 0), 2.0)
