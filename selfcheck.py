@@ -9,6 +9,7 @@ One line per check: PASS, FAIL or SKIPPED (reason). Exit status 1 if any check f
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -19,7 +20,7 @@ from src.selfcheck import format_report, run_selfcheck
 
 def main() -> int:
     parser = Parser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                    formatter_class=lambda prog: __import__("argparse").RawDescriptionHelpFormatter(prog))
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true",
                         help="add the slower checks: the compiled TV-L1 port, FVD's reference example on a CPU")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")

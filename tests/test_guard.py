@@ -191,3 +191,27 @@ def test_a_bf16_path_with_wrong_logits_falls_back_to_fp32(monkeypatch, capsys, f
     cache = json.loads(fresh_cache.read_text())
     assert cache["fast-bf16@cpu"]["ok"] is False and cache["fast-fp32@cpu"]["ok"] is True
     assert cache["fast-fp32@cpu"]["figures"]["max_dlogit"] <= 1e-4
+
+
+def test_pre_processing_checks_the_port_before_its_workers_use_it(monkeypatch, capsys, tmp_path) -> None:
+    raw = tmp_path / "raw" / "pan"
+    raw.mkdir(parents=True)
+    writer = cv2.VideoWriter(str(raw / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 48))
+    prev, _ = flow_guard.texture_pairs(1, (48, 90), seed=3)
+    for t in range(6):
+        writer.write(cv2.cvtColor(np.ascontiguousarray(prev[0][:, 3 * t:3 * t + 64]), cv2.COLOR_GRAY2BGR))
+    writer.release()
+    common = [str(tmp_path / "raw"), "--modalities", "flow", "--size", "48", "--workers", "1", "--no-disk-check"]
+    monkeypatch.setattr(TVL1, "__call__", lambda self, prev, nxt: torch.zeros(*prev.shape, 2))  # a broken port
+    code, out, err = call_main("pre-process.py", [*common[:1], str(tmp_path / "out"), *common[1:], "--flow-compile",
+                                                  "no"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "warning: PyTorch TV-L1 on cpu failed its check (mean endpoint error" in err
+    assert "running OpenCV's TV-L1 on the CPU instead" in err
+    assert "flow: tvl1 (OpenCV's TV-L1, a pair at a time in each of 1 process(es)): the PyTorch port failed" in out + err
+    code, _, err = call_main("pre-process.py", [*common[:1], str(tmp_path / "opencv"), *common[1:], "--flow",
+                                                "tvl1-opencv"], monkeypatch, capsys)
+    assert code == 0, err
+    got, want = (sorted((tmp_path / name).rglob("flow-*.npy")) for name in ("out", "opencv"))
+    assert len(got) == len(want) == 1 and np.array_equal(np.load(got[0]), np.load(want[0]))
+    assert np.abs(np.load(got[0])).max() > 0.01  # real motion, not the broken port's zeros
