@@ -27,6 +27,7 @@ FLOW_BACKEND_ENV = "I3D_FLOW_BACKEND"  # --flow-backend, inherited by the worker
 _settings = {"recheck": False}
 _told: set[str] = set()
 _rechecked: set[str] = set()
+_unsaved: dict[str, dict] = {}
 
 
 def configure(flow_backend: str | None = None, recheck: bool = False) -> None:
@@ -99,7 +100,7 @@ def cached_verdict(key: str, facts: dict) -> dict | None:
     """The stored verdict of `key` if it was made under these very facts (and --recheck was not given)."""
     if _settings["recheck"] and key not in _rechecked:  # --recheck: each path once in this process
         return None
-    entry = read_cache().get(key)
+    entry = _unsaved.get(key) or read_cache().get(key)
     if entry is None or entry.get("facts") != facts or not isinstance(entry.get("ok"), bool):
         return None
     return entry
@@ -114,7 +115,7 @@ def store_verdict(key: str, facts: dict, ok: bool, detail: str, figures: dict | 
     try:
         write_text_atomic(cache_file(), json.dumps(data, indent=2, sort_keys=True) + "\n")
     except OSError:
-        pass  # a read-only cache only costs the check again next time
+        _unsaved[key] = entry  # a read-only cache: kept for this process, checked again by the next
     _rechecked.add(key)
     return entry
 
