@@ -9,13 +9,12 @@ moving right gives positive x-flow and moving down positive y-flow. Values are c
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import cv2
 import numpy as np
 
-from src.flow.guard import guarded_tvl1
+from src.flow.guard import forced_backend, guarded_tvl1
 from src.guard import forced_flow_backend
 
 ALGORITHMS = ("tvl1", "tvl1-opencv", "farneback", "dis")
@@ -25,16 +24,6 @@ SAME_FLOW = {"tvl1-opencv": "tvl1"}  # algorithms whose flow agrees (tested with
 COMPILE_MIN_PAIRS = {"cpu": 500, "cuda": 2000, "mps": 10**12}
 TRITON_BATCH = 128  # pairs in flight on CUDA with the Triton kernels (slots per pyramid level)
 GUARDED = {"Triton": "triton", "PyTorch": "pytorch"}  # the implementations src/flow/guard.py checks before use
-
-
-def forced_backend(name: str, device_type: str) -> str:
-    """The backend --flow-backend NAME asks for ("Triton", "PyTorch" or "OpenCV"); ValueError where it cannot run."""
-    if name == "triton":
-        if device_type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError(f"--flow-backend triton: the Triton kernels run on CUDA only, not {device_type}")
-        if tvl1_backend("cuda")[0] != "Triton":
-            raise ValueError("--flow-backend triton: triton is not installed")
-    return {"triton": "Triton", "pytorch": "PyTorch", "opencv": "OpenCV"}[name]
 
 
 def tvl1_backend(device_type: str) -> tuple[str, str]:

@@ -8,13 +8,15 @@ runs the next implementation: Triton -> the PyTorch port on the same device -> O
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from src.guard import cached_verdict, device_facts, forced_flow_backend, in_worker, notice, store_verdict
+from src.guard import cached_verdict, device_facts, forced_flow_backend, in_worker, notice, store_verdict, \
+    triton_version
 
 BOUND_PX = 0.02  # mean endpoint error against OpenCV's flow; the goal is 0 (bit-exact)
 CHECK_SIZE = (64, 80)  # two levels of pyramid and every kernel, ~0.1 s per pair for the eager port on a CPU
@@ -112,6 +114,16 @@ def verdict(implementation: str, device) -> dict:
     return store_verdict(key, facts, result.ok, result.detail, result.figures)
 
 
+def forced_backend(name: str, device_type: str) -> str:
+    """The backend --flow-backend NAME asks for ("Triton", "PyTorch" or "OpenCV"); ValueError where it cannot run."""
+    if name == "triton":
+        if device_type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(f"--flow-backend triton: the Triton kernels run on CUDA only, not {device_type}")
+        if triton_version() is None:
+            raise ValueError("--flow-backend triton: triton is not installed")
+    return {"triton": "Triton", "pytorch": "PyTorch", "opencv": "OpenCV"}[name]
+
+
 def fallbacks(implementation: str) -> tuple[str, ...]:
     """The implementations to try in order, starting with `implementation`."""
     order = ("triton", "pytorch", "opencv")
@@ -124,9 +136,10 @@ def guarded_tvl1(device, preferred: str) -> tuple[str, str]:
     import torch
 
     forced = forced_flow_backend()
-    if forced:
-        return forced, f"forced by --flow-backend {forced}"
     device, note = torch.device(device), ""
+    if forced:
+        forced_backend(forced, device.type)
+        return forced, f"forced by --flow-backend {forced}"
     chain = fallbacks(preferred)
     for implementation, following in zip(chain, chain[1:]):
         entry = verdict(implementation, device)

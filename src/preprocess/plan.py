@@ -9,7 +9,7 @@ import numpy as np
 
 from src.flow import COMPILE_MIN_PAIRS, FlowExtractor
 from src.flow.choice import choose_cpu_tvl1, cpu_speeds
-from src.flow.guard import guarded_tvl1
+from src.flow.guard import forced_backend, guarded_tvl1
 from src.guard import forced_flow_backend
 from src.jobs import PARTIAL_SUFFIX
 from src.paths import ITEM_LABELS_FILE
@@ -174,12 +174,17 @@ def plan_flow(opts: Options, plan: Plan, workers: int) -> FlowPlan:
     if opts.flow != "tvl1":
         return FlowPlan(opts.flow, bound=opts.bound)
     device = flow_device(opts)
+    forced = forced_flow_backend()
+    if forced:
+        try:
+            forced_backend(forced, device.type)  # one line now, not a traceback from the first batch
+        except ValueError as exc:
+            raise PreprocessError(str(exc)) from None
     pairs = planned_pairs(plan.items, opts)
     if not any(job.segmented for job in plan.jobs) and (opts.flow_batch > 0 or device.type != "cpu"):
         compiled = {"yes": True, "no": False}.get(opts.flow_compile, pairs >= COMPILE_MIN_PAIRS.get(device.type, 10**9))
         return FlowPlan("tvl1", "parent", str(device), opts.flow_batch or (1 if device.type == "cpu" else 32),
                         compiled, opts.bound)
-    forced = forced_flow_backend()
     if forced == "triton":
         raise PreprocessError("--flow-backend triton: this job computes flow in its worker processes on the CPU; the "
                               "Triton kernels run on CUDA only")
