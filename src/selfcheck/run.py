@@ -37,7 +37,7 @@ def format_report(report: dict) -> str:
     lines += ["", "what the jobs run here:"]
     lines += [f"  {row['job']}: {row['runs']} ({row['why']})" for row in report["plan"]]
     verdicts = report["guard"]["verdicts"]
-    lines += ["", f"cached guard verdicts ({report['guard']['file']}): " + ("none yet" if not verdicts else "")]
+    lines += ["", f"cached guard verdicts ({report['guard']['file']}):" + ("" if verdicts else " none yet")]
     lines += [f"  {key}: {'ok' if e['ok'] else 'FAILED'} ({e['detail']})" for key, e in verdicts.items()]
     lines += ["", "checks:"]
     lines += [Check(**c).line() for c in report["checks"]]
