@@ -44,8 +44,9 @@ def add_guard_arguments(parser: argparse.ArgumentParser, flow: bool = True) -> N
     """--recheck (and, for scripts that compute optical flow, --flow-backend): the checks of the accelerated paths."""
     if flow:
         parser.add_argument("--flow-backend", choices=FLOW_BACKENDS, default=None,
-                            help="force this TV-L1 implementation, unchecked (default: Triton on CUDA, else the "
-                                 "PyTorch port, each checked against OpenCV once per machine, OpenCV if it fails)")
+                            help="force this TV-L1 implementation, unchecked (default: Triton on CUDA, the fastest "
+                                 "of OpenCV and the PyTorch port on a CPU; Triton and the port are checked against "
+                                 "OpenCV once per machine and replaced by the next one if they fail)")
     parser.add_argument("--recheck", action="store_true",
                         help="redo the once-per-machine checks of the accelerated paths (fast path, TV-L1) instead "
                              "of trusting their cached verdicts")
