@@ -59,6 +59,9 @@ class FlowExtractor:
     eager) or "auto": on a CPU the fastest of OpenCV's own TV-L1 and the port, eager or compiled, for
     `planned_pairs` pairs of `planned_pixels` pixels on this machine (src.flow.choice: bit-identical there);
     on a GPU the port is compiled only when `planned_pairs` pays for the compile; the Triton kernels always are.
+    The Triton kernels and the port run only after their check against OpenCV passed on this device
+    (src/flow/guard.py: once per machine, cached); else the next one runs. backend: "triton", "pytorch" or "opencv"
+    forces that implementation unchecked (default: --flow-backend's, src/guard.py).
     """
 
     def __init__(self, algorithm: str = "tvl1", bound: float = 20.0, device: str = "auto", batch_size: int = 0,
