@@ -24,7 +24,8 @@ import math
 import sys
 from pathlib import Path
 
-from src.cli import Parser, add_inference_arguments, check_positive, chosen_precision
+from src.cli import (Parser, add_guard_arguments, add_inference_arguments, apply_guard_arguments, check_positive,
+                     chosen_precision)
 from src.clips import InputError
 from src.dataset import DatasetError
 from src.device import pick_device
@@ -62,7 +63,9 @@ def main() -> int:
     kinetics.add_argument("--overwrite", action="store_true", help="start again in an --out-dir that holds results "
                                                                    "of other settings")
     add_inference_arguments(parser)
+    add_guard_arguments(parser)
     args = parser.parse_args()
+    apply_guard_arguments(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         check_positive(args.clips, "--clips")

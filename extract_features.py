@@ -33,15 +33,16 @@ from pathlib import Path
 
 import torch
 
-from src.cli import Parser, add_inference_arguments, chosen_precision, one_line, parse_fps
+from src.cli import (Parser, add_guard_arguments, add_inference_arguments, apply_guard_arguments, chosen_precision,
+                     one_line, parse_fps)
 from src.clips import InputError, clip_to_tensor, load_clip
 from src.device import pick_device
 from src.extraction import (MODELS, PRESETS, ExtractionError, FeatureConfig, describe_presets, model_config,
                             prepare_feature_dir, preset_options, run)
 from src.extraction.compare import compare_files
 from src.extraction.config import ALIGNS, CROP_ORDERS, FLIP_FLOWS, PADS, POOLS, SHORT_VIDEOS, TAILS, TIME_FILES
+from src.inference import check_precision, guarded_fast_path
 from src.media.transforms import RESIZE_FILTERS
-from src.inference import check_precision, optimize_for_inference
 from src.jobs import parse_shard, save_array_atomic, shard_from_env
 from src.model import ENDPOINTS
 from src.weights import FLOW_RECIPE, RGB_RECIPE, WeightsUnavailable, i3d
@@ -200,11 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--shard", default=None,
                     help="i/n: this job's share of the videos (default: from SLURM_ARRAY_TASK_ID/COUNT, else 1/1)")
     add_inference_arguments(p, precision="fp32")  # fp32 keeps features faithful; auto/bf16 is faster
+    add_guard_arguments(p)
     return p
 
 
 def main() -> int:
     args = build_parser().parse_args()
+    apply_guard_arguments(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         check_precision(chosen_precision(args), pick_device(args.device))  # a precision this machine lacks: before any work
@@ -254,7 +257,7 @@ def extract_one(args: argparse.Namespace) -> int:
     recipe = FLOW_RECIPE if model.in_channels == 2 else RGB_RECIPE
     clip = load_clip(args.input[0], recipe, frames=args.frames, force_resize=args.resize)
     device = pick_device(args.device)
-    runner = model.to(device) if args.plain else optimize_for_inference(model, device, args.precision, args.compile)
+    runner = model.to(device) if args.plain else guarded_fast_path(model, device, args.precision, args.compile)[0]
     with torch.inference_mode():
         features = runner.forward_features(clip_to_tensor(clip).to(device), args.endpoint)[0]
     save_array_atomic(out, features.float().cpu().numpy())

@@ -23,7 +23,8 @@ import logging
 import sys
 from pathlib import Path
 
-from src.cli import Parser, add_inference_arguments, check_output, chosen_precision, one_line, parse_fps
+from src.cli import (Parser, add_guard_arguments, add_inference_arguments, apply_guard_arguments, check_output,
+                     chosen_precision, one_line, parse_fps)
 from src.clips import InputError
 from src.fvd import PROTOCOLS, Protocol, RunOptions, run_fvd
 from src.fvd.pipeline import default_workers
@@ -106,6 +107,7 @@ def main() -> int:
     add_inference_arguments(parser, precision="fp32", plain=True,
                             precision_help="protocol tf accepts only fp32: FVD is computed in float32 (the plain model, "
                                            "or --fast: the fp32 fast path); the other choices are refused")
+    add_guard_arguments(parser, flow=False)
     parser.add_argument("--save-stats", nargs="+", default=(), metavar="FILE",
                         help="save A's statistics to FILE (and B's to a second, different FILE); names end in .npz")
     parser.add_argument("--overwrite", action="store_true", help="replace existing --save-stats files")
@@ -113,6 +115,7 @@ def main() -> int:
                         help="print one JSON object (fvd, n_a, n_b, frames, protocol, ...)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args()
+    apply_guard_arguments(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
     try:

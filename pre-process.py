@@ -21,6 +21,7 @@ import os
 import sys
 from pathlib import Path
 
+from src.cli import add_guard_arguments, apply_guard_arguments
 from src.flow import ALGORITHMS
 from src.jobs import parse_shard
 from src.media.transforms import STORAGE_DTYPES
@@ -121,6 +122,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="RAW_DIR is the original toolkit's layout <class>/<series>/test_rgb.npy and test_flow.npy: "
                         "link its arrays into OUT_DIR's layout (split by --val-ratio) instead of decoding videos; "
                         "--fps, --size, --flow declare the recipe they were made with (default: the official one)")
+    add_guard_arguments(p)
     return p.parse_args(argv)
 
 
@@ -135,6 +137,7 @@ def shard_option(text: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> int:
     """Run pre-processing for the given or the default folders; exit status 1 on any failure."""
     args = parse_args(argv)
+    apply_guard_arguments(args)
     modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
     if args.flow == "none":
         modalities = tuple(m for m in modalities if m != "flow")

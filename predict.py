@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from src.cli import add_inference_arguments, check_output, check_positive, chosen_precision
+from src.cli import (add_guard_arguments, add_inference_arguments, apply_guard_arguments, check_output, check_positive,
+                     chosen_precision)
 from src.clips import InputError
 from src.dataset import DatasetError
 from src.device import pick_device
@@ -78,12 +79,14 @@ def main() -> int:
                              "probabilities over time)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --logits-out / --timeline-out")
     add_inference_arguments(parser)
+    add_guard_arguments(parser)
     parser.add_argument("--model", metavar="FILE", help="run an exported model (.onnx, .pt2 or TorchScript .pt) "
                                                           "with --weights' labels and recipe")
     parser.add_argument("--trust-model", action="store_true",
                         help="allow a --model that can run code from the file: TorchScript and .pt2 (refused "
                              "without this; ONNX loads as data). Only for files you exported or trust")
     args = parser.parse_args()
+    apply_guard_arguments(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
     try:  # options and output paths first: a mistake should cost nothing, not the whole computation

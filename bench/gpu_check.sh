@@ -5,7 +5,7 @@
 #   python3 bench/flow_reference.py --pairs 8 --out bench/flow_ref.npz   # OpenCV's flows (the GPU image lacks contrib)
 # then run there, from the repository root, carrying `model`: sh bench/gpu_check.sh
 # Each step prints its own lines and a '== FAILED' line if it fails; the others still run.
-# Steps: the CUDA smoke test (bench/model.py --quick, a 2-epoch train.py --amp on a synthetic dataset, evaluate.py
+# Steps: python3 selfcheck.py --full --json (saved as $OUT/selfcheck.json, or in the work folder), the CUDA smoke test (bench/model.py --quick, a 2-epoch train.py --amp on a synthetic dataset, evaluate.py
 # and predict.py --precision auto), the TV-L1 check (sh bench/flow_gpu_check.sh: Triton tests on CUDA, bit-exactness
 # against the saved OpenCV flows, pairs/s against the roofline), pre-process.py --flow-device cuda end to end, and
 # FVD on CUDA (bench/fvd.py).
@@ -15,6 +15,11 @@ step() { echo "== $*"; "$@" || echo "== FAILED: $*"; }
 work=${TMPDIR:-/tmp}/i3d-gpu-check
 rm -rf "$work" && mkdir -p "$work"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+# first: the machine's report and every accelerated path against its reference (the Triton and PyTorch TV-L1 against
+# OpenCV, the fast path at fp32/fp16/bf16 against the plain model, FVD's example), kept for bench/results_flow_gpu.md
+report=${OUT:-$work}/selfcheck.json
+step sh -c "python3 selfcheck.py --full --json > '$report'"
+python3 -c "import json, sys; [print(c['status'], c['name'] + ':', c['detail']) for c in json.load(open(sys.argv[1]))['checks']]" "$report"
 step python3 bench/model.py --device cuda --quick
 step python3 make_synthetic_dataset.py "$work/raw" --per-class 8
 step python3 pre-process.py "$work/raw" "$work/data" --modalities rgb --size 128 --workers 8

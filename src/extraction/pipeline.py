@@ -28,6 +28,7 @@ from src.extraction.inputs import Video, find_inputs, output_paths, prepare_feat
 from src.extraction.records import (CSV_NAME, Records, check_finished, check_recipe, feature_row, load_records,
                                     recipe_conflict, update_csv)
 from src.flow.choice import cpu_speeds
+from src.flow.guard import guarded_tvl1
 from src.jobs import PARTIAL_SUFFIX, save_array_atomic
 from src.media.video import VideoError
 
@@ -218,6 +219,7 @@ def extract_videos(todo: list[Video], out_dir: Path, cfg: FeatureConfig, summary
     here = flow_in_parent(cfg)
     if "flow" in cfg.streams and not here:
         cpu_speeds()  # measured once, here: each decoder's FlowExtractor picks OpenCV's TV-L1 or the port by it
+        guarded_tvl1("cpu", "pytorch")  # and the port checked here once per machine: the decoders never check
     decoders = Decoders(cfg, min(cfg.workers, len(todo)), here) if cfg.workers else None
     try:
         extractor = Extractor(cfg)

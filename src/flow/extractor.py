@@ -14,12 +14,16 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
+from src.flow.guard import forced_backend, guarded_tvl1
+from src.guard import forced_flow_backend
+
 ALGORITHMS = ("tvl1", "tvl1-opencv", "farneback", "dis")
 SAME_FLOW = {"tvl1-opencv": "tvl1"}  # algorithms whose flow agrees (tested within 0.02 px): one recipe
 # `auto` compiles only jobs with this many pairs: compiling takes ~1-3 min on a CPU and saves ~1 s per 256x340
 # pair there (docs/optical-flow.md); on a GPU the saving per pair is small; inductor on MPS is not used.
 COMPILE_MIN_PAIRS = {"cpu": 500, "cuda": 2000, "mps": 10**12}
 TRITON_BATCH = 128  # pairs in flight on CUDA with the Triton kernels (slots per pyramid level)
+GUARDED = {"Triton": "triton", "PyTorch": "pytorch"}  # the implementations src/flow/guard.py checks before use
 
 
 def tvl1_backend(device_type: str) -> tuple[str, str]:
@@ -55,10 +59,14 @@ class FlowExtractor:
     eager) or "auto": on a CPU the fastest of OpenCV's own TV-L1 and the port, eager or compiled, for
     `planned_pairs` pairs of `planned_pixels` pixels on this machine (src.flow.choice: bit-identical there);
     on a GPU the port is compiled only when `planned_pairs` pays for the compile; the Triton kernels always are.
+    The Triton kernels and the port run only after their check against OpenCV passed on this device
+    (src/flow/guard.py: once per machine, cached); else the next one runs. backend: "triton", "pytorch" or "opencv"
+    forces that implementation unchecked (default: --flow-backend's, src/guard.py).
     """
 
     def __init__(self, algorithm: str = "tvl1", bound: float = 20.0, device: str = "auto", batch_size: int = 0,
-                 compile: bool | str = "auto", planned_pairs: int = 0, planned_pixels: int = 256 * 340) -> None:
+                 compile: bool | str = "auto", planned_pairs: int = 0, planned_pixels: int = 256 * 340,
+                 backend: str | None = None) -> None:
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown flow algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
         if bound <= 0:
@@ -81,22 +89,34 @@ class FlowExtractor:
             except ValueError as exc:
                 raise ValueError(f"flow {exc}") from None
             self.backend, self.backend_reason = tvl1_backend(self.device.type)
-            if self.device.type == "cpu" and compile == "auto":
+            forced = backend or forced_flow_backend()
+            if forced:
+                self.backend, self.backend_reason = forced_backend(forced, self.device.type), \
+                    f"forced by --flow-backend {forced}"
+            elif self.device.type == "cpu" and compile == "auto":
                 # bit-identical on the CPU: OpenCV's own, the eager or the compiled port, whichever is fastest here
                 from src.flow.choice import choose_cpu_tvl1, cpu_speeds
 
                 choice = choose_cpu_tvl1(planned_pairs or 64, planned_pixels, cpu_speeds())
-                self.backend_reason = choice.reason
+                self.backend_reason = f"the fastest here: {choice.reason}"
                 if choice.implementation == "opencv":
                     self.backend = "OpenCV"
-                    self._impl = cv2.optflow.DualTVL1OpticalFlow_create()
                 compile = choice.implementation == "compiled"
-            if self.backend == "Triton":
+            if not forced and self.backend in GUARDED:  # checked once per device against OpenCV (src/flow/guard.py)
+                implementation = guarded_tvl1(self.device, GUARDED[self.backend])[0]
+                if implementation != GUARDED[self.backend]:
+                    self.backend_reason = f"the {self.backend} TV-L1 failed its check on {self.device} (see the warning)"
+                    self.backend = {"pytorch": "PyTorch", "opencv": "OpenCV"}[implementation]
+            if self.backend == "OpenCV":
+                self._impl = cv2.optflow.DualTVL1OpticalFlow_create()
+                if self.device.type != "cpu":  # fallen back from a GPU: the callers' calls keep their size
+                    self.batch_size = self.batch_size or 32
+            elif self.backend == "Triton":
                 from src.flow.triton_tvl1 import TritonTVL1
 
                 self.batch_size = self.batch_size or TRITON_BATCH
                 self._tvl1 = TritonTVL1(capacity=self.batch_size)
-            elif self.backend != "OpenCV":
+            else:
                 if compile == "auto":
                     compile = planned_pairs >= COMPILE_MIN_PAIRS.get(self.device.type, 10**9)
                 self._tvl1 = TVL1(compile=bool(compile))
@@ -122,9 +142,10 @@ class FlowExtractor:
     def describe(self) -> str:
         """Which implementation runs, e.g. 'tvl1 (PyTorch TV-L1 on cpu, eager, batch 8)'."""
         if self.backend == "OpenCV":
-            return f"tvl1 (OpenCV's TV-L1 on cpu, the fastest here: {self.backend_reason})"
+            return f"tvl1 (OpenCV's TV-L1 on cpu, {self.backend_reason})"
         if self.backend == "Triton":
-            return f"tvl1 (Triton TV-L1 on cuda, {self.batch_size} pairs in flight)"
+            why = f"; {self.backend_reason}" if self.backend_reason.startswith("forced") else ""
+            return f"tvl1 (Triton TV-L1 on {self.device}, {self.batch_size} pairs in flight{why})"
         if self._tvl1 is not None:
             how = "compiled" if self._tvl1.compile else "eager"
             why = f"; {self.backend_reason}" if self.backend_reason else ""

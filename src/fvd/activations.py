@@ -53,7 +53,7 @@ class Embedding:
     """
 
     def __init__(self, device: str | torch.device | None = None, precision: str | None = None, compile: bool = False):
-        from src.inference import optimize_for_inference
+        from src.inference import guarded_fast_path
         from src.weights import i3d
 
         if precision not in (None, "fp32"):
@@ -65,8 +65,7 @@ class Embedding:
         if precision is None:
             self.model, self.path = model.to(self.device), "plain float32 model"
         else:
-            self.model = optimize_for_inference(model, self.device, "fp32", compile)
-            self.path = str(self.model.path)
+            self.model, self.path = guarded_fast_path(model, self.device, "fp32", compile)  # checked once here
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:

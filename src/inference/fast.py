@@ -330,12 +330,3 @@ def optimize_for_inference(model: I3D, device: str | torch.device = "cpu", preci
     # fold from a float copy so a model already moved to another dtype/device is not modified
     plain = copy.deepcopy(model).float().eval()
     return FastI3D(plain, device, precision, backend, path).eval()
-
-
-def accelerate(models: dict[str, torch.nn.Module], device: torch.device, precision: str | None,
-               compile: bool = False) -> tuple[dict[str, torch.nn.Module], str]:
-    """The fast inference path of each stream (None: the plain eager model), and a line saying which runs."""
-    if precision is None:
-        return {s: m.to(device).eval() for s, m in models.items()}, "plain float32 model (eager)"
-    fast = {s: optimize_for_inference(m, device, precision, compile) for s, m in models.items()}
-    return fast, str(next(iter(fast.values())).path)

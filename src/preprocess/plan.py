@@ -9,6 +9,8 @@ import numpy as np
 
 from src.flow import COMPILE_MIN_PAIRS, FlowExtractor
 from src.flow.choice import choose_cpu_tvl1, cpu_speeds
+from src.flow.guard import forced_backend, guarded_tvl1
+from src.guard import forced_flow_backend
 from src.jobs import PARTIAL_SUFFIX
 from src.paths import ITEM_LABELS_FILE
 from src.preprocess.discovery import RawItem
@@ -172,14 +174,29 @@ def plan_flow(opts: Options, plan: Plan, workers: int) -> FlowPlan:
     if opts.flow != "tvl1":
         return FlowPlan(opts.flow, bound=opts.bound)
     device = flow_device(opts)
+    forced = forced_flow_backend()
+    if forced:
+        try:
+            forced_backend(forced, device.type)  # one line now, not a traceback from the first batch
+        except ValueError as exc:
+            raise PreprocessError(str(exc)) from None
     pairs = planned_pairs(plan.items, opts)
     if not any(job.segmented for job in plan.jobs) and (opts.flow_batch > 0 or device.type != "cpu"):
         compiled = {"yes": True, "no": False}.get(opts.flow_compile, pairs >= COMPILE_MIN_PAIRS.get(device.type, 10**9))
         return FlowPlan("tvl1", "parent", str(device), opts.flow_batch or (1 if device.type == "cpu" else 32),
                         compiled, opts.bound)
-    if opts.flow_compile != "auto":  # the port, as asked
-        return FlowPlan("tvl1", compiled=opts.flow_compile == "yes", bound=opts.bound,
-                        implementation="compiled" if opts.flow_compile == "yes" else "eager")
-    choice = choose_cpu_tvl1(pairs / workers, planned_pixels(plan.items, opts), cpu_speeds())
-    return FlowPlan("tvl1", compiled=choice.implementation == "compiled", bound=opts.bound,
-                    implementation=choice.implementation, reason=choice.reason)
+    if forced == "triton":
+        raise PreprocessError("--flow-backend triton: this job computes flow in its worker processes on the CPU; the "
+                              "Triton kernels run on CUDA only")
+    if forced == "opencv":
+        return FlowPlan("tvl1", bound=opts.bound, implementation="opencv", reason="forced by --flow-backend opencv")
+    if opts.flow_compile != "auto" or forced:  # the port, as asked
+        implementation, reason = ("compiled" if opts.flow_compile == "yes" else "eager"), ""
+    else:
+        choice = choose_cpu_tvl1(pairs / workers, planned_pixels(plan.items, opts), cpu_speeds())
+        implementation, reason = choice.implementation, choice.reason
+    if implementation != "opencv" and not forced:  # the workers never check: the port is checked here, once
+        if guarded_tvl1(device, "pytorch")[0] == "opencv":
+            implementation, reason = "opencv", "the PyTorch port failed its check against OpenCV on this machine"
+    return FlowPlan("tvl1", compiled=implementation == "compiled", bound=opts.bound,
+                    implementation=implementation, reason=reason)
