@@ -142,7 +142,7 @@ def run_fvd(spec_a: str, spec_b: str | None, protocol: Protocol, options: RunOpt
                 results.append(loaded[i])
                 continue
             if embedding is None:
-                embedding = Embedding(options.device, options.precision, options.compile)
+                embedding = Embedding(options.device, options.precision, options.compile, protocol.network)
                 path = embedding.path
                 for j, stats in loaded.items():
                     stats.check_weights(embedding.weights_sha256, sets[j].spec)

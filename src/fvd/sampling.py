@@ -1,0 +1,119 @@
+"""Which frames of which videos each sampled protocol (src/fvd/protocols.py) feeds the network, seeded and repeatable.
+
+A pick is (video index in its set, frame indices). Real clips start at frame 0 ('start'), at an offset drawn
+uniformly from [0, L - n*s + s - 1] ('offset'), or at a draw over every stride-1 window of every video
+('window'); frames are offset + k*s for k < n. The real set (A) and the generated set (B) draw from separate
+generators seeded by (seed, 0) and (seed, 1).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from src.clips import InputError
+from src.fvd.clips import check_values, decode, load_frames
+from src.fvd.inputs import VideoEntry
+from src.fvd.protocol import Protocol
+from src.fvd.protocols import Recipe
+from src.media import FrameStream, VideoError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Pick:
+    """The frames one clip is made of: video `video` of its set, frames `frames` (increasing)."""
+
+    video: int
+    frames: tuple[int, ...]
+
+
+def clip_frames(offset: int, n: int, step: int) -> tuple[int, ...]:
+    """offset, offset + step, ..., offset + (n - 1) * step."""
+    return tuple(range(offset, offset + n * step, step))
+
+
+def needs_lengths(recipe: Recipe, role: str) -> bool:
+    """Whether picking this role's clips needs every video's frame count first."""
+    if role == "generated":
+        return recipe.generated_clip != "start"
+    return recipe.real_clip != "start" or recipe.drop_short or recipe.real_videos == "random"
+
+
+def pick_clips(count: int, lengths: Sequence[int] | None, recipe: Recipe, role: str, frames: int, step: int,
+               videos: int | None, seed: int, names: Sequence[str] = ()) -> list[Pick]:
+    """The clips of one set of `count` videos (frame counts `lengths`, or None when not needed) under `recipe`.
+
+    `role` is 'real' (A) or 'generated' (B); `videos` is N (None: all); `seed` the trial's seed.
+    """
+    rng = np.random.default_rng([seed, 0 if role == "real" else 1])
+    how = recipe.real_clip if role == "real" else recipe.generated_clip
+    span = (frames - 1) * step + 1  # frames a clip covers
+    eligible = list(range(count))
+    if lengths is not None:
+        dropping = role == "real" and recipe.drop_short
+        minimum = frames * step if dropping else span  # StyleGAN-V drops videos under n*s frames
+        short = [i for i in eligible if lengths[i] < minimum]
+        if short and dropping:
+            eligible = [i for i in eligible if lengths[i] >= minimum]
+            log.info("dropped %d real videos shorter than %d frames", len(short), minimum)
+            if not eligible:
+                raise InputError(f"every video is shorter than {minimum} frames ({frames} frames, step {step})")
+        elif short:
+            name = names[short[0]] if names else f"video {short[0]}"
+            raise InputError(f"{name}: {lengths[short[0]]} frames, shorter than one clip of {frames} frames with "
+                             f"step {step} ({span} frames)")
+    if how == "window":
+        starts = np.cumsum([0] + [lengths[i] - span + 1 for i in eligible])
+        total = int(starts[-1])
+        chosen = np.sort(rng.choice(total, min(videos or total, total), replace=False))
+        owner = np.searchsorted(starts, chosen, side="right") - 1
+        return [Pick(eligible[o], clip_frames(int(c - starts[o]), frames, step)) for o, c in zip(owner, chosen)]
+    if role == "real" and recipe.real_videos == "random" and videos is not None and videos < len(eligible):
+        eligible = sorted(int(i) for i in rng.choice(eligible, videos, replace=False))
+    else:
+        eligible = eligible[:videos]
+    if how == "start":
+        return [Pick(i, clip_frames(0, frames, step)) for i in eligible]
+    # 'offset': uniform over [0, L - n*s + s - 1]; a video of exactly n*s - s + 1 frames has one offset
+    return [Pick(i, clip_frames(int(rng.integers(0, max(lengths[i] - frames * step + step, 1))), frames, step))
+            for i in eligible]
+
+
+def warn_if_small(spec: str, count: int, videos: int | None, name: str) -> None:
+    """One warning line when a set has fewer videos than the protocol's N (it is then used whole)."""
+    if videos is not None and count < videos:
+        log.warning("%s: %d videos, fewer than protocol %s's N = %d: the set is used whole", spec, count, name, videos)
+
+
+def video_length(item: VideoEntry, fps: float | None, array: np.ndarray | None = None) -> int:
+    """The number of frames of one video (a video file is decoded to count them exactly)."""
+    if item.row is not None:
+        return int(array.shape[1])
+    if item.path.suffix.lower() in (".npy", ".npz"):
+        return len(load_frames(item, Protocol(fps=fps)))
+    try:
+        return sum(1 for _ in FrameStream(item.path, fps=fps))
+    except VideoError as exc:
+        raise InputError(str(exc)) from None
+
+
+def read_pick(item: VideoEntry, frames: tuple[int, ...], fps: float | None,
+              array: np.ndarray | None = None) -> np.ndarray:
+    """The frames `frames` of one video, (n, H, W, 3) uint8 or float32 in [0, 255]."""
+    protocol = Protocol(fps=fps)
+    if item.path.suffix.lower() in (".npy", ".npz"):
+        video = load_frames(item, protocol, array)
+    else:
+        video = decode(item, protocol, frames[-1] + 1)
+    if len(video) <= frames[-1]:
+        raise InputError(f"{item.name}: {len(video)} frames; the clip needs frame {frames[-1]}")
+    return check_values(np.asarray(video[list(frames)]), item.name)
+
+
+def count_frames(items: Sequence[VideoEntry], fps: float | None, array: np.ndarray | None = None) -> list[int]:
+    """Frame counts of every video of a set, in order."""
+    return [video_length(item, fps, array) for item in items]
