@@ -44,6 +44,14 @@ def number_or(word: str):
     return parse
 
 
+def metrics_list(text: str) -> tuple[str, ...]:
+    """An argparse type: a comma-separated list of metric names."""
+    try:
+        return parse_metrics(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main() -> int:
     parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("a", metavar="A", nargs="?", help="the first set (conventionally the real videos)")
@@ -61,7 +69,7 @@ def main() -> int:
     parser.add_argument("--network", choices=NETWORKS, default=None,
                         help="tf: batch-norm epsilon 1e-3 as the TF network; videogpt-eps: 1e-5 as the PyTorch "
                              "ports of VideoGPT, TATS, DIGAN, cd-fvd (default: the protocol's)")
-    parser.add_argument("--metrics", type=parse_metrics, default=("fvd",), metavar="LIST",
+    parser.add_argument("--metrics", type=metrics_list, default=("fvd",), metavar="LIST",
                         help="comma-separated from fvd, kvd, precision, recall (default: fvd)")
     parser.add_argument("--trials", type=int, default=None, metavar="K",
                         help="repeat the sampling with seeds seed..seed+K-1; mean and NAME_std of each metric "

@@ -83,7 +83,7 @@ def test_tats_draws_over_every_window_of_every_video(tmp_path) -> None:
     assert [(p.video, p.frames[0]) for p in every] == [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (1, 3)]
     assert frames_read(tmp_path, lengths, every[1:2]) == [list(range(1, 10))]
     # long videos weigh more: over many seeds, video 1 (4 windows) is drawn about twice as often as video 0 (2)
-    draws = [p.video for s in range(300) for p in pick_clips(2, lengths, r, "real", 9, 1, 1, seed=s)]
+    draws = [p.video for s in range(200) for p in pick_clips(2, lengths, r, "real", 9, 1, 1, seed=s)]
     assert 0.55 < np.mean(draws) < 0.78
 
 
