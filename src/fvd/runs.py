@@ -24,7 +24,7 @@ from src.fvd.metrics import DEFINITIONS, compute_metrics, frechet, mean_covarian
 from src.fvd.pipeline import ClipReaders, RunOptions
 from src.fvd.protocol import Protocol
 from src.fvd.protocols import Recipe, recipe
-from src.fvd.sampling import Pick, count_frames, needs_lengths, pick_clips, read_pick, warn_if_small
+from src.fvd.sampling import Pick, needs_lengths, pick_clips, read_pick, video_length, warn_if_small
 from src.fvd.statistics import toolkit_version
 from src.jobs.shards import take_shard
 
@@ -92,15 +92,19 @@ class SetClips:
 
 
 def plan_set(video_set: VideoSet, protocol: Protocol, r: Recipe, role: str, videos: int | None, seeds: list[int],
-             shard: tuple[int, int]) -> SetClips:
-    """Which clips each trial takes from one set, merged into one list of distinct clips."""
+             shard: tuple[int, int], readers: ClipReaders) -> SetClips:
+    """Which clips each trial takes from one set, merged into one list of distinct clips (frame counts, where the
+    protocol needs them, are counted in the worker processes)."""
     items = video_set.items
     names = [item.name for item in items]
     if protocol.name == "tf":
         keys = [(i, k) for i in range(len(items)) for k in range(protocol.clips_per_video)]
         trials = [list(range(len(keys)))]
     else:
-        lengths = count_frames(items, protocol.fps, video_set.array) if needs_lengths(r, role) else None
+        lengths = None
+        if needs_lengths(r, role):
+            jobs = [(item, protocol.fps) for item in items]
+            lengths = list(ordered_reads(readers, jobs, video_length, video_set.array))
         step = protocol.subsample or (r.subsample_real if role == "real" else r.subsample_generated)
         per_trial = [pick_clips(len(items), lengths, r, role, protocol.frames, step, videos, seed, names)
                      for seed in seeds]
@@ -212,7 +216,7 @@ def run_metrics(spec_a: str, spec_b: str | None, protocol: Protocol, options: Ru
                                           r.resize)
                     path, readers = embedding.path, ClipReaders(options.workers)
                     weights.add(embedding.weights_sha256)
-                plan = plan_set(video_set, protocol, r, ROLES[i], videos, seeds, shard)
+                plan = plan_set(video_set, protocol, r, ROLES[i], videos, seeds, shard, readers)
                 acts = set_activations(video_set, protocol, plan, embedding, readers, options,
                                        "AB"[i] if len(specs) > 1 else "A")
                 results[i] = ActivationSet(acts, np.asarray(plan.mine, np.int64), protocol, embedding.weights_sha256,

@@ -113,7 +113,3 @@ def read_pick(item: VideoEntry, frames: tuple[int, ...], fps: float | None,
         raise InputError(f"{item.name}: {len(video)} frames; the clip needs frame {frames[-1]}")
     return check_values(np.asarray(video[list(frames)]), item.name)
 
-
-def count_frames(items: Sequence[VideoEntry], fps: float | None, array: np.ndarray | None = None) -> list[int]:
-    """Frame counts of every video of a set, in order."""
-    return [video_length(item, fps, array) for item in items]
