@@ -24,7 +24,8 @@ from src.fvd.metrics import DEFINITIONS, compute_metrics, frechet, mean_covarian
 from src.fvd.pipeline import ClipReaders, RunOptions
 from src.fvd.protocol import Protocol
 from src.fvd.protocols import Recipe, recipe
-from src.fvd.sampling import Pick, needs_lengths, pick_clips, read_pick, video_length, warn_if_small
+from src.fvd.sampling import (Pick, min_length, needs_lengths, pick_clips, read_pick, video_clips, video_length,
+                              warn_if_small)
 from src.fvd.statistics import toolkit_version
 from src.jobs.shards import take_shard
 
@@ -115,6 +116,62 @@ def plan_set(video_set: VideoSet, protocol: Protocol, r: Recipe, role: str, vide
                             key=lambda i: names[i]))
     mine = [i for i, k in enumerate(keys) if (k[0] if isinstance(k, tuple) else k.video) in chosen]
     return SetClips(keys, trials, mine)
+
+
+def streams(protocol: Protocol, r: Recipe, role: str, videos: int | None, count: int, shard: tuple[int, int]) -> bool:
+    """Whether a set's clips can be chosen video by video as they are decoded (one decode each, overlapping the
+    network): 'start' or 'offset' clips of the first N videos, and not one shard of several."""
+    how = r.real_clip if role == "real" else r.generated_clip
+    first = role == "generated" or r.real_videos == "first" or videos is None or count <= videos
+    return protocol.name != "tf" and shard == (1, 1) and how in ("start", "offset") and first
+
+
+def stream_set(video_set: VideoSet, protocol: Protocol, r: Recipe, role: str, videos: int | None, seeds: list[int],
+               embedding: Embedding, readers: ClipReaders, options: RunOptions, label: str
+               ) -> tuple[np.ndarray, SetClips]:
+    """Activations of one set's clips chosen as each video is decoded: the first N videos long enough."""
+    from tqdm import tqdm
+
+    step = protocol.subsample or (r.subsample_real if role == "real" else r.subsample_generated)
+    minimum = min_length(r, role, protocol.frames, step)
+    how = r.real_clip if role == "real" else r.generated_clip
+    jobs = [(item, i, protocol.fps, role, seeds, protocol.frames, step, minimum, role == "real" and r.drop_short, how)
+            for i, item in enumerate(video_set.items)]
+    keys: list[Pick] = []
+    trials: list[list[int]] = [[] for _ in seeds]
+
+    def clips() -> Iterator[np.ndarray]:
+        results = ordered_reads(readers, jobs, video_clips, video_set.array)
+        kept = 0
+        try:
+            for i, result in enumerate(results):
+                if result is None:
+                    continue
+                picks, distinct = result
+                position = {}
+                for frames, clip in distinct:
+                    position[frames] = len(keys)
+                    keys.append(Pick(i, frames))
+                    yield clip
+                for t, frames in enumerate(picks):
+                    trials[t].append(position[frames])
+                kept += 1
+                if videos is not None and kept == videos:
+                    return
+        finally:
+            results.close()
+        if not kept:
+            raise InputError(f"{video_set.spec}: every video is shorter than {minimum} frames ({protocol.frames} "
+                             f"frames, step {step})")
+
+    parts = []
+    with tqdm(desc=f"{label} {video_set.spec}".strip(), unit="clip", disable=not options.progress,
+              dynamic_ncols=True) as bar:
+        for activations in batched_activations(clips(), embedding, options.batch):
+            parts.append(activations)
+            bar.update(len(activations))
+    acts = np.concatenate(parts) if parts else np.zeros((0, 400), np.float32)
+    return acts, SetClips(keys, trials, list(range(len(keys))))
 
 
 def clip_name(video_set: VideoSet, key) -> list:
@@ -216,9 +273,13 @@ def run_metrics(spec_a: str, spec_b: str | None, protocol: Protocol, options: Ru
                                           r.resize)
                     path, readers = embedding.path, ClipReaders(options.workers)
                     weights.add(embedding.weights_sha256)
-                plan = plan_set(video_set, protocol, r, ROLES[i], videos, seeds, shard, readers)
-                acts = set_activations(video_set, protocol, plan, embedding, readers, options,
-                                       "AB"[i] if len(specs) > 1 else "A")
+                label = "AB"[i] if len(specs) > 1 else "A"
+                if streams(protocol, r, ROLES[i], videos, len(video_set.items), shard):
+                    acts, plan = stream_set(video_set, protocol, r, ROLES[i], videos, seeds, embedding, readers,
+                                            options, label)
+                else:
+                    plan = plan_set(video_set, protocol, r, ROLES[i], videos, seeds, shard, readers)
+                    acts = set_activations(video_set, protocol, plan, embedding, readers, options, label)
                 results[i] = ActivationSet(acts, np.asarray(plan.mine, np.int64), protocol, embedding.weights_sha256,
                                            video_set.spec, ROLES[i], [clip_name(video_set, plan.keys[j])
                                                                       for j in plan.mine], len(plan.keys),

@@ -2,8 +2,9 @@
 
 A pick is (video index in its set, frame indices). Real clips start at frame 0 ('start'), at an offset drawn
 uniformly from [0, L - n*s + s - 1] ('offset'), or at a draw over every stride-1 window of every video
-('window'); frames are offset + k*s for k < n. The real set (A) and the generated set (B) draw from separate
-generators seeded by (seed, 0) and (seed, 1).
+('window'); frames are offset + k*s for k < n. A video's offset is drawn by a generator seeded by (seed, role,
+the video's position), so it does not depend on the other videos; a choice among videos (random videos, windows)
+by one seeded by (seed, role); role 0 is the real set (A), 1 the generated set (B).
 """
 from __future__ import annotations
 
@@ -36,6 +37,22 @@ def clip_frames(offset: int, n: int, step: int) -> tuple[int, ...]:
     return tuple(range(offset, offset + n * step, step))
 
 
+def role_id(role: str) -> int:
+    """0 for the real set, 1 for the generated one (part of every seed)."""
+    return 0 if role == "real" else 1
+
+
+def offset_frames(seed: int, role: str, video: int, length: int, frames: int, step: int) -> tuple[int, ...]:
+    """A clip at an offset uniform over [0, L - n*s + s - 1], drawn from (seed, role, video)."""
+    rng = np.random.default_rng([seed, role_id(role), video])
+    return clip_frames(int(rng.integers(0, max(length - frames * step + step, 1))), frames, step)
+
+
+def min_length(recipe: Recipe, role: str, frames: int, step: int) -> int:
+    """Frames a video needs: n*s where StyleGAN-V drops shorter real videos, else the (n - 1)*s + 1 a clip spans."""
+    return frames * step if role == "real" and recipe.drop_short else (frames - 1) * step + 1
+
+
 def needs_lengths(recipe: Recipe, role: str) -> bool:
     """Whether picking this role's clips needs every video's frame count first."""
     if role == "generated":
@@ -49,13 +66,13 @@ def pick_clips(count: int, lengths: Sequence[int] | None, recipe: Recipe, role: 
 
     `role` is 'real' (A) or 'generated' (B); `videos` is N (None: all); `seed` the trial's seed.
     """
-    rng = np.random.default_rng([seed, 0 if role == "real" else 1])
+    rng = np.random.default_rng([seed, role_id(role)])
     how = recipe.real_clip if role == "real" else recipe.generated_clip
     span = (frames - 1) * step + 1  # frames a clip covers
     eligible = list(range(count))
     if lengths is not None:
         dropping = role == "real" and recipe.drop_short
-        minimum = frames * step if dropping else span  # StyleGAN-V drops videos under n*s frames
+        minimum = min_length(recipe, role, frames, step)
         short = [i for i in eligible if lengths[i] < minimum]
         if short and dropping:
             eligible = [i for i in eligible if lengths[i] >= minimum]
@@ -78,9 +95,7 @@ def pick_clips(count: int, lengths: Sequence[int] | None, recipe: Recipe, role: 
         eligible = eligible[:videos]
     if how == "start":
         return [Pick(i, clip_frames(0, frames, step)) for i in eligible]
-    # 'offset': uniform over [0, L - n*s + s - 1]; a video of exactly n*s - s + 1 frames has one offset
-    return [Pick(i, clip_frames(int(rng.integers(0, max(lengths[i] - frames * step + step, 1))), frames, step))
-            for i in eligible]
+    return [Pick(i, offset_frames(seed, role, i, lengths[i], frames, step)) for i in eligible]
 
 
 def warn_if_small(spec: str, count: int, videos: int | None, name: str) -> None:
@@ -113,3 +128,21 @@ def read_pick(item: VideoEntry, frames: tuple[int, ...], fps: float | None,
         raise InputError(f"{item.name}: {len(video)} frames; the clip needs frame {frames[-1]}")
     return check_values(np.asarray(video[list(frames)]), item.name)
 
+
+
+def video_clips(item: VideoEntry, index: int, fps: float | None, role: str, seeds: Sequence[int], frames: int, step: int,
+                minimum: int, drop: bool, how: str, array: np.ndarray | None = None
+                ) -> tuple[list[tuple[int, ...]], list[tuple[tuple[int, ...], np.ndarray]]] | None:
+    """One decode of one video: each trial seed's clip frames ('start' or 'offset'), and the distinct clips as
+    (frames, clip) pairs; None when it is shorter than `minimum` frames and `drop` (else InputError naming it)."""
+    protocol = Protocol(fps=fps)
+    video = load_frames(item, protocol, array) if item.path.suffix.lower() in (".npy", ".npz") else \
+        decode(item, protocol, None if how == "offset" else (frames - 1) * step + 1)
+    if len(video) < minimum:
+        if drop:
+            return None
+        raise InputError(f"{item.name}: {len(video)} frames, shorter than one clip of {frames} frames with step "
+                         f"{step} ({minimum} frames)")
+    picks = [clip_frames(0, frames, step) if how == "start" else
+             offset_frames(seed, role, index, len(video), frames, step) for seed in seeds]
+    return picks, [(p, check_values(np.asarray(video[list(p)]), item.name)) for p in dict.fromkeys(picks)]
