@@ -26,6 +26,7 @@ import sys
 from src.cli import Parser, add_inference_arguments, check_output, chosen_precision, one_line, parse_fps
 from src.clips import InputError
 from src.fvd import NETWORKS, PROTOCOLS, MetricsResult, Protocol, RunOptions, protocol_list, recipe, run_fvd, run_metrics
+from src.fvd.activation_files import is_activations_file
 from src.fvd.metrics import parse_metrics
 from src.fvd.pipeline import default_workers
 from src.jobs.shards import parse_shard, shard_from_env
@@ -158,7 +159,8 @@ def main() -> int:
         options = RunOptions(args.batch, args.workers, args.device, chosen_precision(args), args.compile,
                              args.max_videos, progress=not args.quiet)
         plain = not sampled and args.metrics == ("fvd",) and (args.trials or 1) == 1 and not args.save_activations \
-            and not any(s.endswith(".pkl") or "," in s for s in (args.a, args.b or "")) and shard == (1, 1)
+            and not any(s.endswith(".pkl") or "," in s or is_activations_file(s) for s in (args.a, args.b or "")) \
+            and shard == (1, 1)
         if plain:
             result = run_fvd(args.a, args.b, protocol, options, tuple(args.save_stats))
         else:

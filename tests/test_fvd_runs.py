@@ -216,3 +216,24 @@ def test_videogpt_eps_network_is_the_same_weights_with_epsilon_1e_5() -> None:
     norms = [m for m in eps.model.modules() if isinstance(m, torch.nn.BatchNorm3d)]
     assert len(norms) > 50 and {m.eps for m in norms} == {1e-5}
     assert {m.eps for m in tf.model.modules() if isinstance(m, torch.nn.BatchNorm3d)} == {1e-3}
+
+
+@pytest.mark.slow
+def test_tf_protocol_through_the_metrics_job_is_the_reference_number(tmp_path: Path, monkeypatch, capsys) -> None:
+    """--protocol tf with KVD runs src/fvd/runs.py's job: its FVD is still the reference example's 133.908."""
+    np.save(tmp_path / "zeros.npy", np.zeros((2, 15, 64, 64, 3), np.uint8))
+    np.save(tmp_path / "ones.npy", np.full((2, 15, 64, 64, 3), 255, np.uint8))
+    saved = [str(tmp_path / "a.npz"), str(tmp_path / "b.npz")]
+    code, out, err = call_main("fvd.py", [str(tmp_path / "zeros.npy"), str(tmp_path / "ones.npy"), "--frames", "all",
+                                          "--metrics", "fvd,kvd", "--json", "--quiet", "--workers", "0",
+                                          "--save-activations", *saved], monkeypatch, capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["fvd"] == pytest.approx(133.908, abs=0.01)
+    assert (result["protocol"], result["covariance"], result["sqrtm"], result["network"]) == \
+        ("tf", "unbiased", "tf-gan", "tf")
+    x, y = (load_activations(p).trial(0).astype(np.float64) for p in saved)
+    d = x.shape[1]
+    # identical videos: every kernel value within a set is one number, so MMD^2 = k(x,x) + k(y,y) - 2 k(x,y)
+    expected = (x[0] @ x[0] / d + 1) ** 3 + (y[0] @ y[0] / d + 1) ** 3 - 2 * (x[0] @ y[0] / d + 1) ** 3
+    assert result["kvd"] == pytest.approx(expected, rel=1e-6)

@@ -4,7 +4,9 @@
 TF1's resize_bilinear, 2x/255-1, the 400 time-averaged logits of DeepMind's rgb_scratch I3D, and
 TF-GAN's Fréchet distance in float64. The clip options say which frames of each video go in; the
 reference itself takes whatever (N, T, H, W, 3) batch it is given, so they are part of the protocol,
-and two sets' statistics are comparable only when all of it is the same.
+and two sets' statistics are comparable only when all of it is the same. The other names are the sampled
+protocols of src/fvd/protocols.py: they choose their own clips (seed, --frames, --subsample), and every
+protocol records its network (the batch-norm epsilon).
 """
 from __future__ import annotations
 
