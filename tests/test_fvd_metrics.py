@@ -87,6 +87,27 @@ def test_tats_draws_over_every_window_of_every_video(tmp_path) -> None:
     assert 0.55 < np.mean(draws) < 0.78
 
 
+@pytest.mark.parametrize("name", ["stylegan-v", "tats", "digan", "videogpt", "latte"])
+def test_every_sampled_protocol_reads_the_frames_its_recipe_names(tmp_path, name: str) -> None:
+    r = recipe(name)
+    lengths = [30, 25, 40, 33, 28]
+    n = 5
+    real = pick_clips(5, lengths, r, "real", n, r.subsample_real, 3, seed=r.seed)
+    generated = pick_clips(5, lengths, r, "generated", n, r.subsample_generated, 3, seed=r.seed)
+    got = frames_read(tmp_path, lengths, real + generated)
+    for pick, frames in zip(real, got):
+        step = r.subsample_real
+        assert frames == list(range(frames[0], frames[0] + n * step, step))
+        assert frames[-1] < lengths[pick.video]
+    assert got[len(real):] == [list(range(0, n * r.subsample_generated, r.subsample_generated))] * 3
+    videos = [p.video for p in real]
+    if r.real_clip != "window":
+        assert len(set(videos)) == 3
+        if r.real_videos == "first":
+            assert videos == [0, 1, 2]
+    assert real == pick_clips(5, lengths, r, "real", n, r.subsample_real, 3, seed=r.seed)
+
+
 def test_a_too_short_video_is_refused_by_name_unless_the_protocol_drops_it() -> None:
     with pytest.raises(InputError, match=r"^b.mp4: 8 frames, shorter than one clip of 9 frames"):
         pick_clips(2, [20, 8], recipe("tats"), "real", 9, 1, 4, seed=0, names=["a.mp4", "b.mp4"])
