@@ -25,7 +25,8 @@ import sys
 
 from src.cli import Parser, add_inference_arguments, check_output, chosen_precision, one_line, parse_fps
 from src.clips import InputError
-from src.fvd import NETWORKS, PROTOCOLS, MetricsResult, Protocol, RunOptions, protocol_list, recipe, run_fvd, run_metrics
+from src.fvd import (NETWORKS, PROTOCOLS, MetricsResult, Protocol, RunOptions, protocol_list, recipe, run_fvd,
+                     run_metrics)
 from src.fvd.activation_files import is_activations_file
 from src.fvd.metrics import parse_metrics
 from src.fvd.pipeline import default_workers

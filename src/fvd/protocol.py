@@ -119,7 +119,8 @@ class Protocol:
         rate = "native fps" if self.fps is None else f"{self.fps:g} fps"
         if self.name != "tf":
             step = "" if self.subsample is None else f", every {self.subsample}th frame"
-            return f"{self.name}: clips of {self.frames} frames{step} (seed {self.seed}), {rate}, network {self.network}"
+            return (f"{self.name}: clips of {self.frames} frames{step} (seed {self.seed}), {rate}, "
+                    f"network {self.network}")
         net = "" if self.network == "tf" else f", network {self.network}"
         return f"{self.name}: {what}{where}, {rate}{net}"
 

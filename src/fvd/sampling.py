@@ -130,8 +130,8 @@ def read_pick(item: VideoEntry, frames: tuple[int, ...], fps: float | None,
 
 
 
-def video_clips(item: VideoEntry, index: int, fps: float | None, role: str, seeds: Sequence[int], frames: int, step: int,
-                minimum: int, drop: bool, how: str, array: np.ndarray | None = None
+def video_clips(item: VideoEntry, index: int, fps: float | None, role: str, seeds: Sequence[int], frames: int,
+                step: int, minimum: int, drop: bool, how: str, array: np.ndarray | None = None
                 ) -> tuple[list[tuple[int, ...]], list[tuple[tuple[int, ...], np.ndarray]]] | None:
     """One decode of one video: each trial seed's clip frames ('start' or 'offset'), and the distinct clips as
     (frames, clip) pairs; None when it is shorter than `minimum` frames and `drop` (else InputError naming it)."""
