@@ -60,7 +60,7 @@ class MetricsResult:
                 "protocol": protocol.pop("name"), **protocol, "subsample_real": steps[0],
                 "subsample_generated": steps[1], "covariance": r.covariance, "sqrtm": r.sqrtm, "resize": r.resize,
                 "trials": len(self.seeds), "seeds": self.seeds, "per_trial": self.per_trial,
-                "definitions": definitions, "weights": "rgb_scratch", "weights_sha256": self.weights_sha256,
+                "definitions": definitions, "provenance": dict(r.provenance), "weights": "rgb_scratch", "weights_sha256": self.weights_sha256,
                 "model": self.path, "tf32": False, **self.extra, "seconds": round(self.seconds, 3)}
 
 
