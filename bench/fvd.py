@@ -26,7 +26,7 @@ from src.fvd import Embedding, Protocol, RunOptions, open_set  # noqa: E402
 from src.fvd.clips import read_clips  # noqa: E402
 from src.fvd.pipeline import ClipReaders, compute_statistics  # noqa: E402
 from src.fvd.protocols import PROTOCOL_NAMES, recipe  # noqa: E402
-from src.fvd.runs import plan_set, set_activations  # noqa: E402
+from src.fvd.runs import plan_set, set_activations, stream_set, streams  # noqa: E402
 from src.measure.speed import load_average  # noqa: E402
 
 VIDEOS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "videos"
@@ -81,7 +81,7 @@ def main() -> None:
         print(f"{embedding.path}; {len(video_set.items)} videos ({', '.join(c.name for c in clips)}) x "
               f"{args.clips_per_video} clips of {args.frames} frames, batch {args.batch}, {args.workers} decoding "
               f"process(es); model load {time.perf_counter() - started:.1f} s")
-        first = Protocol(frames=args.frames)  # the network alone runs on clips of the same length and size
+        first = Protocol(frames=args.frames) if sampled else protocol  # the network alone: clips of the same size
         in_memory = [embedding.prepare(c) for i, item in enumerate(video_set.items)
                      for c in read_clips(item, first, i)]
         embedding.logits(torch.stack(in_memory[:args.batch]))  # warm-up
@@ -92,9 +92,14 @@ def main() -> None:
                 before = model_clips_per_second(embedding, in_memory, args.batch)
                 start = time.perf_counter()
                 if sampled:
-                    r = recipe(args.protocol)
-                    plan = plan_set(video_set, protocol, r, "real", r.videos, [r.seed], (1, 1), readers)
-                    count = len(set_activations(video_set, protocol, plan, embedding, readers, options, ""))
+                    own = recipe(args.protocol)
+                    if streams(protocol, own, "real", own.videos, len(video_set.items), (1, 1)):  # as run_metrics
+                        acts, _ = stream_set(video_set, protocol, own, "real", own.videos, [own.seed], embedding,
+                                             readers, options, "")
+                    else:
+                        plan = plan_set(video_set, protocol, own, "real", own.videos, [own.seed], (1, 1), readers)
+                        acts = set_activations(video_set, protocol, plan, embedding, readers, options, "")
+                    count = len(acts)
                 else:
                     count = compute_statistics(video_set, protocol, embedding, readers, options).n
                 whole = count / (time.perf_counter() - start)
