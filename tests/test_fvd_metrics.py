@@ -14,7 +14,7 @@ from src.fvd.inputs import open_set
 from src.fvd.metrics import (compute_metrics, frechet, fvd, kvd, manifold_coverage, mean_covariance, parse_metrics,
                              summarise)
 from src.fvd.protocols import RECIPES, protocol_list, recipe
-from src.fvd.sampling import Pick, clip_frames, pick_clips, read_pick
+from src.fvd.sampling import Pick, clip_frames, offset_frames, pick_clips, read_pick, video_clips
 
 SQRTMS = ("tf-gan", "scipy", "svd32")
 
@@ -106,6 +106,20 @@ def test_every_sampled_protocol_reads_the_frames_its_recipe_names(tmp_path, name
         if r.real_videos == "first":
             assert videos == [0, 1, 2]
     assert real == pick_clips(5, lengths, r, "real", n, r.subsample_real, 3, seed=r.seed)
+
+
+@pytest.mark.parametrize("length, frames, step", [(9, 9, 1), (17, 4, 1), (40, 3, 3), (300, 4, 8)])
+def test_one_pass_over_a_video_draws_the_offsets_the_plan_draws(tmp_path, length: int, frames: int, step: int) -> None:
+    """video_clips reads a video once (a reservoir over its windows); pick_clips, given the length, must agree."""
+    np.save(tmp_path / "v.npy", numbered([min(length, 255)])[0] if length <= 255 else
+            np.broadcast_to((np.arange(length) % 256).astype(np.uint8)[:, None, None, None], (length, 4, 4, 3)))
+    item = open_set(str(tmp_path / "v.npy")).items[0]
+    seeds = [0, 1, 2, 3]
+    picks, clips = video_clips(item, 4, None, "real", seeds, frames, step, (frames - 1) * step + 1, False, "offset")
+    assert picks == [offset_frames(seed, "real", 4, length, frames, step) for seed in seeds]
+    assert len(clips) == len(set(picks))
+    for pick, clip in clips:
+        assert clip[:, 0, 0, 0].tolist() == [t % 256 for t in pick]
 
 
 def test_a_too_short_video_is_refused_by_name_unless_the_protocol_drops_it() -> None:

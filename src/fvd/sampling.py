@@ -9,17 +9,19 @@ by one seeded by (seed, role); role 0 is the real set (A), 1 the generated set (
 from __future__ import annotations
 
 import logging
+import itertools
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from src.clips import InputError
-from src.fvd.clips import check_values, decode, load_frames
+from src.fvd.clips import check_values, load_frames
 from src.fvd.inputs import VideoEntry
 from src.fvd.protocol import Protocol
 from src.fvd.protocols import Recipe
-from src.media import FrameStream, VideoError
+from src.media import FrameStream, VideoError, is_video_file
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +45,14 @@ def role_id(role: str) -> int:
 
 
 def offset_frames(seed: int, role: str, video: int, length: int, frames: int, step: int) -> tuple[int, ...]:
-    """A clip at an offset uniform over [0, L - n*s + s - 1], drawn from (seed, role, video)."""
-    rng = np.random.default_rng([seed, role_id(role), video])
-    return clip_frames(int(rng.integers(0, max(length - frames * step + step, 1))), frames, step)
+    """A clip at an offset uniform over [0, L - n*s + s - 1], drawn from (seed, role, video).
+
+    The draw is a reservoir sample over the windows in order (window t replaces the choice when the t-th uniform
+    number u_t satisfies u_t (t + 1) < 1), so that a video can be read once, keeping two clips, without knowing
+    its length in advance (video_clips makes the same draws frame by frame)."""
+    windows = max(length - frames * step + step, 1)
+    u = np.random.default_rng([seed, role_id(role), video]).random(windows)
+    return clip_frames(int(np.flatnonzero(u * np.arange(1, windows + 1) < 1)[-1]), frames, step)
 
 
 def min_length(recipe: Recipe, role: str, frames: int, step: int) -> int:
@@ -110,39 +117,86 @@ def video_length(item: VideoEntry, fps: float | None, array: np.ndarray | None =
         return int(array.shape[1])
     if item.path.suffix.lower() in (".npy", ".npz"):
         return len(load_frames(item, Protocol(fps=fps)))
-    try:
-        return sum(1 for _ in FrameStream(item.path, fps=fps))
-    except VideoError as exc:
-        raise InputError(str(exc)) from None
+    return sum(1 for _ in frame_stream(item, fps, None, None))
 
 
 def read_pick(item: VideoEntry, frames: tuple[int, ...], fps: float | None,
               array: np.ndarray | None = None) -> np.ndarray:
     """The frames `frames` of one video, (n, H, W, 3) uint8 or float32 in [0, 255]."""
-    protocol = Protocol(fps=fps)
-    if item.path.suffix.lower() in (".npy", ".npz"):
-        video = load_frames(item, protocol, array)
-    else:
-        video = decode(item, protocol, frames[-1] + 1)
-    if len(video) <= frames[-1]:
-        raise InputError(f"{item.name}: {len(video)} frames; the clip needs frame {frames[-1]}")
-    return check_values(np.asarray(video[list(frames)]), item.name)
+    wanted, kept, length = set(frames), {}, 0
+    for t, frame in enumerate(frame_stream(item, fps, array, frames[-1] + 1)):  # only the clip's frames are kept
+        length = t + 1
+        if t in wanted:
+            kept[t] = frame
+    if length <= frames[-1]:
+        raise InputError(f"{item.name}: {length} frames; the clip needs frame {frames[-1]}")
+    return check_values(np.stack([kept[t] for t in frames]), item.name)
 
+
+class Reservoir:
+    """One trial's offset draw over a video read frame by frame: the same numbers as offset_frames draws at once."""
+
+    CHUNK = 1024
+
+    def __init__(self, seed: int, role: str, video: int):
+        self.rng = np.random.default_rng([seed, role_id(role), video])
+        self.numbers = np.empty(0)
+        self.used = 0
+        self.windows = 0
+        self.offset: int | None = None
+        self.clip: np.ndarray | None = None
+
+    def draw(self) -> bool:
+        """Whether the next complete window replaces the choice (probability 1 / windows so far)."""
+        if self.used == len(self.numbers):
+            self.numbers, self.used = self.rng.random(self.CHUNK), 0
+        u = self.numbers[self.used]
+        self.used += 1
+        self.windows += 1
+        return bool(u * self.windows < 1)
+
+
+def frame_stream(item: VideoEntry, fps: float | None, array: np.ndarray | None, limit: int | None):
+    """The frames of one video one at a time (an array's rows, or decoded), at most `limit`."""
+    if item.path.suffix.lower() in (".npy", ".npz"):
+        yield from load_frames(item, Protocol(fps=fps), array)[:limit]
+        return
+    if fps is not None and not is_video_file(item.path):
+        raise InputError(f"{item.name}: has no timestamps to resample; --fps applies to video files only "
+                         "(use --fps native)")
+    try:
+        yield from itertools.islice(FrameStream(item.path, fps=fps), limit)
+    except VideoError as exc:
+        raise InputError(str(exc)) from None
 
 
 def video_clips(item: VideoEntry, index: int, fps: float | None, role: str, seeds: Sequence[int], frames: int,
                 step: int, minimum: int, drop: bool, how: str, array: np.ndarray | None = None
                 ) -> tuple[list[tuple[int, ...]], list[tuple[tuple[int, ...], np.ndarray]]] | None:
-    """One decode of one video: each trial seed's clip frames ('start' or 'offset'), and the distinct clips as
-    (frames, clip) pairs; None when it is shorter than `minimum` frames and `drop` (else InputError naming it)."""
-    protocol = Protocol(fps=fps)
-    video = load_frames(item, protocol, array) if item.path.suffix.lower() in (".npy", ".npz") else \
-        decode(item, protocol, None if how == "offset" else (frames - 1) * step + 1)
-    if len(video) < minimum:
+    """One pass over one video: each trial seed's clip frames ('start' or 'offset'), and the distinct clips as
+    (frames, clip) pairs; None when it is shorter than `minimum` frames and `drop` (else InputError naming it).
+    Memory stays at one clip span plus a clip per trial, whatever the video's length."""
+    span = (frames - 1) * step + 1
+    recent: deque = deque(maxlen=span)
+    reservoirs = [Reservoir(seed, role, index) for seed in seeds]
+    length = 0
+    for frame in frame_stream(item, fps, array, span if how == "start" else None):
+        recent.append(frame)
+        length += 1
+        if len(recent) == span and how == "offset":
+            taking = [r for r in reservoirs if r.draw()]  # a draw for every trial, a copy only when one is taken
+            if taking:
+                clip = np.stack(list(recent)[::step])
+                for reservoir in taking:
+                    reservoir.offset, reservoir.clip = length - span, clip
+    if length < minimum:
         if drop:
             return None
-        raise InputError(f"{item.name}: {len(video)} frames, shorter than one clip of {frames} frames with step "
+        raise InputError(f"{item.name}: {length} frames, shorter than one clip of {frames} frames with step "
                          f"{step} ({minimum} frames)")
-    picks = [clip_frames(0, frames, step) if how == "start" else
-             offset_frames(seed, role, index, len(video), frames, step) for seed in seeds]
-    return picks, [(p, check_values(np.asarray(video[list(p)]), item.name)) for p in dict.fromkeys(picks)]
+    if how == "start":
+        first = clip_frames(0, frames, step)
+        return [first] * len(seeds), [(first, check_values(np.stack(list(recent)[::step]), item.name))]
+    picks = [clip_frames(r.offset, frames, step) for r in reservoirs]
+    distinct = {p: r.clip for p, r in zip(picks, reservoirs)}
+    return picks, [(p, check_values(clip, item.name)) for p, clip in distinct.items()]
