@@ -101,7 +101,7 @@ def main() -> int:
                              "metric without the network")
     parser.add_argument("--shard", default=None, metavar="i/n",
                         help="compute shard i of n of the set's clips (by video; default: SLURM_ARRAY_TASK_ID/"
-                             "COUNT if set, else all); needs --save-activations")
+                             "COUNT if set and one set A is saved with --save-activations, else all)")
     parser.add_argument("--allow-mixed-protocols", action="store_true",
                         help="compare a cd-fvd .pkl (its own network and preprocessing) with this protocol's set")
     parser.add_argument("--overwrite", action="store_true", help="replace existing --save-stats/--save-activations "
@@ -136,7 +136,9 @@ def main() -> int:
                              f"got {len(args.save_activations)}")
         if args.trials is not None and args.trials < 1:
             raise InputError(f"--trials must be 1 or more, got {args.trials}")
-        shard = parse_shard(args.shard) if args.shard else shard_from_env() or (1, 1)
+        # a Slurm array's task picks the shard only for a one-set activations job (a comparison inside one is whole)
+        from_env = shard_from_env() if args.b is None and args.save_activations else None
+        shard = parse_shard(args.shard) if args.shard else from_env or (1, 1)
         if shard != (1, 1) and (args.b or not args.save_activations):
             raise InputError(f"--shard {shard[0]}/{shard[1]} computes one set's activations: give one set A and "
                              "--save-activations FILE (merge the shards' files later, comma-separated)")
