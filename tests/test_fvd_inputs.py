@@ -289,5 +289,5 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path: Path, shared: Path) -> N
     assert process.returncode == 130, text
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
     lines = [line for line in text.replace("\r", "\n").splitlines() if line.strip() and "clip" not in line]
-    assert lines == ["interrupted: nothing half-written (statistics files already saved are complete)"], lines
+    assert lines == ["interrupted: nothing half-written (statistics and activations files already saved are complete)"], lines
     assert not any(p.exists() for p in saved) and not list(tmp_path.glob("*.part*"))

@@ -19,9 +19,13 @@ import torch
 
 from src.device import pick_device
 from src.fvd.protocol import MIN_FRAMES
+from src.fvd.preprocess import resize_for
 from src.fvd.resize import to_network_input
 
 WEIGHTS = "rgb_scratch"  # the TF-Hub module deepmind/i3d-kinetics-400/1 holds these tensors, CRC32C for CRC32C
+# Batch-norm epsilon of each network: the TF network's 1e-3; the PyTorch ports in the VideoGPT lineage (VideoGPT,
+# TATS, DIGAN, cd-fvd: pytorch_i3d.py) run the same Kinetics-400 weights with PyTorch's default 1e-5.
+NETWORKS = {"tf": 1e-3, "videogpt-eps": 1e-5}
 
 
 def state_dict_sha256(model: torch.nn.Module) -> str:
@@ -49,18 +53,26 @@ def full_float32() -> Iterator[None]:
 class Embedding:
     """rgb_scratch on a device: (N, 3, T, 224, 224) in [-1, 1] -> (N, 400) logits averaged over time.
 
-    precision None runs the plain float32 model; 'fp32' the fp32 fast path (optionally compiled).
+    precision None runs the plain float32 model; 'fp32' the fp32 fast path (optionally compiled). `network` picks
+    the batch-norm epsilon (NETWORKS), `resize` the preprocessing (src/fvd/preprocess.py).
     """
 
-    def __init__(self, device: str | torch.device | None = None, precision: str | None = None, compile: bool = False):
+    def __init__(self, device: str | torch.device | None = None, precision: str | None = None, compile: bool = False,
+                 network: str = "tf", resize: str = "tf1"):
         from src.inference import guarded_fast_path
         from src.weights import i3d
 
         if precision not in (None, "fp32"):
             raise ValueError(f"precision {precision}: FVD is computed in float32 (the plain model, or the fp32 fast "
                              "path)")
+        if network not in NETWORKS:
+            raise ValueError(f"unknown network {network!r} (known: {', '.join(NETWORKS)})")
         model = i3d(WEIGHTS).eval()
         self.weights_sha256 = state_dict_sha256(model)
+        self.network, self.resize = network, resize
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm3d):
+                module.eps = NETWORKS[network]
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         if precision is None:
             self.model, self.path = model.to(self.device), "plain float32 model"
@@ -77,7 +89,10 @@ class Embedding:
 
     def prepare(self, clip: np.ndarray | torch.Tensor) -> torch.Tensor:
         """One (T, H, W, 3) clip in [0, 255] on this device, resized and scaled: (3, T, 224, 224)."""
-        return to_network_input(torch.as_tensor(np.asarray(clip)).to(self.device))
+        frames = torch.as_tensor(np.asarray(clip)).to(self.device)
+        if self.resize == "tf1":
+            return to_network_input(frames)
+        return (2.0 * resize_for(self.resize, frames) / 255.0 - 1.0).permute(3, 0, 1, 2)
 
 
 def batched_activations(clips: Iterable[np.ndarray], embedding: Embedding, batch: int = 8) -> Iterator[np.ndarray]:

@@ -176,7 +176,7 @@ class FVDResult:
         return {"fvd": self.fvd, "n_a": self.a.n, "n_b": self.b.n, "frames": protocol.pop("frames"),
                 "protocol": protocol.pop("name"), **protocol, "videos_a": self.videos_a, "videos_b": self.videos_b,
                 "weights": self.a.weights, "weights_sha256": self.a.weights_sha256, "model": self.path,
-                "seconds": round(self.seconds, 3)}
+                "tf32": False, "seconds": round(self.seconds, 3)}
 
 
 def run_fvd(spec_a: str, spec_b: str | None, protocol: Protocol, options: RunOptions,
@@ -209,7 +209,7 @@ def run_fvd(spec_a: str, spec_b: str | None, protocol: Protocol, options: RunOpt
                 results.append(loaded[i])
                 continue
             if embedding is None:
-                embedding = Embedding(options.device, options.precision, options.compile)
+                embedding = Embedding(options.device, options.precision, options.compile, protocol.network)
                 path = embedding.path
                 for j, stats in loaded.items():
                     stats.check_weights(embedding.weights_sha256, sets[j].spec)

