@@ -64,8 +64,10 @@ class MetricsResult:
                 "model": self.path, "tf32": False, **self.extra, "seconds": round(self.seconds, 3)}
 
 
-def ordered_reads(readers: ClipReaders, jobs: list[tuple], function, array: np.ndarray | None) -> Iterator:
-    """function(*job) for every job, in order, in the worker processes (here for array rows), 2 per worker ahead."""
+def ordered_reads(readers: ClipReaders, jobs: list[tuple], function, array: np.ndarray | None,
+                  batch: int = 0) -> Iterator:
+    """function(*job) for every job, in order, in the worker processes (here for array rows), 2 per worker ahead
+    and at least `batch` (a network batch of one-clip jobs is read while the previous batch runs)."""
     if readers.pool is None or array is not None:
         for job in jobs:
             yield function(*job, array) if array is not None else function(*job)
@@ -74,7 +76,7 @@ def ordered_reads(readers: ClipReaders, jobs: list[tuple], function, array: np.n
     position = 0
     try:
         while position < len(jobs) or ahead:
-            while position < len(jobs) and len(ahead) < 2 * readers.count:
+            while position < len(jobs) and len(ahead) < max(2 * readers.count, batch):
                 ahead.append(readers.pool.submit(function, *jobs[position]))
                 position += 1
             yield ahead.pop(0).result()
@@ -141,7 +143,7 @@ def stream_set(video_set: VideoSet, protocol: Protocol, r: Recipe, role: str, vi
     trials: list[list[int]] = [[] for _ in seeds]
 
     def clips() -> Iterator[np.ndarray]:
-        results = ordered_reads(readers, jobs, video_clips, video_set.array)
+        results = ordered_reads(readers, jobs, video_clips, video_set.array, options.batch)
         kept = 0
         try:
             for i, result in enumerate(results):
@@ -193,7 +195,7 @@ def set_activations(video_set: VideoSet, protocol: Protocol, plan: SetClips, emb
         clips = (c for batch in ordered_reads(readers, jobs, read_clips, video_set.array) for c in batch)
     else:
         jobs = [(video_set.items[k.video], k.frames, protocol.fps) for k in keys]
-        clips = ordered_reads(readers, jobs, read_pick, video_set.array)
+        clips = ordered_reads(readers, jobs, read_pick, video_set.array, options.batch)
     parts = []
     with tqdm(total=len(keys), desc=f"{label} {video_set.spec}".strip(), unit="clip", disable=not options.progress,
               dynamic_ncols=True) as bar:
