@@ -75,6 +75,10 @@ class ClipReaders:
         self.count = count
         self.pool = ProcessPoolExecutor(count, mp_context=get_context("spawn"), initializer=reader_init,
                                         initargs=(os.getpid(),)) if count > 0 else None
+        # Start the processes now: a spawned worker's imports take seconds, which the first batch would wait for.
+        with interrupts_held():
+            for _ in range(count):
+                self.pool.submit(os.getpid)
 
     def clips(self, video_set: VideoSet, protocol: Protocol, batch: int = 0) -> Iterator[np.ndarray]:
         """Every clip of the set, (T, H, W, 3), in the set's order; 2 videos per worker read ahead, and at least
@@ -211,11 +215,11 @@ def run_fvd(spec_a: str, spec_b: str | None, protocol: Protocol, options: RunOpt
                 results.append(loaded[i])
                 continue
             if embedding is None:
+                decoders = ClipReaders(options.workers)  # first: the workers start while the model loads
                 embedding = Embedding(options.device, options.precision, options.compile, protocol.network)
                 path = embedding.path
                 for j, stats in loaded.items():
                     stats.check_weights(embedding.weights_sha256, sets[j].spec)
-                decoders = ClipReaders(options.workers)
             label = "AB"[i] if len(sets) > 1 else "A"
             stats = compute_statistics(video_set, protocol, embedding, decoders, options, label)
             if i < len(save_stats):

@@ -271,9 +271,10 @@ def run_metrics(spec_a: str, spec_b: str | None, protocol: Protocol, options: Ru
         with full_float32():
             for i, video_set in sets.items():
                 if embedding is None:
+                    readers = ClipReaders(options.workers)  # first: the workers start while the model loads
                     embedding = Embedding(options.device, options.precision, options.compile, protocol.network,
                                           r.resize)
-                    path, readers = embedding.path, ClipReaders(options.workers)
+                    path = embedding.path
                     weights.add(embedding.weights_sha256)
                 label = "AB"[i] if len(specs) > 1 else "A"
                 if streams(protocol, r, ROLES[i], videos, len(video_set.items), shard):
