@@ -102,6 +102,20 @@ def test_frames_skipped_unconverted_leave_the_others_as_reading_every_frame(shar
     assert (stream.info.width, stream.info.height) == (every.shape[2], every.shape[1])
 
 
+@pytest.mark.parametrize("name", ["arm_wrestling.mp4", "corrupted.mp4"])
+def test_a_process_limited_to_one_opencv_thread_decodes_with_one_the_same_frames(shared, name):
+    path = shared / "videos" / name
+    every = _raw_frames(path, 1)  # FFmpeg's own thread count
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # as a decoding worker (src.jobs.set_threads)
+    try:
+        frames, info = read_frames(path, fps=None)
+    finally:
+        cv2.setNumThreads(threads)
+    np.testing.assert_array_equal(frames, every[..., ::-1])
+    assert info.frame_count == len(every)
+
+
 @pytest.mark.parametrize("content", [b"", b"not a video at all" * 100])
 def test_unreadable_file_raises_one_line_error(tmp_path, content):
     bad = tmp_path / "broken.mp4"

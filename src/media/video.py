@@ -192,7 +192,11 @@ def _iter_video(path: Path, info: VideoInfo, wanted: Callable[[int], bool] | Non
 
     A frame i with wanted(i) false is yielded as None: decoded (grab) but not converted (retrieve, RGB), so its
     size is not checked."""
-    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    # FFmpeg decodes with a thread per core unless told otherwise: a process limited to fewer OpenCV threads (a
+    # decoding worker beside the network, src.jobs.set_threads) decodes with that many (the frames are the same).
+    threads = cv2.getNumThreads()
+    params = [cv2.CAP_PROP_N_THREADS, threads] if 0 < threads < (os.cpu_count() or 1) else []
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, params)
     if not cap.isOpened():
         raise VideoError(f"{path}: cannot be opened as a video (unreadable, not a video, or an unsupported codec)")
     declared = info.frame_count
