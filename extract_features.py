@@ -33,14 +33,14 @@ from pathlib import Path
 
 import torch
 
-from src.cli import (Parser, add_guard_arguments, add_inference_arguments, apply_guard_arguments, chosen_precision,
-                     one_line, parse_fps)
+from src.cli import Parser, add_inference_arguments, chosen_precision, one_line, parse_fps
 from src.clips import InputError, clip_to_tensor, load_clip
 from src.device import pick_device
 from src.extraction import (MODELS, PRESETS, ExtractionError, FeatureConfig, describe_presets, model_config,
                             prepare_feature_dir, preset_options, run)
 from src.extraction.compare import compare_files
 from src.extraction.config import ALIGNS, CROP_ORDERS, FLIP_FLOWS, PADS, POOLS, SHORT_VIDEOS, TAILS, TIME_FILES
+from src.guard import add_guard_arguments, apply_guard_arguments
 from src.inference import check_precision, guarded_fast_path
 from src.media.transforms import RESIZE_FILTERS
 from src.jobs import parse_shard, save_array_atomic, shard_from_env

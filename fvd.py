@@ -27,14 +27,14 @@ import logging
 import sys
 from pathlib import Path
 
-from src.cli import (Parser, add_guard_arguments, add_inference_arguments, apply_guard_arguments, check_output,
-                     chosen_precision, one_line, parse_fps)
+from src.cli import Parser, add_inference_arguments, check_output, chosen_precision, one_line, parse_fps
 from src.clips import InputError
 from src.fvd import (NETWORKS, PROTOCOLS, MetricsResult, Protocol, RunOptions, protocol_list, recipe, run_fvd,
                      run_metrics)
 from src.fvd.activation_files import is_activations_file
 from src.fvd.metrics import parse_metrics
 from src.fvd.pipeline import default_workers
+from src.guard import add_guard_arguments, apply_guard_arguments
 from src.jobs.shards import parse_shard, shard_from_env
 from src.weights import WeightsUnavailable
 
