@@ -492,6 +492,18 @@ def test_pil_resize_filters_are_pillows_own(small_frames):
         resize_exact(small_frames[:1].astype(np.float32), 340, 256, "pil-bilinear")
 
 
+def test_pil_short_side_truncates_the_long_side_as_video_features(small_frames):
+    """video_features' ResizeImproved (and torchvision's Resize) size the long side int(256 * 176 / 144) = 312 where
+    OpenCV's path rounds 312.9 to 313; the pixels are Pillow's own resize to that size."""
+    from PIL import Image
+    qcif = np.stack([cv2.resize(f, (176, 144), interpolation=cv2.INTER_AREA) for f in small_frames[:2]])
+    got = resize_short_side(qcif, 256, "pil-bilinear")
+    assert got.shape == (2, 256, 312, 3) and resize_short_side(qcif, 256).shape == (2, 256, 313, 3)
+    np.testing.assert_array_equal(got, pil_resized(qcif, 312, 256, Image.Resampling.BILINEAR))
+    tall = resize_short_side(qcif.transpose(0, 2, 1, 3).copy(), 256, "pil-lanczos")
+    assert tall.shape == (2, 312, 256, 3)
+
+
 def test_ucf_crime_10crop_conventions_on_a_real_clip(small_frames, tmp_path, rgb_model):
     """The preset with --window/--stride 4 and --pool mean (the same conventions, a quarter of the model's work; a
     4-frame window has one Mixed_5c time step, which the head's pool does not fit): 6 frames of 320x240 ->

@@ -71,9 +71,14 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
                 stride=64, align="drop-last", short_videos="drop", resize_to=None, resize_filter="pil-bilinear",
                 crops=1, pool="head", time_files="video-features"),
            confirmed="stacks of 64 every 64, each reading 65 frames (the RGB its first 64, the flow all 65), "
-                     "nothing for shorter videos, short side 256 with PIL bilinear, centre crop at (S - 224) // 2, "
-                     "values 2x/255 - 1, NAME_rgb/_flow/_fps/_timestamps_ms.npy",
-           inferred="that its i3d_rgb.pt / i3d_flow.pt are the rgb_imagenet / flow_imagenet conversion (the issue)",
+                     "nothing for shorter videos, the native rate (extraction_fps null), short side 256 with PIL "
+                     "bilinear and the long side truncated, centre crop at (S - 224) // 2, values 2x/255 - 1, the "
+                     "(2, 7, 7) pool then the mean over time, NAME_rgb/_flow/_fps/_timestamps_ms.npy, weights "
+                     "taken from hassony2/kinetics_i3d_pytorch (v-iashin/video_features models/i3d/extract_i3d.py, "
+                     "models/transforms.py, i3d_src/i3d_net.py, configs/i3d.yml, utils/utils.py, "
+                     "checkpoints/README.md)",
+           inferred="that hassony2's i3d_rgb.pt / i3d_flow.pt are its rgb_imagenet / flow_imagenet conversion "
+                    "(the issue: byte-identical files; not re-checked here)",
            flow_note="video_features computes its flow with RAFT (PWC-Net before), quantised to 8 bits; this tool's "
                      "is TV-L1, the flow I3D was trained on (video_features PR #14)"),
     Preset("anet-cmcs", "ActivityNet I3D features as ActionFormer reads them (configs/anet_i3d.yaml)",
