@@ -507,7 +507,8 @@ def test_pil_short_side_truncates_the_long_side_as_video_features(small_frames):
 def test_ucf_crime_10crop_conventions_on_a_real_clip(small_frames, tmp_path, rgb_model):
     """The preset with --window/--stride 4 and --pool mean (the same conventions, a quarter of the model's work; a
     4-frame window has one Mixed_5c time step, which the head's pool does not fit): 6 frames of 320x240 ->
-    340x256 through Pillow's LANCZOS -> ceil(6 / 4) = 2 rows, the last frame repeated, ten CMCS crops, crops first."""
+    340x256 through Pillow's LANCZOS -> ceil(6 / 4) = 2 rows, the last frame repeated, ten CMCS crops, crops first;
+    a video of at most one window refused (UR-DMU's i3d_extract.py asserts frame_cnt > chunk_size)."""
     from PIL import Image
     folder = write_folder(tmp_path / "clip", small_frames[:6])
     run([folder], tmp_path / "f", config("ucf-crime-10crop", weights="rgb_scratch", **QUICK), **QUIET)
@@ -525,6 +526,10 @@ def test_ucf_crime_10crop_conventions_on_a_real_clip(small_frames, tmp_path, rgb
     again = run([folder], tmp_path / "f", config("ucf-crime-10crop", weights="rgb_scratch", **QUICK),
                 **QUIET)
     assert (again.done, again.skipped) == (0, 1)  # a (crops, T', C) file is checked on its T' axis
+    tiny = write_folder(tmp_path / "tiny", small_frames[:4])  # UR-DMU asserts frame_cnt > 16: here 4 frames > 4
+    short = run([tiny], tmp_path / "f", config("ucf-crime-10crop", weights="rgb_scratch", **QUICK), **QUIET)
+    assert short.failed == 1 and "--short-videos reject" in rows(tmp_path / "f")["tiny"]["status"]
+    assert not (tmp_path / "f" / "tiny_rgb.npy").exists()
 
 
 def test_ucf_crime_10crop_from_the_command_line(shared, tmp_path, monkeypatch, capsys):

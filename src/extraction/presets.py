@@ -46,16 +46,23 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            confirmed="the ImageNet checkpoints, every frame, short side 256 + centre 224, 21-frame windows, the "
                      "(2, 7, 7) pool then the mean, RGB then flow",
            inferred="how the first and last ten frames were padded (the loader repeats the end frames)"),
-    Preset("ucf-crime-10crop", "the UCF-Crime ten-crop I3D features of DeepMIL-style anomaly detectors",
-           "the UCF-Crime files of DeepMIL (Sultani et al., CVPR 2018) re-extracted with I3D and used by RTFM, MGFN, "
-           "UR-DMU, PEL4VAD",
+    Preset("ucf-crime-10crop", "the UCF-Crime ten-crop Inception-I3D features of UR-DMU's extractor",
+           "UR-DMU (Zhou et al., AAAI 2023), whose feature_extract/i3d_extract.py re-extracts the UCF-Crime I3D files "
+           "DeepMIL-style detectors train on (RTFM's and MGFN's own files are ResNet-50 I3D, 2048 wide: not this "
+           "network)",
            dict(weights="rgb_imagenet", flow_weights="flow_imagenet", fps=None, window=16, stride=16,
-                tail="repeat-last", resize_to=(340, 256), resize_filter="pil-lanczos", crops=10, crop_order="cmcs",
-                flip_flow="keep", crops_first=True, pool="head"),
-           confirmed="the ten crops' order and slicing (CMCS's oversample_data, which these extractors share)",
-           inferred="340x256 through PIL's LANCZOS, 16 every 16 with T' = ceil(N / 16) and the last frame repeated, "
-                    "native rate, the checkpoint (the issue's reading of the maintainers' answers; the extractor "
-                    "itself was not read)"),
+                tail="repeat-last", short_videos="reject", resize_to=(340, 256), resize_filter="pil-lanczos",
+                crops=10, crop_order="cmcs", flip_flow="keep", crops_first=True, pool="head"),
+           confirmed="frames read by OpenCV at the native rate, 340x256 through PIL's ANTIALIAS (LANCZOS), "
+                     "2x/255 - 1, CMCS's ten crops (oversample_data: TL, TR, centre, BL, BR, then the same slices of "
+                     "the mirrored frame), windows of 16 every 16 with T' = ceil(N / 16) and the last frame repeated, "
+                     "frame_cnt > 16 asserted, the (2, 7, 7) pool, one (10, T', 1024) array a video, hassony2's "
+                     "ImageNet-inflated model_rgb.pth (henrryzh1/UR-DMU feature_extract/i3d_extract.py, "
+                     "video2frame_split.py, README.md; hassony2/kinetics_i3d_pytorch README.md)",
+           inferred="the flow's settings (UR-DMU extracts RGB only: flow_imagenet, CMCS's flip rule); not the "
+                    "files UR-DMU trains on, which are DeepMIL's released NAME__k files of another extraction "
+                    "(pytorch-i3d at short side 256, the centre first: DeepMIL's README, DeepMIL #2; "
+                    "docs/feature-presets.md)"),
     Preset("xd-violence-5crop", "the XD-Violence five-crop I3D features (Roc-Ng/XDVioDet)",
            "XD-Violence (Wu et al., ECCV 2020), Roc-Ng/XDVioDet, and the detectors trained on its released files",
            dict(weights="rgb_imagenet", flow_weights="flow_imagenet", fps=None, window=16, stride=16,
