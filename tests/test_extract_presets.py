@@ -545,8 +545,10 @@ def test_ucf_crime_10crop_from_the_command_line(shared, tmp_path, monkeypatch, c
 
 
 def test_xd_violence_5crop_writes_one_file_per_crop_centre_first(small_frames, tmp_path, rgb_model):
-    """Short side 256 (320x240 -> 341x256, OpenCV bilinear), frames 2..N, T' = (N - 1) // W; NAME__0 the centre,
-    NAME__1..4 TL, TR, BL, BR; a video with no full window gets no files (its row says why)."""
+    """Short side 256 (320x240 -> 341x256, OpenCV bilinear), RGB rows from frames 1..N-1, the frames XD-Violence's
+    RGB rows read (its loader drops the RGB file's last row where the flow's N - 1 frames give one row fewer), so
+    T' = (N - 1) // W and row k is frames kW .. kW + W - 1; NAME__0 the centre, NAME__1..4 TL, TR, BL, BR; a video
+    with no full window gets no files (its row says why)."""
     videos = tmp_path / "videos"
     write_folder(videos / "clip", small_frames[:9])
     write_folder(videos / "tiny", small_frames[:4])
@@ -556,7 +558,7 @@ def test_xd_violence_5crop_writes_one_file_per_crop_centre_first(small_frames, t
     out = tmp_path / "f"
     crops = [np.load(out / f"clip__{k}.npy") for k in range(5)]
     assert all(c.shape == ((9 - 1) // 4, 1024) == (2, 1024) for c in crops) and not (out / "clip_rgb.npy").exists()
-    x = model_range(resize_short_side(small_frames[:9], 256))[1:]  # frames 2..9
+    x = model_range(resize_short_side(small_frames[:9], 256))[:8]  # frames 1..8
     assert x.shape[1:3] == (256, 341)
     np.testing.assert_allclose(crops[0][1], features(rgb_model, x[4:8, 16:240, 58:282], "mean"), atol=1e-4)
     np.testing.assert_allclose(crops[2][0], features(rgb_model, x[0:4, :224, 117:], "mean"), atol=1e-4)  # TR

@@ -66,12 +66,18 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("xd-violence-5crop", "the XD-Violence five-crop I3D features (Roc-Ng/XDVioDet)",
            "XD-Violence (Wu et al., ECCV 2020), Roc-Ng/XDVioDet, and the detectors trained on its released files",
            dict(weights="rgb_imagenet", flow_weights="flow_imagenet", fps=None, window=16, stride=16,
-                align="drop-first", short_videos="drop", resize_to=None, crops=5, crop_order="centre-first",
+                align="drop-last", short_videos="drop", resize_to=None, crops=5, crop_order="centre-first",
                 per_crop_files=True, pool="head"),
-           confirmed="five crops, one file per crop NAME__k.npy, __0 the centre, __1..__4 the corners (its README); "
-                     "RGB and flow in separate files (its lists)",
-           inferred="the corners' order TL, TR, BL, BR, short side 256, T' = (N - 1) // 16 with the first frame "
-                    "dropped so RGB aligns with flow, native rate, the checkpoints (XDVioDet #5, the issue)"),
+           confirmed="five crops, one file per crop NAME__k.npy, __0 the centre, __1..__4 the corners "
+                     "(Roc-Ng/XDVioDet README.md); RGB and flow in separate files of the same name (list/rgb.list, "
+                     "list/flow.list); the flow has one frame fewer than the RGB and a longer RGB file loses its last "
+                     "row when the two are joined (dataset.py), so RGB row k reads frames 16k .. 16k + 15 as "
+                     "--align drop-last's do; pytorch-i3d with the ImageNet checkpoints (XDVioDet #6)",
+           inferred="the corners' order TL, TR, BL, BR (the README says 'the corners'; XDVioDet #4's guess, "
+                    "torchvision's FiveCrop, puts the centre last, against the README); "
+                    "short side 256 by OpenCV (its author's answer for DeepMIL's files, DeepMIL #2); T' = N // 16 "
+                    "for RGB and (N - 1) // 16 for flow, which drop-last gives both (one RGB row fewer where 16 "
+                    "divides N); native rate, head pooling"),
     Preset("video-features", "v-iashin/video_features' I3D features (models/i3d/extract_i3d.py)",
            "the many users of v-iashin/video_features (dense video captioning, anomaly detection, retrieval)",
            dict(streams=("rgb", "flow"), weights="rgb_imagenet", flow_weights="flow_imagenet", fps=None, window=64,
