@@ -95,20 +95,26 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            flow_note="video_features computes its flow with RAFT (PWC-Net before), quantised to 8 bits; this tool's "
                      "is TV-L1, the flow I3D was trained on (video_features PR #14)"),
     Preset("anet-cmcs", "ActivityNet I3D features as ActionFormer reads them (configs/anet_i3d.yaml)",
-           "ActionFormer (Zhang et al., ECCV 2022) and TriDet on ActivityNet-1.3: feat_stride 16, num_frames 16, "
-           "default_fps 25",
+           "ActionFormer (Zhang et al., ECCV 2022) on ActivityNet-1.3: feat_stride 16, num_frames 16, default_fps 25 "
+           "(TriDet's ActivityNet config reads TSP features instead)",
            dict(streams=("rgb", "flow"), concat=True, weights="rgb_imagenet", flow_weights="flow_imagenet", fps=25.0,
                 window=16, stride=16, resize_to=(340, 256), rgb_jpeg=True, flow_jpeg=True, align="drop-first",
                 crops=1, crop_order="cmcs", flip_flow="keep", pool="head", short_videos="reject"),
-           confirmed="feat_stride 16, num_frames 16, default_fps 25, input_dim 2048 (anet_i3d.yaml)",
+           confirmed="feat_stride 16, num_frames 16, default_fps 25, input_dim 2048, file_prefix v_, each row at its "
+                     "window's centre (feat_offset = num_frames / 2 / feat_stride), the rows resampled to 192 "
+                     "(force_upsampling) (happyharrycn/actionformer_release configs/anet_i3d.yaml, "
+                     "libs/datasets/anet.py)",
            inferred="everything else: thumos14-cmcs's pipeline at 25 fps with stride 16 (the extractor of the "
                     "ActivityNet files is not published)"),
     Preset("wtalc", "W-TALC's THUMOS-14 I3D features (Paul et al., ECCV 2018)",
            "W-TALC and the weakly supervised localisation papers that reuse its features",
            dict(streams=("rgb", "flow"), concat=True, weights="rgb_imagenet", flow_weights="flow_imagenet", fps=25.0,
                 window=16, stride=16, short_videos="drop", resize_to=None, crops=1, pool="head"),
-           confirmed="25 fps, non-overlapping windows of 16, T' = N // 16, RGB then flow (2048) (the paper)",
-           inferred="the checkpoints, short side 256 + centre 224, TV-L1 and the head pooling"),
+           confirmed="a row every 16 frames at 25 fps (its evaluation maps t seconds to row t * 25 / 16), 2048 values a row, "
+                     "one <dataset>-I3D-JOINTFeatures.npy holding every video's rows (sujoyp/wtalc-pytorch "
+                     "detectionMAP.py, options.py, video_dataset.py)",
+           inferred="T' = N // 16 and RGB before flow (the paper, not re-read here); the checkpoints, short side "
+                    "256 + centre 224, TV-L1 and the head pooling (its extractor is not published)"),
 ]}
 
 
