@@ -544,6 +544,24 @@ def test_ucf_crime_10crop_from_the_command_line(shared, tmp_path, monkeypatch, c
     assert np.load(tmp_path / "f" / "clip_rgb.npy").shape == (10, math.ceil(18 / 16), 1024) == (10, 2, 1024)
 
 
+def test_deepmil_10crop_writes_ten_files_centre_first(small_frames, tmp_path, rgb_model):
+    """DeepMIL's README: NAME__0 the centre, __1..__4 the corners, __5..__9 their mirror images; short side 256
+    (320x240, UCF-Crime's own size, -> 341x256, OpenCV bilinear); 16 frames a row without overlap, the tail dropped:
+    9 frames with --window/--stride 4 -> 9 // 4 = 2 rows of frames 1..4 and 5..8."""
+    folder = write_folder(tmp_path / "clip", small_frames[:9])
+    run([folder], tmp_path / "f", config("deepmil-10crop", weights="rgb_scratch", **QUICK), **QUIET)
+    out = tmp_path / "f"
+    crops = [np.load(out / f"clip__{k}.npy") for k in range(10)]
+    assert all(c.shape == (9 // 4, 1024) == (2, 1024) for c in crops) and not (out / "clip_rgb.npy").exists()
+    x = model_range(resize_short_side(small_frames[:9], 256))
+    assert x.shape[1:3] == (256, 341)
+    np.testing.assert_allclose(crops[0][1], features(rgb_model, x[4:8, 16:240, 58:282], "mean"), atol=1e-4)
+    np.testing.assert_allclose(crops[1][0], features(rgb_model, x[0:4, :224, :224], "mean"), atol=1e-4)  # TL
+    mirrored = x[:, :, ::-1]
+    np.testing.assert_allclose(crops[5][0], features(rgb_model, mirrored[0:4, 16:240, 59:283], "mean"), atol=1e-4)
+    assert "crop_order=centre-first" in rows(out)["clip"]["recipe"]
+
+
 def test_xd_violence_5crop_writes_one_file_per_crop_centre_first(small_frames, tmp_path, rgb_model):
     """Short side 256 (320x240 -> 341x256, OpenCV bilinear), RGB rows from frames 1..N-1, the frames XD-Violence's
     RGB rows read (its loader drops the RGB file's last row where the flow's N - 1 frames give one row fewer), so

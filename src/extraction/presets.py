@@ -63,6 +63,20 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
                     "files UR-DMU trains on, which are DeepMIL's released NAME__k files of another extraction "
                     "(pytorch-i3d at short side 256, the centre first: DeepMIL's README, DeepMIL #2; "
                     "docs/feature-presets.md)"),
+    Preset("deepmil-10crop", "DeepMIL's released UCF-Crime ten-crop I3D files (Roc-Ng/DeepMIL)",
+           "the UCF-Crime I3D files of Roc-Ng/DeepMIL (Sultani et al.'s MIL, re-done in PyTorch), which UR-DMU and "
+           "other anomaly detectors train on",
+           dict(weights="rgb_imagenet", flow_weights="flow_imagenet", fps=None, window=16, stride=16, tail="drop",
+                short_videos="drop", resize_to=None, crops=10, crop_order="centre-first", per_crop_files=True,
+                pool="head"),
+           confirmed="ten crops in one file each, NAME__0 the centre, __1..__4 the corners, __5..__9 their mirrored "
+                     "counterparts (Roc-Ng/DeepMIL README.md; UR-DMU's list/UCF_Train.list); pytorch-i3d with the "
+                     "short side resized to 256 (its author, DeepMIL #2) and 16 frames without overlap a row "
+                     "(DeepMIL #19)",
+           inferred="the corners' order TL, TR, BL, BR; T' = N // 16, the last frames dropped (a user's 2729 frames "
+                    "-> 170 rows matching the released file, DeepMIL #2); rgb_imagenet (its author's answer for "
+                    "XD-Violence, XDVioDet #6); OpenCV's bilinear resize (pytorch-i3d's loader reads with OpenCV); "
+                    "native rate, head pooling"),
     Preset("xd-violence-5crop", "the XD-Violence five-crop I3D features (Roc-Ng/XDVioDet)",
            "XD-Violence (Wu et al., ECCV 2020), Roc-Ng/XDVioDet, and the detectors trained on its released files",
            dict(weights="rgb_imagenet", flow_weights="flow_imagenet", fps=None, window=16, stride=16,
