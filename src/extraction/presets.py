@@ -125,8 +125,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            dict(streams=("rgb", "flow"), concat=True, weights="rgb_imagenet", flow_weights="flow_imagenet", fps=25.0,
                 window=16, stride=16, short_videos="drop", resize_to=None, crops=1, pool="head"),
            confirmed="a row every 16 frames at 25 fps (its evaluation maps t seconds to row t * 25 / 16), 2048 "
-                     "values a row, one <dataset>-I3D-JOINTFeatures.npy holding every video's rows (sujoyp/wtalc-pytorch "
-                     "detectionMAP.py, options.py, video_dataset.py)",
+                     "values a row, one <dataset>-I3D-JOINTFeatures.npy holding every video's rows "
+                     "(sujoyp/wtalc-pytorch detectionMAP.py, options.py, video_dataset.py)",
            inferred="T' = N // 16 and RGB before flow (the paper, not re-read here); the checkpoints, short side "
                     "256 + centre 224, TV-L1 and the head pooling (its extractor is not published)"),
 ]}
