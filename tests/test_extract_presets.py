@@ -434,12 +434,12 @@ def small_frames(shared) -> np.ndarray:
 
 
 def test_tail_window_counts_follow_their_formulas():
-    """drop: (N - W) // S + 1; repeat-last / loop: ceil((N - W) / S) + 1 (UCF-Crime's ceil(N / 16) for W = S = 16);
+    """drop: (N - W) // S + 1; repeat-last / loop: ceil((N - W) / S) + 1 (UR-DMU's ceil(N / 16) for W = S = 16);
     video_features' stacks: N - 1 frames under --align drop-last, (N - 1 - 64) // 64 + 1; XD-Violence's (N - 1) // 16
-    under drop-first; W-TALC's N // 16."""
+    under drop-last; W-TALC's and DeepMIL's N // 16."""
     for n in (16, 17, 31, 32, 33, 280, 300):
         assert window_count(n, 16, 16, tail="repeat-last") == window_count(n, 16, 16, tail="loop") == math.ceil(n / 16)
-        assert window_count(n, 16, 16) == n // 16  # W-TALC
+        assert window_count(n, 16, 16) == n // 16  # W-TALC, DeepMIL
         assert window_count(n - 1, 16, 16) == (n - 1) // 16 or n - 1 < 16  # XD-Violence
         assert window_count(n, 16, 4, tail="repeat-last") == math.ceil((n - 16) / 4) + 1
     for n in (65, 128, 129, 280, 300):
