@@ -122,7 +122,7 @@ def streams(protocol: Protocol, r: Recipe, role: str, videos: int | None, count:
     """Whether a set's clips can be chosen video by video as they are decoded (one decode each, overlapping the
     network): 'start' or 'offset' clips of the first N videos, and not one shard of several."""
     how = r.real_clip if role == "real" else r.generated_clip
-    first = role == "generated" or r.real_videos == "first" or videos is None or count <= videos
+    first = (r.real_videos if role == "real" else r.generated_videos) == "first" or videos is None or count <= videos
     return protocol.name != "tf" and shard == (1, 1) and how in ("start", "offset") and first
 
 
@@ -254,7 +254,7 @@ def run_metrics(spec_a: str, spec_b: str | None, protocol: Protocol, options: Ru
             check_loaded(data, protocol, ROLES[i], trials, spec)
             loaded[i] = data
             continue
-        sets[i] = open_set(spec, options.max_videos if protocol.name == "tf" else None)
+        sets[i] = open_set(spec, options.max_videos if protocol.name == "tf" else None, order=r.order)
         if sets[i].is_stats:
             raise InputError(f"{spec}: a statistics file holds no activations; --metrics, --trials and the sampled "
                              "protocols need videos or an activations file (--save-activations)")

@@ -63,7 +63,7 @@ def min_length(recipe: Recipe, role: str, frames: int, step: int) -> int:
 def needs_lengths(recipe: Recipe, role: str) -> bool:
     """Whether picking this role's clips needs every video's frame count first."""
     if role == "generated":
-        return recipe.generated_clip != "start"
+        return recipe.generated_clip != "start"  # a random choice among the videos needs only their number
     return recipe.real_clip != "start" or recipe.drop_short or recipe.real_videos == "random"
 
 
@@ -96,7 +96,8 @@ def pick_clips(count: int, lengths: Sequence[int] | None, recipe: Recipe, role: 
         chosen = np.sort(rng.choice(total, min(videos or total, total), replace=False))
         owner = np.searchsorted(starts, chosen, side="right") - 1
         return [Pick(eligible[o], clip_frames(int(c - starts[o]), frames, step)) for o, c in zip(owner, chosen)]
-    if role == "real" and recipe.real_videos == "random" and videos is not None and videos < len(eligible):
+    choice = recipe.real_videos if role == "real" else recipe.generated_videos
+    if choice == "random" and videos is not None and videos < len(eligible):
         eligible = sorted(int(i) for i in rng.choice(eligible, videos, replace=False))
     else:
         eligible = eligible[:videos]
