@@ -18,7 +18,8 @@ from src.fvd.preprocess import resize_for
 from src.fvd.protocol import Protocol
 from src.fvd.protocols import RECIPES, protocol_list, recipe
 from src.fvd.runs import streams
-from src.fvd.sampling import Pick, clip_frames, offset_frames, pick_clips, read_pick, video_clips
+from src.fvd.sampling import (Pick, clip_frames, offset_frames, pick_clips, read_pick, video_clips,
+                              warn_if_few_windows)
 
 SQRTMS = ("tf-gan", "scipy", "svd32")
 
@@ -102,6 +103,14 @@ def test_tats_digan_videogpt_draw_over_every_window_of_every_video(tmp_path, nam
     # long videos weigh more: over many seeds, video 1 (4 windows) is drawn about twice as often as video 0 (2)
     draws = [p.video for s in range(200) for p in pick_clips(2, lengths, r, "real", 9, 1, 1, seed=s)]
     assert 0.55 < np.mean(draws) < 0.78
+
+
+def test_a_window_drawn_set_is_small_when_it_has_fewer_windows_than_n(caplog) -> None:
+    """tats/digan/videogpt draw N windows, not N videos: 6 videos of 60 frames hold 6 * 45 = 270 windows of 16."""
+    warn_if_few_windows("A/", [60] * 6, 16, 1, 256, "videogpt")
+    assert not caplog.records
+    warn_if_few_windows("A/", [60] * 6, 16, 1, 2048, "tats")
+    assert caplog.messages == ["A/: 270 windows of 16 frames, fewer than protocol tats's N = 2048: every window is used"]
 
 
 @pytest.mark.parametrize("name", ["stylegan-v", "tats", "digan", "videogpt", "latte"])

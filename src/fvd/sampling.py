@@ -112,6 +112,16 @@ def warn_if_small(spec: str, count: int, videos: int | None, name: str) -> None:
         log.warning("%s: %d videos, fewer than protocol %s's N = %d: the set is used whole", spec, count, name, videos)
 
 
+def warn_if_few_windows(spec: str, lengths: Sequence[int], frames: int, step: int, videos: int | None,
+                        name: str) -> None:
+    """One warning line when a set drawn by windows (tats, digan, videogpt) has fewer windows than N (all are used)."""
+    span = (frames - 1) * step + 1
+    windows = sum(max(n - span + 1, 0) for n in lengths)
+    if videos is not None and windows < videos:
+        log.warning("%s: %d windows of %d frames, fewer than protocol %s's N = %d: every window is used", spec,
+                    windows, span, name, videos)
+
+
 def video_length(item: VideoEntry, fps: float | None, array: np.ndarray | None = None) -> int:
     """The number of frames of one video (a video file is decoded to count them exactly)."""
     if item.row is not None:
