@@ -106,7 +106,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
                 "epsilon 1e-3"),
                ("not reproduced", "StyleGAN-V asserts that every generated video has n*s frames (an assertion "
                 "error there), here a generated video needs the (n-1)*s + 1 frames its clip spans; its --mirror "
-                "option (flipped copies of the real videos) is not offered")),
+                "option (flipped copies of the real videos) is not offered; frames inside a frame folder are in "
+                "code-point order there, natural order here (the same for zero-padded names)")),
            order="codepoint"),
     Recipe("tats", "TATS: N clips drawn over every stride-1 window of the real videos, frames squashed to 224x224",
            2048, 16, 1, 1, "first", "window", "start", False, "unbiased", "svd32", "squash", "videogpt-eps", 1, 0, (
