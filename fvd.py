@@ -132,7 +132,8 @@ def main() -> int:
                              "digan's 42)")
     parser.add_argument("--max-videos", type=int, default=None, metavar="N",
                         help="use the first N videos of each set (natural order of paths, a list's own order, "
-                             "an array's first rows)")
+                             "an array's first rows); for a sampled protocol its N: videos per set, or clips drawn "
+                             "over all windows for tats, digan, videogpt (default: the protocol's)")
     parser.add_argument("--fps", type=parse_fps, default=None, metavar="native|F",
                         help="resample video files to F frames/s by timestamps (default: native, as given)")
     parser.add_argument("--batch", type=int, default=8, help="clips per network batch (default: %(default)s)")
