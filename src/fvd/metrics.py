@@ -15,6 +15,8 @@ precision / recall.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -60,7 +62,11 @@ def frechet(mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, cov_b: np
     if sqrtm == "scipy":
         import scipy.linalg
 
-        root = scipy.linalg.sqrtm(np.asarray(cov_b, np.float64) @ np.asarray(cov_a, np.float64))
+        # StyleGAN-V calls sqrtm(..., disp=False), which is silent; a product of two covariances of fewer clips than
+        # dimensions is singular, and scipy would warn about that on every run of a small set
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+            root = scipy.linalg.sqrtm(np.asarray(cov_b, np.float64) @ np.asarray(cov_a, np.float64))
         value = np.sum(np.square(mean_b - mean_a)) + np.trace(cov_a + cov_b - 2 * root)
         return float(np.real(value))
     if sqrtm == "svd32":
