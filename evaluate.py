@@ -24,11 +24,11 @@ import math
 import sys
 from pathlib import Path
 
-from src.cli import (Parser, add_guard_arguments, add_inference_arguments, apply_guard_arguments, check_positive,
-                     chosen_precision)
+from src.cli import Parser, add_inference_arguments, check_positive, chosen_precision
 from src.clips import InputError
 from src.dataset import DatasetError
 from src.device import pick_device
+from src.guard import add_guard_arguments, apply_guard_arguments
 from src.inference import check_precision
 from src.jobs import write_text_atomic
 from src.kinetics_eval import PER_CLASS, RECORDS, SUMMARY, EvaluationError, evaluate_weights

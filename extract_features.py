@@ -9,6 +9,7 @@ Examples:
     python extract_features.py videos/ --out-dir feats/ --preset thumos14-cmcs           # ActionFormer's THUMOS-14
     python extract_features.py videos/ --out-dir feats/ --preset ms-tcn --weights w.pth --flow-weights f.pth
     python extract_features.py videos/ --out-dir feats/ --preset ucf-crime-10crop --streams rgb   # (10, T', 1024)
+    python extract_features.py videos/ --out-dir feats/ --preset deepmil-10crop          # NAME__0..9.npy
     python extract_features.py --print-config actionformer feats/                       # its dataset settings
     python extract_features.py --compare feats/video_test_0000004_rgb+flow.npy released/video_test_0000004.npy
     python extract_features.py videos/ --out-dir feats/ --streams rgb,flow --concat --fps native --stride 4
@@ -33,14 +34,14 @@ from pathlib import Path
 
 import torch
 
-from src.cli import (Parser, add_guard_arguments, add_inference_arguments, apply_guard_arguments, chosen_precision,
-                     one_line, parse_fps)
+from src.cli import Parser, add_inference_arguments, chosen_precision, one_line, parse_fps
 from src.clips import InputError, clip_to_tensor, load_clip
 from src.device import pick_device
 from src.extraction import (MODELS, PRESETS, ExtractionError, FeatureConfig, describe_presets, model_config,
                             prepare_feature_dir, preset_options, run)
 from src.extraction.compare import compare_files
 from src.extraction.config import ALIGNS, CROP_ORDERS, FLIP_FLOWS, PADS, POOLS, SHORT_VIDEOS, TAILS, TIME_FILES
+from src.guard import add_guard_arguments, apply_guard_arguments
 from src.inference import check_precision, guarded_fast_path
 from src.media.transforms import RESIZE_FILTERS
 from src.jobs import parse_shard, save_array_atomic, shard_from_env
@@ -114,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--out-dir", type=Path, help="dataset form: folder for the per-video feature arrays")
     out.add_argument("--out", type=Path, help="one-clip form: output .npy of the endpoint, (C, T, H, W)")
     p.add_argument("--preset", action=PresetAction, default="i3d",
-                   help="a named feature convention (i3d, thumos14-cmcs, ms-tcn): its options, each overridden by "
+                   help="a named feature convention (i3d, thumos14-cmcs, ms-tcn, ucf-crime-10crop, deepmil-10crop, "
+                        "xd-violence-5crop, video-features, anet-cmcs, wtalc): its options, each overridden by "
                         "an explicit flag; 'list' shows them with their provenance (default: %(default)s)")
     p.add_argument("--compare", nargs=2, metavar=("MINE", "THEIRS"), action=CompareAction,
                    help="compare two feature files (.npy/.npz): shapes, T', per-row cosine similarity; then exit")
@@ -177,9 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: drop)")
     ds.add_argument("--resize-filter", choices=RESIZE_FILTERS, default=keep,
                     help="OpenCV's bilinear resize, or Pillow's Image.resize with BILINEAR or LANCZOS on the uint8 "
-                         "RGB frames, as PIL-based extractors (default: bilinear)")
+                         "RGB frames, as PIL-based extractors; to a short side, Pillow's truncates the long side "
+                         "as torchvision and video_features do (default: bilinear)")
     ds.add_argument("--crops-first", action=on_off, default=keep,
-                    help="crops before time: (crops, T', C) per file, as DeepMIL-style files (default: no)")
+                    help="crops before time: (crops, T', C) per file, as UR-DMU's UCF-Crime extractor (default: no)")
     ds.add_argument("--per-crop-files", action=on_off, default=keep,
                     help="one (T', C) file per crop, NAME__k.npy for k = 0..crops-1 (NAME_STREAM__k.npy with two "
                          "streams), DeepMIL's and XD-Violence's naming (default: no)")

@@ -27,14 +27,14 @@ import logging
 import sys
 from pathlib import Path
 
-from src.cli import (Parser, add_guard_arguments, add_inference_arguments, apply_guard_arguments, check_output,
-                     chosen_precision, one_line, parse_fps)
+from src.cli import Parser, add_inference_arguments, check_output, chosen_precision, one_line, parse_fps
 from src.clips import InputError
 from src.fvd import (NETWORKS, PROTOCOLS, MetricsResult, Protocol, RunOptions, protocol_list, recipe, run_fvd,
                      run_metrics)
 from src.fvd.activation_files import is_activations_file
 from src.fvd.metrics import parse_metrics
 from src.fvd.pipeline import default_workers
+from src.guard import add_guard_arguments, apply_guard_arguments
 from src.jobs.shards import parse_shard, shard_from_env
 from src.weights import WeightsUnavailable
 
@@ -132,7 +132,8 @@ def main() -> int:
                              "digan's 42)")
     parser.add_argument("--max-videos", type=int, default=None, metavar="N",
                         help="use the first N videos of each set (natural order of paths, a list's own order, "
-                             "an array's first rows)")
+                             "an array's first rows); for a sampled protocol its N: videos per set, or clips drawn "
+                             "over all windows for tats, digan, videogpt (default: the protocol's)")
     parser.add_argument("--fps", type=parse_fps, default=None, metavar="native|F",
                         help="resample video files to F frames/s by timestamps (default: native, as given)")
     parser.add_argument("--batch", type=int, default=8, help="clips per network batch (default: %(default)s)")

@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from src.cli import add_guard_arguments, apply_guard_arguments
+from src.guard import add_guard_arguments, apply_guard_arguments
 from src.flow import ALGORITHMS
 from src.jobs import parse_shard
 from src.media.transforms import STORAGE_DTYPES

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from src.cli import (add_guard_arguments, add_inference_arguments, apply_guard_arguments, check_output, check_positive,
-                     chosen_precision)
+from src.cli import add_inference_arguments, check_output, check_positive, chosen_precision
 from src.clips import InputError
 from src.dataset import DatasetError
 from src.device import pick_device
+from src.guard import add_guard_arguments, apply_guard_arguments
 from src.inference import check_precision, check_trusted
 from src.jobs.files import atomic_write, save_array_atomic
 from src.predict import (exported_predictor, format_json, format_table, plot_timeline, predictor_from_run,

@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 from src.clips import InputError
-from src.guard import FLOW_BACKENDS, configure
 from src.inference import PRECISIONS
 from src.jobs import check_writable
 
@@ -39,23 +38,6 @@ def add_inference_arguments(parser: argparse.ArgumentParser, precision: str = "a
         parser.add_argument("--plain", action="store_true", help="run the plain float32 model instead of the fast path")
     parser.add_argument("--compile", action="store_true",
                         help="also wrap the fast path in torch.compile: slow to start, pays off over many clips")
-
-
-def add_guard_arguments(parser: argparse.ArgumentParser, flow: bool = True) -> None:
-    """--recheck (and, for scripts that compute optical flow, --flow-backend): the checks of the accelerated paths."""
-    if flow:
-        parser.add_argument("--flow-backend", choices=FLOW_BACKENDS, default=None,
-                            help="force this TV-L1 implementation, unchecked (default: Triton on CUDA, the fastest "
-                                 "of OpenCV and the PyTorch port on a CPU; Triton and the port are checked against "
-                                 "OpenCV once per machine and replaced by the next one if they fail)")
-    parser.add_argument("--recheck", action="store_true",
-                        help="redo the once-per-machine checks of the accelerated paths (fast path, TV-L1) instead "
-                             "of trusting their cached verdicts")
-
-
-def apply_guard_arguments(args: argparse.Namespace) -> None:
-    """Hand --flow-backend and --recheck to the guards (src/guard.py) before any work."""
-    configure(getattr(args, "flow_backend", None), args.recheck)
 
 
 def chosen_precision(args: argparse.Namespace) -> str | None:

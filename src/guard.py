@@ -9,6 +9,7 @@ file that does not parse, is ignored and the check redone. Checks run in the mai
 """
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing
 import os
@@ -127,3 +128,20 @@ def notice(what: str, device, why: str, instead: str) -> str:
         _told.add(line)
         print(line, file=sys.stderr, flush=True)
     return line
+
+
+def add_guard_arguments(parser: argparse.ArgumentParser, flow: bool = True) -> None:
+    """--recheck (and, for scripts that compute optical flow, --flow-backend): the checks of the accelerated paths."""
+    if flow:
+        parser.add_argument("--flow-backend", choices=FLOW_BACKENDS, default=None,
+                            help="force this TV-L1 implementation, unchecked (default: Triton on CUDA, the fastest "
+                                 "of OpenCV and the PyTorch port on a CPU; Triton and the port are checked against "
+                                 "OpenCV once per machine and replaced by the next one if they fail)")
+    parser.add_argument("--recheck", action="store_true",
+                        help="redo the once-per-machine checks of the accelerated paths (fast path, TV-L1) instead "
+                             "of trusting their cached verdicts")
+
+
+def apply_guard_arguments(args: argparse.Namespace) -> None:
+    """Hand --flow-backend and --recheck to the guards (src/guard.py) before any work."""
+    configure(getattr(args, "flow_backend", None), args.recheck)

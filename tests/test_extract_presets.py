@@ -434,12 +434,12 @@ def small_frames(shared) -> np.ndarray:
 
 
 def test_tail_window_counts_follow_their_formulas():
-    """drop: (N - W) // S + 1; repeat-last / loop: ceil((N - W) / S) + 1 (UCF-Crime's ceil(N / 16) for W = S = 16);
+    """drop: (N - W) // S + 1; repeat-last / loop: ceil((N - W) / S) + 1 (UR-DMU's ceil(N / 16) for W = S = 16);
     video_features' stacks: N - 1 frames under --align drop-last, (N - 1 - 64) // 64 + 1; XD-Violence's (N - 1) // 16
-    under drop-first; W-TALC's N // 16."""
+    under drop-last; W-TALC's and DeepMIL's N // 16."""
     for n in (16, 17, 31, 32, 33, 280, 300):
         assert window_count(n, 16, 16, tail="repeat-last") == window_count(n, 16, 16, tail="loop") == math.ceil(n / 16)
-        assert window_count(n, 16, 16) == n // 16  # W-TALC
+        assert window_count(n, 16, 16) == n // 16  # W-TALC, DeepMIL
         assert window_count(n - 1, 16, 16) == (n - 1) // 16 or n - 1 < 16  # XD-Violence
         assert window_count(n, 16, 4, tail="repeat-last") == math.ceil((n - 16) / 4) + 1
     for n in (65, 128, 129, 280, 300):
@@ -492,10 +492,23 @@ def test_pil_resize_filters_are_pillows_own(small_frames):
         resize_exact(small_frames[:1].astype(np.float32), 340, 256, "pil-bilinear")
 
 
+def test_pil_short_side_truncates_the_long_side_as_video_features(small_frames):
+    """video_features' ResizeImproved (and torchvision's Resize) size the long side int(256 * 176 / 144) = 312 where
+    OpenCV's path rounds 312.9 to 313; the pixels are Pillow's own resize to that size."""
+    from PIL import Image
+    qcif = np.stack([cv2.resize(f, (176, 144), interpolation=cv2.INTER_AREA) for f in small_frames[:2]])
+    got = resize_short_side(qcif, 256, "pil-bilinear")
+    assert got.shape == (2, 256, 312, 3) and resize_short_side(qcif, 256).shape == (2, 256, 313, 3)
+    np.testing.assert_array_equal(got, pil_resized(qcif, 312, 256, Image.Resampling.BILINEAR))
+    tall = resize_short_side(qcif.transpose(0, 2, 1, 3).copy(), 256, "pil-lanczos")
+    assert tall.shape == (2, 312, 256, 3)
+
+
 def test_ucf_crime_10crop_conventions_on_a_real_clip(small_frames, tmp_path, rgb_model):
     """The preset with --window/--stride 4 and --pool mean (the same conventions, a quarter of the model's work; a
     4-frame window has one Mixed_5c time step, which the head's pool does not fit): 6 frames of 320x240 ->
-    340x256 through Pillow's LANCZOS -> ceil(6 / 4) = 2 rows, the last frame repeated, ten CMCS crops, crops first."""
+    340x256 through Pillow's LANCZOS -> ceil(6 / 4) = 2 rows, the last frame repeated, ten CMCS crops, crops first;
+    a video of at most one window refused (UR-DMU's i3d_extract.py asserts frame_cnt > chunk_size)."""
     from PIL import Image
     folder = write_folder(tmp_path / "clip", small_frames[:6])
     run([folder], tmp_path / "f", config("ucf-crime-10crop", weights="rgb_scratch", **QUICK), **QUIET)
@@ -513,6 +526,10 @@ def test_ucf_crime_10crop_conventions_on_a_real_clip(small_frames, tmp_path, rgb
     again = run([folder], tmp_path / "f", config("ucf-crime-10crop", weights="rgb_scratch", **QUICK),
                 **QUIET)
     assert (again.done, again.skipped) == (0, 1)  # a (crops, T', C) file is checked on its T' axis
+    tiny = write_folder(tmp_path / "tiny", small_frames[:4])  # UR-DMU asserts frame_cnt > 16: here 4 frames > 4
+    short = run([tiny], tmp_path / "f", config("ucf-crime-10crop", weights="rgb_scratch", **QUICK), **QUIET)
+    assert short.failed == 1 and "--short-videos reject" in rows(tmp_path / "f")["tiny"]["status"]
+    assert not (tmp_path / "f" / "tiny_rgb.npy").exists()
 
 
 def test_ucf_crime_10crop_from_the_command_line(shared, tmp_path, monkeypatch, capsys):
@@ -527,9 +544,29 @@ def test_ucf_crime_10crop_from_the_command_line(shared, tmp_path, monkeypatch, c
     assert np.load(tmp_path / "f" / "clip_rgb.npy").shape == (10, math.ceil(18 / 16), 1024) == (10, 2, 1024)
 
 
+def test_deepmil_10crop_writes_ten_files_centre_first(small_frames, tmp_path, rgb_model):
+    """DeepMIL's README: NAME__0 the centre, __1..__4 the corners, __5..__9 their mirror images; short side 256
+    (320x240, UCF-Crime's own size, -> 341x256, OpenCV bilinear); 16 frames a row without overlap, the tail dropped:
+    9 frames with --window/--stride 4 -> 9 // 4 = 2 rows of frames 1..4 and 5..8."""
+    folder = write_folder(tmp_path / "clip", small_frames[:9])
+    run([folder], tmp_path / "f", config("deepmil-10crop", weights="rgb_scratch", **QUICK), **QUIET)
+    out = tmp_path / "f"
+    crops = [np.load(out / f"clip__{k}.npy") for k in range(10)]
+    assert all(c.shape == (9 // 4, 1024) == (2, 1024) for c in crops) and not (out / "clip_rgb.npy").exists()
+    x = model_range(resize_short_side(small_frames[:9], 256))
+    assert x.shape[1:3] == (256, 341)
+    np.testing.assert_allclose(crops[0][1], features(rgb_model, x[4:8, 16:240, 58:282], "mean"), atol=1e-4)
+    np.testing.assert_allclose(crops[1][0], features(rgb_model, x[0:4, :224, :224], "mean"), atol=1e-4)  # TL
+    mirrored = x[:, :, ::-1]
+    np.testing.assert_allclose(crops[5][0], features(rgb_model, mirrored[0:4, 16:240, 59:283], "mean"), atol=1e-4)
+    assert "crop_order=centre-first" in rows(out)["clip"]["recipe"]
+
+
 def test_xd_violence_5crop_writes_one_file_per_crop_centre_first(small_frames, tmp_path, rgb_model):
-    """Short side 256 (320x240 -> 341x256, OpenCV bilinear), frames 2..N, T' = (N - 1) // W; NAME__0 the centre,
-    NAME__1..4 TL, TR, BL, BR; a video with no full window gets no files (its row says why)."""
+    """Short side 256 (320x240 -> 341x256, OpenCV bilinear), RGB rows from frames 1..N-1, the frames XD-Violence's
+    RGB rows read (its loader drops the RGB file's last row where the flow's N - 1 frames give one row fewer), so
+    T' = (N - 1) // W and row k is frames kW .. kW + W - 1; NAME__0 the centre, NAME__1..4 TL, TR, BL, BR; a video
+    with no full window gets no files (its row says why)."""
     videos = tmp_path / "videos"
     write_folder(videos / "clip", small_frames[:9])
     write_folder(videos / "tiny", small_frames[:4])
@@ -539,7 +576,7 @@ def test_xd_violence_5crop_writes_one_file_per_crop_centre_first(small_frames, t
     out = tmp_path / "f"
     crops = [np.load(out / f"clip__{k}.npy") for k in range(5)]
     assert all(c.shape == ((9 - 1) // 4, 1024) == (2, 1024) for c in crops) and not (out / "clip_rgb.npy").exists()
-    x = model_range(resize_short_side(small_frames[:9], 256))[1:]  # frames 2..9
+    x = model_range(resize_short_side(small_frames[:9], 256))[:8]  # frames 1..8
     assert x.shape[1:3] == (256, 341)
     np.testing.assert_allclose(crops[0][1], features(rgb_model, x[4:8, 16:240, 58:282], "mean"), atol=1e-4)
     np.testing.assert_allclose(crops[2][0], features(rgb_model, x[0:4, :224, 117:], "mean"), atol=1e-4)  # TR

@@ -291,3 +291,13 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path: Path, shared: Path) -> N
     lines = [line for line in text.replace("\r", "\n").splitlines() if line.strip() and "clip" not in line]
     assert lines == ["interrupted: nothing half-written (statistics and activations files already saved are complete)"], lines
     assert not any(p.exists() for p in saved) and not list(tmp_path.glob("*.part*"))
+
+
+def test_a_folder_in_codepoint_order_as_stylegan_v_lists_it(tmp_path: Path) -> None:
+    """StyleGAN-V and Latte take the first N videos in Python's sorted() order of their paths, not natural order."""
+    for name in ("v2.npy", "v10.npy", "V3.npy"):
+        np.save(tmp_path / name, np.zeros((9, 4, 4, 3), np.uint8))
+    names = {order: [item.path.name for item in open_set(str(tmp_path), order=order).items]
+             for order in ("natural", "codepoint")}
+    assert names["codepoint"] == ["V3.npy", "v10.npy", "v2.npy"]
+    assert names["natural"].index("v2.npy") < names["natural"].index("v10.npy")

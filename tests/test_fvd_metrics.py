@@ -9,14 +9,19 @@ import itertools
 import cv2
 import numpy as np
 import pytest
+import torch
 
 import src.fvd.sampling as sampling
 from src.clips import InputError
 from src.fvd.inputs import open_set
 from src.fvd.metrics import (compute_metrics, frechet, fvd, kvd, manifold_coverage, mean_covariance, parse_metrics,
                              summarise)
+from src.fvd.preprocess import resize_for
+from src.fvd.protocol import Protocol
 from src.fvd.protocols import RECIPES, protocol_list, recipe
-from src.fvd.sampling import Pick, clip_frames, offset_frames, pick_clips, read_pick, video_clips
+from src.fvd.runs import streams
+from src.fvd.sampling import (Pick, clip_frames, offset_frames, pick_clips, read_pick, video_clips,
+                              warn_if_few_windows)
 
 SQRTMS = ("tf-gan", "scipy", "svd32")
 
@@ -64,6 +69,17 @@ def test_stylegan_v_generated_clips_are_frames_0_s_2s(tmp_path) -> None:
     assert clip_frames(3, 16, 8)[-1] == 3 + 15 * 8  # fvd2048_128f_subsample8f: 16 frames spanning 121
 
 
+def test_latte_draws_generated_videos_at_random_too() -> None:
+    """Latte's compute_feature_stats_for_dataset draws N of the generated folder's videos as well (random.sample)."""
+    r = recipe("latte")
+    draws = {tuple(p.video for p in pick_clips(8, None, r, "generated", 4, 1, 3, seed=s)) for s in range(10)}
+    assert len(draws) > 1 and all(len(set(d)) == 3 for d in draws)
+    assert [p.video for p in pick_clips(8, None, recipe("stylegan-v"), "generated", 4, 1, 3, seed=5)] == [0, 1, 2]
+    # so a set larger than N is not streamed as "its first N videos"; one no larger than N is
+    protocol = Protocol("latte", 16, seed=0)
+    assert not streams(protocol, r, "generated", 3, 8, (1, 1)) and streams(protocol, r, "generated", 3, 3, (1, 1))
+
+
 def test_latte_draws_real_videos_at_random_with_step_3(tmp_path) -> None:
     lengths = [30] * 8
     r = recipe("latte")
@@ -78,15 +94,25 @@ def test_latte_draws_real_videos_at_random_with_step_3(tmp_path) -> None:
     assert [p.frames for p in pick_clips(8, None, r, "generated", 4, 1, 3, seed=1)] == [(0, 1, 2, 3)] * 3
 
 
-def test_tats_draws_over_every_window_of_every_video(tmp_path) -> None:
+@pytest.mark.parametrize("name", ["tats", "digan", "videogpt"])
+def test_tats_digan_videogpt_draw_over_every_window_of_every_video(tmp_path, name: str) -> None:
+    """Their real sets are torchvision VideoClips (one item per stride-1 window) drawn by a shuffled loader."""
     lengths = [10, 12]  # n = 9, s = 1: windows 0-1 of video 0 and 0-3 of video 1: six in all
-    r = recipe("tats")
+    r = recipe(name)
     every = pick_clips(2, lengths, r, "real", 9, 1, 100, seed=0)  # N above the window count: every window once
     assert [(p.video, p.frames[0]) for p in every] == [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (1, 3)]
     assert frames_read(tmp_path, lengths, every[1:2]) == [list(range(1, 10))]
     # long videos weigh more: over many seeds, video 1 (4 windows) is drawn about twice as often as video 0 (2)
     draws = [p.video for s in range(200) for p in pick_clips(2, lengths, r, "real", 9, 1, 1, seed=s)]
     assert 0.55 < np.mean(draws) < 0.78
+
+
+def test_a_window_drawn_set_is_small_when_it_has_fewer_windows_than_n(caplog) -> None:
+    """tats/digan/videogpt draw N windows, not N videos: 6 videos of 60 frames hold 6 * 45 = 270 windows of 16."""
+    warn_if_few_windows("A/", [60] * 6, 16, 1, 256, "videogpt")
+    assert not caplog.records
+    warn_if_few_windows("A/", [60] * 6, 16, 1, 2048, "tats")
+    assert caplog.messages == ["A/: 270 windows of 16 frames, fewer than protocol tats's N = 2048: every window is used"]
 
 
 @pytest.mark.parametrize("name", ["stylegan-v", "tats", "digan", "videogpt", "latte"])
@@ -173,13 +199,39 @@ def test_protocol_list_names_every_protocol_and_the_provenance_of_its_parameters
     text = protocol_list()
     for name in ("tf", "stylegan-v", "tats", "digan", "videogpt", "latte"):
         assert f"\n{name}: " in f"\n{text}"
-    assert "confirmed in source" in text and "from the issue text" in text and "inferred" in text
+    assert "confirmed in source" in text and "inferred" in text
+    for name in ("stylegan-v", "tats", "digan", "videogpt", "latte"):  # every project's own code was read
+        sources = [where for _, where in RECIPES[name].provenance if where.startswith("confirmed in source")]
+        assert len(sources) >= 3, name
+        assert "from the issue text" not in RECIPES[name].describe()
     assert (RECIPES["digan"].trials, RECIPES["digan"].seed, RECIPES["videogpt"].videos) == (10, 42, 256)
     with pytest.raises(ValueError, match="unknown protocol 'fvd'"):
         recipe("fvd")
 
 
+def test_tats_squashes_every_frame_to_224_with_half_pixel_bilinear() -> None:
+    """TATS's fvd.py preprocess: F.interpolate to (224, 224), align_corners=False, no crop whatever the aspect ratio.
+    A horizontal ramp (value = column) of width 112 lands at column j on clip((j + 0.5) / 2 - 0.5, 0, 111)."""
+    assert recipe("tats").resize == "squash"
+    ramp = np.broadcast_to(np.arange(112, dtype=np.float32)[None, None, :, None], (2, 50, 112, 3))
+    out = resize_for("squash", torch.from_numpy(ramp.copy())).numpy()
+    assert out.shape == (2, 224, 224, 3)
+    expected = np.clip((np.arange(224) + 0.5) / 2 - 0.5, 0, 111)
+    np.testing.assert_allclose(out, np.broadcast_to(expected[None, None, :, None], out.shape), atol=1e-4)
+
+
 # ---------------------------------------------------------------------------------------------- statistics, distance
+
+
+def test_svd32_takes_the_statistics_in_float32_as_the_videogpt_lineage_does() -> None:
+    """VideoGPT/TATS/DIGAN's fvd.py computes mean and covariance of float32 logits in float32: the real set
+    {2^24, 2^24 + 2} has the float32 mean 2^24 (2^24 + 1 is not a float32), so covariance (0^2 + 2^2) / 1 = 4, not 2.
+    Against B = {2^24, 2^24 + 4} (mean 2^24 + 2, covariance 8): 2^2 + 4 + 8 - 2 sqrt(4 * 8), where float64
+    statistics give 1 + 2 + 8 - 2 sqrt(2 * 8) = 3."""
+    a = np.array([[2.0 ** 24], [2.0 ** 24 + 2]])
+    b = np.array([[2.0 ** 24], [2.0 ** 24 + 4]])
+    assert fvd(a, b, "unbiased", "svd32") == pytest.approx(16 - 2 * np.sqrt(32), rel=1e-6)
+    assert fvd(a, b, "unbiased", "tf-gan") == pytest.approx(3.0, rel=1e-9)
 
 
 def test_biased_and_unbiased_covariance_of_three_samples_by_hand() -> None:

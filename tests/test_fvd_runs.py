@@ -158,7 +158,7 @@ def test_cli_option_errors_are_one_line(tmp_path: Path, monkeypatch, capsys, arg
 
 def test_cli_protocol_list(monkeypatch, capsys) -> None:
     code, out, err = call_main("fvd.py", ["--protocol", "list"], monkeypatch, capsys)
-    assert code == 0 and "stylegan-v:" in out and "confirmed in source: StyleGAN-V" in out
+    assert code == 0 and "stylegan-v:" in out and "confirmed in source: universome/stylegan-v" in out
 
 
 @pytest.mark.slow

@@ -62,8 +62,9 @@ def is_video_input(path: Path) -> bool:
     return is_video_file(path) or (path.is_file() and path.suffix.lower() == ".npy")
 
 
-def scan_folder(root: Path) -> list[Path]:
-    """Every video under `root` (recursively), in natural order of the paths below `root`."""
+def scan_folder(root: Path, order: str = "natural") -> list[Path]:
+    """Every video under `root` (recursively), in natural order of the paths below `root`, or with order
+    'codepoint' in Python's sorted() order of those paths (StyleGAN-V's and Latte's)."""
     found: list[Path] = []
     for folder, dirs, files in os.walk(root):
         here = Path(folder)
@@ -73,6 +74,8 @@ def scan_folder(root: Path) -> list[Path]:
             continue
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found.extend(here / f for f in files if is_video_input(here / f) and not is_hidden(here / f))
+    if order == "codepoint":
+        return sorted(found, key=lambda p: str(p.relative_to(root)))
     return sorted(found, key=lambda p: natural_key(str(p.relative_to(root))))
 
 
@@ -117,14 +120,15 @@ def load_video_array(path: Path) -> np.ndarray | None:
         return read_member(archive, chosen[0], path)
 
 
-def open_set(spec: str, max_videos: int | None = None) -> VideoSet:
-    """The videos (or the statistics file) that `spec` names, the first `max_videos` of them."""
+def open_set(spec: str, max_videos: int | None = None, order: str = "natural") -> VideoSet:
+    """The videos (or the statistics file) that `spec` names, the first `max_videos` of them (a folder's in `order`:
+    scan_folder)."""
     path = Path(spec)
     if not path.exists():
         raise InputError(f"{spec}: no such file or folder")
     video_set = VideoSet(spec)
     if path.is_dir():
-        video_set.items = [VideoEntry(p) for p in scan_folder(path)]
+        video_set.items = [VideoEntry(p) for p in scan_folder(path, order)]
         what = "videos, frame folders or .npy clips"
     elif path.suffix.lower() in (".npy", ".npz"):
         array = load_video_array(path)

@@ -3,13 +3,19 @@ precision / recall.
 
 - covariance: 'unbiased' divides by n - 1 (TF-GAN, np.cov), 'biased' by n (StyleGAN-V's FeatureStats); float64.
 - square root: 'tf-gan' is src/fvd/distance.py; 'scipy' the real part of scipy.linalg.sqrtm(S_b S_a) (StyleGAN-V);
-  'svd32' TF-GAN's symmetric form computed in float32 with torch's SVD (the VideoGPT-lineage fvd.py).
+  'svd32' TF-GAN's symmetric form in float32 torch, as the VideoGPT-lineage fvd.py (VideoGPT, TATS, DIGAN) computes
+  it from activations: float32 mean and covariance, the generated set's (B's) covariance square-rooted first
+  (their frechet_distance(fake, real)).
 - KVD: the unbiased MMD^2 estimate with k(x, y) = (x.y / d + 1)^3, d the feature size (400), over the whole
   sets (no subsets), as DIGAN and TATS compute it with scikit-learn's polynomial_kernel defaults.
 - precision / recall: Kynkaanniemi et al. 2019 with k = 3: a sample is inside a set's manifold when it lies
-  within the distance from some member of that set to that member's k-th nearest other member.
+  within the distance from some member of that set to that member's k-th nearest other member (data-juicer's
+  video_precision_recall.py compute_pr, nhood_size = 3 for prv2048_3n_16f; it stores the radii in float16, here
+  everything is float64).
 """
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
@@ -56,21 +62,41 @@ def frechet(mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, cov_b: np
     if sqrtm == "scipy":
         import scipy.linalg
 
-        root = scipy.linalg.sqrtm(np.asarray(cov_b, np.float64) @ np.asarray(cov_a, np.float64))
+        # StyleGAN-V calls sqrtm(..., disp=False), which is silent; a product of two covariances of fewer clips than
+        # dimensions is singular, and scipy would warn about that on every run of a small set
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+            root = scipy.linalg.sqrtm(np.asarray(cov_b, np.float64) @ np.asarray(cov_a, np.float64))
         value = np.sum(np.square(mean_b - mean_a)) + np.trace(cov_a + cov_b - 2 * root)
         return float(np.real(value))
     if sqrtm == "svd32":
-        sa, sb = (torch.from_numpy(np.asarray(c, np.float32)) for c in (cov_a, cov_b))
-        root = symmetric_sqrt32(sa)
-        trace = torch.trace(sa + sb) - 2 * torch.trace(symmetric_sqrt32(root @ (sb @ root)))
-        mean = torch.sum((torch.from_numpy(np.asarray(mean_a, np.float32)) -
-                          torch.from_numpy(np.asarray(mean_b, np.float32))) ** 2)
-        return float(trace + mean)
+        mb, sb, ma, sa = (torch.from_numpy(np.asarray(v, np.float32)) for v in (mean_b, cov_b, mean_a, cov_a))
+        return frechet32(mb, sb, ma, sa)
     raise ValueError(f"unknown square root {sqrtm!r} (known: {', '.join(SQRTM)})")
 
 
+def mean_covariance32(x: np.ndarray, covariance: str = "unbiased") -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 torch mean and covariance of (n, d) activations, as the VideoGPT-lineage fvd.py's cov computes them."""
+    t = torch.from_numpy(np.asarray(x, dtype=np.float32))
+    if len(t) < 2:
+        raise InputError(f"{len(t)} clip(s); FVD needs at least 2 per set (a covariance)")
+    mean = t.mean(dim=0)
+    centered = t - mean
+    divisor = {"unbiased": len(t) - 1, "biased": len(t)}[covariance]
+    return mean, (1.0 / divisor) * (centered.T @ centered)
+
+
+def frechet32(mean_x: torch.Tensor, cov_x: torch.Tensor, mean_y: torch.Tensor, cov_y: torch.Tensor) -> float:
+    """TF-GAN's form in float32: tr(Sx + Sy) - 2 tr(sqrt(A Sy A)) + |mx - my|^2 with A = sqrt(Sx), Sx's root first."""
+    root = symmetric_sqrt32(cov_x)
+    trace = torch.trace(cov_x + cov_y) - 2.0 * torch.trace(symmetric_sqrt32(root @ (cov_y @ root)))
+    return float(trace + torch.sum((mean_x - mean_y) ** 2))
+
+
 def fvd(a: np.ndarray, b: np.ndarray, covariance: str = "unbiased", sqrtm: str = "tf-gan") -> float:
-    """FVD between (n, d) activations `a` and `b` under one covariance normalisation and square root."""
+    """FVD between (n, d) activations `a` (real) and `b` (generated) under one covariance normalisation and root."""
+    if sqrtm == "svd32":  # statistics in float32 as well, the generated set first (VideoGPT/TATS/DIGAN fvd.py)
+        return frechet32(*mean_covariance32(b, covariance), *mean_covariance32(a, covariance))
     return frechet(*mean_covariance(a, covariance), *mean_covariance(b, covariance), sqrtm=sqrtm)
 
 

@@ -1,6 +1,7 @@
-"""The other protocols' preprocessing: VideoGPT's (short side to 224, rounded up, half-pixel bilinear, centre crop)
-and DIGAN's (centre square crop, half-pixel bilinear to 128, truncated to uint8, then VideoGPT's). Each returns
-(T, 224, 224, 3) float32 in [0, 255]; the TF protocol's own resize is src/fvd/resize.py."""
+"""The other protocols' preprocessing: VideoGPT's (short side to 224, rounded up, half-pixel bilinear, centre crop),
+DIGAN's (centre square crop, half-pixel bilinear to 128, truncated to uint8, then VideoGPT's) and TATS's (every frame
+squashed to 224x224, half-pixel bilinear, no crop). Each returns (T, 224, 224, 3) float32 in [0, 255]; the TF
+protocol's own resize is src/fvd/resize.py."""
 from __future__ import annotations
 
 import math
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from src.fvd.protocol import SIZE
 from src.fvd.resize import resize_bilinear_tf1
 
-RESIZES = ("tf1", "videogpt", "digan")
+RESIZES = ("tf1", "videogpt", "digan", "squash")
 
 
 def half_pixel_resize(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -41,6 +42,11 @@ def resize_digan(frames: torch.Tensor) -> torch.Tensor:
     return resize_videogpt(small.clamp(0, 255).to(torch.uint8))
 
 
+def resize_squash(frames: torch.Tensor) -> torch.Tensor:
+    """TATS: every frame to 224x224 whatever its aspect ratio, half-pixel bilinear, no crop."""
+    return half_pixel_resize(frames, (SIZE, SIZE))
+
+
 def resize_for(name: str, frames: torch.Tensor) -> torch.Tensor:
     """(T, H, W, 3) frames in [0, 255] -> (T, 224, 224, 3) float32 by the resize called `name`."""
     if name == "tf1":
@@ -49,4 +55,6 @@ def resize_for(name: str, frames: torch.Tensor) -> torch.Tensor:
         return resize_videogpt(frames)
     if name == "digan":
         return resize_digan(frames)
+    if name == "squash":
+        return resize_squash(frames)
     raise ValueError(f"unknown resize {name!r} (known: {', '.join(RESIZES)})")

@@ -25,7 +25,7 @@ from src.fvd.pipeline import ClipReaders, RunOptions
 from src.fvd.protocol import Protocol
 from src.fvd.protocols import Recipe, recipe
 from src.fvd.sampling import (Pick, min_length, needs_lengths, pick_clips, read_pick, video_clips, video_length,
-                              warn_if_small)
+                              warn_if_few_windows, warn_if_small)
 from src.fvd.statistics import toolkit_version
 from src.jobs.shards import take_shard
 
@@ -109,6 +109,8 @@ def plan_set(video_set: VideoSet, protocol: Protocol, r: Recipe, role: str, vide
             jobs = [(item, protocol.fps) for item in items]
             lengths = list(ordered_reads(readers, jobs, video_length, video_set.array))
         step = protocol.subsample or (r.subsample_real if role == "real" else r.subsample_generated)
+        if lengths is not None and (r.real_clip if role == "real" else r.generated_clip) == "window":
+            warn_if_few_windows(video_set.spec, lengths, protocol.frames, step, videos, protocol.name)
         per_trial = [pick_clips(len(items), lengths, r, role, protocol.frames, step, videos, seed, names)
                      for seed in seeds]
         keys = sorted({p for picks in per_trial for p in picks}, key=lambda p: (p.video, p.frames))
@@ -124,7 +126,7 @@ def streams(protocol: Protocol, r: Recipe, role: str, videos: int | None, count:
     """Whether a set's clips can be chosen video by video as they are decoded (one decode each, overlapping the
     network): 'start' or 'offset' clips of the first N videos, and not one shard of several."""
     how = r.real_clip if role == "real" else r.generated_clip
-    first = role == "generated" or r.real_videos == "first" or videos is None or count <= videos
+    first = (r.real_videos if role == "real" else r.generated_videos) == "first" or videos is None or count <= videos
     return protocol.name != "tf" and shard == (1, 1) and how in ("start", "offset") and first
 
 
@@ -256,12 +258,12 @@ def run_metrics(spec_a: str, spec_b: str | None, protocol: Protocol, options: Ru
             check_loaded(data, protocol, ROLES[i], trials, spec)
             loaded[i] = data
             continue
-        sets[i] = open_set(spec, options.max_videos if protocol.name == "tf" else None)
+        sets[i] = open_set(spec, options.max_videos if protocol.name == "tf" else None, order=r.order)
         if sets[i].is_stats:
             raise InputError(f"{spec}: a statistics file holds no activations; --metrics, --trials and the sampled "
                              "protocols need videos or an activations file (--save-activations)")
-        if protocol.name != "tf":
-            warn_if_small(spec, len(sets[i].items), videos, protocol.name)
+        if protocol.name != "tf" and (r.real_clip if i == 0 else r.generated_clip) != "window":
+            warn_if_small(spec, len(sets[i].items), videos, protocol.name)  # windows are counted in plan_set
     if stats and (set(metrics) != {"fvd"} or trials != 1):
         raise InputError("cd-fvd statistics hold a mean and covariance only: --metrics fvd and one trial")
     weights = {d.weights_sha256 for d in loaded.values()}

@@ -68,7 +68,7 @@ def min_length(recipe: Recipe, role: str, frames: int, step: int) -> int:
 def needs_lengths(recipe: Recipe, role: str) -> bool:
     """Whether picking this role's clips needs every video's frame count first."""
     if role == "generated":
-        return recipe.generated_clip != "start"
+        return recipe.generated_clip != "start"  # a random choice among the videos needs only their number
     return recipe.real_clip != "start" or recipe.drop_short or recipe.real_videos == "random"
 
 
@@ -101,7 +101,8 @@ def pick_clips(count: int, lengths: Sequence[int] | None, recipe: Recipe, role: 
         chosen = np.sort(rng.choice(total, min(videos or total, total), replace=False))
         owner = np.searchsorted(starts, chosen, side="right") - 1
         return [Pick(eligible[o], clip_frames(int(c - starts[o]), frames, step)) for o, c in zip(owner, chosen)]
-    if role == "real" and recipe.real_videos == "random" and videos is not None and videos < len(eligible):
+    choice = recipe.real_videos if role == "real" else recipe.generated_videos
+    if choice == "random" and videos is not None and videos < len(eligible):
         eligible = sorted(int(i) for i in rng.choice(eligible, videos, replace=False))
     else:
         eligible = eligible[:videos]
@@ -114,6 +115,16 @@ def warn_if_small(spec: str, count: int, videos: int | None, name: str) -> None:
     """One warning line when a set has fewer videos than the protocol's N (it is then used whole)."""
     if videos is not None and count < videos:
         log.warning("%s: %d videos, fewer than protocol %s's N = %d: the set is used whole", spec, count, name, videos)
+
+
+def warn_if_few_windows(spec: str, lengths: Sequence[int], frames: int, step: int, videos: int | None,
+                        name: str) -> None:
+    """One warning line when a set drawn by windows (tats, digan, videogpt) has fewer windows than N (all are used)."""
+    span = (frames - 1) * step + 1
+    windows = sum(max(n - span + 1, 0) for n in lengths)
+    if videos is not None and windows < videos:
+        log.warning("%s: %d windows of %d frames, fewer than protocol %s's N = %d: every window is used", spec,
+                    windows, span, name, videos)
 
 
 def video_length(item: VideoEntry, fps: float | None, array: np.ndarray | None = None) -> int:

@@ -10,14 +10,18 @@ JPEG_QUALITY = 95  # OpenCV's default, which dense-flow tools' cv::imwrite / cv:
 
 
 def resize_short_side(frames: np.ndarray, size: int = 256, resize_filter: str = "bilinear") -> np.ndarray:
-    """Resize (T, H, W, C) or (H, W, C) frames so the short side is `size`, keeping aspect (see resize_exact)."""
+    """Resize (T, H, W, C) or (H, W, C) frames so the short side is `size`, keeping aspect (see resize_exact).
+
+    The long side is rounded for OpenCV's filter and truncated for Pillow's, as torchvision's Resize and
+    video_features' ResizeImproved size it (176x144 -> 313x256 and 312x256)."""
     h, w = frames.shape[-3:-1]
     if min(h, w) == size:
         return frames
+    side = int if resize_filter.startswith("pil-") else round
     if h <= w:
-        new_h, new_w = size, max(1, round(w * size / h))
+        new_h, new_w = size, max(1, side(w * size / h))
     else:
-        new_h, new_w = max(1, round(h * size / w)), size
+        new_h, new_w = max(1, side(h * size / w)), size
     return resize_exact(frames, new_w, new_h, resize_filter)
 
 
