@@ -19,6 +19,7 @@ from src.fvd import (Embedding, Protocol, activation_statistics, frechet_distanc
 from src.fvd.clips import clip_starts, read_clips
 from src.fvd.inputs import open_set
 from src.fvd.pipeline import ClipReaders
+from src.fvd.resize import to_network_input
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REFERENCE_FVD = 133.908  # frechet_video_distance.py's example: 16 videos of 15 frames 64x64, zeros vs 255
@@ -53,6 +54,16 @@ def test_resize_is_tf1_resize_bilinear_bit_for_bit() -> None:
 def test_resize_of_a_224_frame_is_the_frame() -> None:
     frame = torch.randint(0, 256, (2, 224, 224, 3), dtype=torch.uint8)
     assert torch.equal(resize_bilinear_tf1(frame), frame.float())
+
+
+@pytest.mark.parametrize("size", [(256, 340), (224, 224)])
+def test_network_input_is_2x_over_255_minus_1_of_the_resized_frames_and_leaves_the_clip_alone(size) -> None:
+    clip = torch.rand((3, *size, 3), dtype=torch.float32) * 255  # float32: at 224x224 the resize is the clip itself
+    kept = clip.clone()
+    expected = (2.0 * resize_bilinear_tf1(clip) / 255.0 - 1.0).permute(3, 0, 1, 2)
+    got = to_network_input(clip)
+    assert torch.equal(got, expected) and got.shape == (3, 3, 224, 224)
+    assert torch.equal(clip, kept)
 
 
 # ---------------------------------------------------------------------------------------------- the Fréchet distance

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import itertools
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
+import src.fvd.sampling as sampling
 from src.clips import InputError
 from src.fvd.inputs import open_set
 from src.fvd.metrics import (compute_metrics, frechet, fvd, kvd, manifold_coverage, mean_covariance, parse_metrics,
@@ -146,6 +148,45 @@ def test_one_pass_over_a_video_draws_the_offsets_the_plan_draws(tmp_path, length
     assert len(clips) == len(set(picks))
     for pick, clip in clips:
         assert clip[:, 0, 0, 0].tolist() == [t % 256 for t in pick]
+
+
+def every_frame(path) -> np.ndarray:
+    """Every frame of a video file as RGB, by OpenCV's read() and cvtColor (independent of src.media)."""
+    cap, frames = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG), []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    cap.release()
+    return np.stack(frames)
+
+
+@pytest.mark.parametrize("name, frames, step, converted", [("cleaning_pool.mp4", 16, 1, 120),
+                                                            ("corrupted.mp4", 4, 2, 28)])
+def test_one_pass_over_a_real_video_takes_the_clips_cut_from_every_frame(shared, tmp_path, monkeypatch, name: str,
+                                                                         frames: int, step: int, converted: int
+                                                                         ) -> None:
+    """video_clips converts to RGB only the frames of windows its draws can take, from the window a video of the
+    header's length would end with (the rest are decoded, not converted): its picks and clips are those cut from
+    every frame read whole. corrupted.mp4 declares 50 frames and decodes 28, so some draws end before the windows
+    converted, and those clips are read again."""
+    (tmp_path / name).symlink_to(shared / "videos" / name)
+    item = open_set(str(tmp_path)).items[0]
+    every = every_frame(tmp_path / name)
+    seeds = list(range(8))
+    conversions, second_reads = [], []
+    real_cvt, real_read_pick = cv2.cvtColor, sampling.read_pick
+    monkeypatch.setattr(cv2, "cvtColor", lambda *a, **k: conversions.append(1) or real_cvt(*a, **k))
+    monkeypatch.setattr(sampling, "read_pick", lambda *a: second_reads.append(a[1]) or real_read_pick(*a))
+    picks, clips = video_clips(item, 4, None, "real", seeds, frames, step, (frames - 1) * step + 1, False, "offset")
+    assert picks == [offset_frames(seed, "real", 4, len(every), frames, step) for seed in seeds]
+    assert sorted(p for p, _ in clips) == sorted(set(picks))
+    for pick, clip in clips:
+        assert clip.dtype == np.uint8
+        np.testing.assert_array_equal(clip, every[list(pick)])
+    assert len(conversions) - sum(len(p) for p in second_reads) <= converted  # of 300 (or 28) frames
+    assert bool(second_reads) == (name == "corrupted.mp4")
 
 
 def test_a_too_short_video_is_refused_by_name_unless_the_protocol_drops_it() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from src.media.transforms import center_crop, resize_short_side, to_model_range
-from src.media.video import VideoError, is_frame_folder, is_video_file, natural_key, probe, read_frames
+from src.media.video import FrameStream, VideoError, is_frame_folder, is_video_file, natural_key, probe, read_frames
 
 
 def _raw_frames(path, orientation_auto: int) -> np.ndarray:
@@ -79,6 +79,41 @@ def test_corrupted_file_warns_naming_lost_frames(shared):
     assert frames.shape[0] == 70  # 2.8 s decoded at 25 fps
     assert len(info.warnings) == 1
     assert "corrupted.mp4" in info.warnings[0] and "28 of the 50" in info.warnings[0]
+
+
+@pytest.mark.parametrize("name", ["arm_wrestling.mp4", "video_90.mov", "corrupted.mp4"])
+def test_frames_skipped_unconverted_leave_the_others_as_reading_every_frame(shared, name):
+    """FrameStream.frames decodes a frame it is not asked for without converting it (grab, no retrieve): the frames
+    it converts are those OpenCV's read() of every frame gives, and the count and warnings do not change."""
+    path = shared / "videos" / name
+    every = _raw_frames(path, 1)  # read() of every frame, upright, BGR
+    asked = []
+    stream = FrameStream(path, fps=None)
+    got = list(stream.frames(lambda i: asked.append(i) or i % 7 in (0, 3)))
+    assert asked == list(range(len(every))) and len(got) == len(every)  # each frame asked once, in order
+    for i, frame in enumerate(got):
+        if i % 7 in (0, 3):
+            np.testing.assert_array_equal(frame, cv2.cvtColor(every[i], cv2.COLOR_BGR2RGB))
+        else:
+            assert frame is None
+    whole = FrameStream(path, fps=None)
+    assert sum(1 for _ in whole) == len(every)
+    assert (stream.info.frame_count, stream.info.warnings) == (whole.info.frame_count, whole.info.warnings)
+    assert (stream.info.width, stream.info.height) == (every.shape[2], every.shape[1])
+
+
+@pytest.mark.parametrize("name", ["arm_wrestling.mp4", "corrupted.mp4"])
+def test_a_process_limited_to_one_opencv_thread_decodes_with_one_the_same_frames(shared, name):
+    path = shared / "videos" / name
+    every = _raw_frames(path, 1)  # FFmpeg's own thread count
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # as a decoding worker (src.jobs.set_threads)
+    try:
+        frames, info = read_frames(path, fps=None)
+    finally:
+        cv2.setNumThreads(threads)
+    np.testing.assert_array_equal(frames, every[..., ::-1])
+    assert info.frame_count == len(every)
 
 
 @pytest.mark.parametrize("content", [b"", b"not a video at all" * 100])

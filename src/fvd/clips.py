@@ -95,9 +95,9 @@ def decode(item: VideoEntry, protocol: Protocol, limit: int | None) -> np.ndarra
 
 
 def count_frames(item: VideoEntry, protocol: Protocol) -> int:
-    """How many frames a video file or frame folder yields, by a decoding pass that keeps none of them."""
+    """How many frames a video file or frame folder yields, by a decoding pass that converts and keeps none."""
     try:
-        return sum(1 for _ in open_stream(item, protocol))
+        return sum(1 for _ in open_stream(item, protocol).frames(lambda index: False))
     except VideoError as exc:
         raise InputError(str(exc)) from None
 
@@ -108,11 +108,14 @@ def decode_kept(item: VideoEntry, protocol: Protocol, keep: set[int] | None, fir
     by index, and how many frames were decoded: only the frames clips use are held in memory."""
     kept: dict[int, np.ndarray] = {}
     count = 0
+
+    def wanted(index: int) -> bool:
+        return (index in keep) if keep is not None else index >= first
+
     try:
-        for count, frame in enumerate(itertools.islice(open_stream(item, protocol), limit), 1):
-            index = count - 1
-            if (index in keep) if keep is not None else index >= first:
-                kept[index] = frame
+        for count, frame in enumerate(itertools.islice(open_stream(item, protocol).frames(wanted), limit), 1):
+            if frame is not None:  # the others were decoded but not converted
+                kept[count - 1] = frame
     except VideoError as exc:
         raise InputError(str(exc)) from None
     if not count:

@@ -75,18 +75,24 @@ class ClipReaders:
         self.count = count
         self.pool = ProcessPoolExecutor(count, mp_context=get_context("spawn"), initializer=reader_init,
                                         initargs=(os.getpid(),)) if count > 0 else None
+        # Start the processes now: a spawned worker's imports take seconds, which the first batch would wait for.
+        with interrupts_held():
+            for _ in range(count):
+                self.pool.submit(os.getpid)
 
-    def clips(self, video_set: VideoSet, protocol: Protocol) -> Iterator[np.ndarray]:
-        """Every clip of the set, (T, H, W, 3), in the set's order; at most 2 videos per worker read ahead."""
+    def clips(self, video_set: VideoSet, protocol: Protocol, batch: int = 0) -> Iterator[np.ndarray]:
+        """Every clip of the set, (T, H, W, 3), in the set's order; 2 videos per worker read ahead, and at least
+        `batch` clips' worth (the next network batch is read while one runs)."""
         if self.pool is None or video_set.array is not None:  # array rows are slices: nothing to decode
             for index, item in enumerate(video_set.items):
                 yield from read_clips(item, protocol, index, video_set.array)
             return
         ahead: deque = deque()
         items = iter(enumerate(video_set.items))
+        depth = max(2 * self.count, -(-batch // protocol.clips_per_video))
         try:
             while True:
-                while len(ahead) < 2 * self.count:
+                while len(ahead) < depth:
                     nxt = next(items, None)
                     if nxt is None:
                         break
@@ -142,7 +148,7 @@ def compute_statistics(video_set: VideoSet, protocol: Protocol, embedding: Embed
     with tqdm(total=total, desc=f"{label} {video_set.spec}".strip(), unit="clip", disable=not options.progress,
               dynamic_ncols=True) as bar:
         value_range = ValueRange()
-        clips = value_range.track(decoders.clips(video_set, protocol))
+        clips = value_range.track(decoders.clips(video_set, protocol, options.batch))
         for activations in batched_activations(clips, embedding, options.batch):
             parts.append(activations)
             bar.update(len(activations))
@@ -209,11 +215,11 @@ def run_fvd(spec_a: str, spec_b: str | None, protocol: Protocol, options: RunOpt
                 results.append(loaded[i])
                 continue
             if embedding is None:
+                decoders = ClipReaders(options.workers)  # first: the workers start while the model loads
                 embedding = Embedding(options.device, options.precision, options.compile, protocol.network)
                 path = embedding.path
                 for j, stats in loaded.items():
                     stats.check_weights(embedding.weights_sha256, sets[j].spec)
-                decoders = ClipReaders(options.workers)
             label = "AB"[i] if len(sets) > 1 else "A"
             stats = compute_statistics(video_set, protocol, embedding, decoders, options, label)
             if i < len(save_stats):

@@ -30,19 +30,20 @@ def resize_bilinear_tf1(frames: torch.Tensor, size: tuple[int, int] = (SIZE, SIZ
     if frames.dim() < 3:
         raise ValueError(f"expected (..., H, W, C) frames, got shape {tuple(frames.shape)}")
     in_h, in_w = frames.shape[-3], frames.shape[-2]
-    x = frames.to(torch.float32)
     if (in_h, in_w) == tuple(size):
-        return x  # scale 1: every weight is 0, the frame itself
+        return frames.to(torch.float32)  # scale 1: every weight is 0, the frame itself
     device = frames.device
     y0, y1, dy = (torch.from_numpy(a).to(device) for a in source_positions(in_h, size[0]))
     x0, x1, dx = (torch.from_numpy(a).to(device) for a in source_positions(in_w, size[1]))
     dy, dx = dy.view(-1, 1, 1), dx.view(-1, 1)
-    top_rows, bottom_rows = x.index_select(-3, y0), x.index_select(-3, y1)
-    top_left, top_right = top_rows.index_select(-2, x0), top_rows.index_select(-2, x1)
-    bottom_left, bottom_right = bottom_rows.index_select(-2, x0), bottom_rows.index_select(-2, x1)
-    top = top_left + (top_right - top_left) * dx
-    bottom = bottom_left + (bottom_right - bottom_left) * dx
-    return top + (bottom - top) * dy
+    # The neighbours are gathered before the float32 conversion (exact either way), and the blend runs in place:
+    # IEEE addition and multiplication commute, so (tr - tl) * dx + tl is tl + (tr - tl) * dx bit for bit.
+    top_rows, bottom_rows = frames.index_select(-3, y0), frames.index_select(-3, y1)
+    top_left = top_rows.index_select(-2, x0).to(torch.float32)
+    top = top_rows.index_select(-2, x1).to(torch.float32).sub_(top_left).mul_(dx).add_(top_left)
+    bottom_left = bottom_rows.index_select(-2, x0).to(torch.float32)
+    bottom = bottom_rows.index_select(-2, x1).to(torch.float32).sub_(bottom_left).mul_(dx).add_(bottom_left)
+    return bottom.sub_(top).mul_(dy).add_(top)
 
 
 def to_network_input(clip: torch.Tensor) -> torch.Tensor:
@@ -51,4 +52,4 @@ def to_network_input(clip: torch.Tensor) -> torch.Tensor:
     The result is a channels-last view of the resized frames (the fast path's own memory layout).
     """
     resized = resize_bilinear_tf1(clip)
-    return (2.0 * resized / 255.0 - 1.0).permute(3, 0, 1, 2)
+    return (2.0 * resized).div_(255.0).sub_(1.0).permute(3, 0, 1, 2)  # 2.0 * resized: a new tensor, never `clip`

@@ -64,8 +64,10 @@ class MetricsResult:
                 "model": self.path, "tf32": False, **self.extra, "seconds": round(self.seconds, 3)}
 
 
-def ordered_reads(readers: ClipReaders, jobs: list[tuple], function, array: np.ndarray | None) -> Iterator:
-    """function(*job) for every job, in order, in the worker processes (here for array rows), 2 per worker ahead."""
+def ordered_reads(readers: ClipReaders, jobs: list[tuple], function, array: np.ndarray | None,
+                  batch: int = 0) -> Iterator:
+    """function(*job) for every job, in order, in the worker processes (here for array rows), 2 per worker ahead
+    and at least `batch` (a network batch of one-clip jobs is read while the previous batch runs)."""
     if readers.pool is None or array is not None:
         for job in jobs:
             yield function(*job, array) if array is not None else function(*job)
@@ -74,7 +76,7 @@ def ordered_reads(readers: ClipReaders, jobs: list[tuple], function, array: np.n
     position = 0
     try:
         while position < len(jobs) or ahead:
-            while position < len(jobs) and len(ahead) < 2 * readers.count:
+            while position < len(jobs) and len(ahead) < max(2 * readers.count, batch):
                 ahead.append(readers.pool.submit(function, *jobs[position]))
                 position += 1
             yield ahead.pop(0).result()
@@ -143,7 +145,7 @@ def stream_set(video_set: VideoSet, protocol: Protocol, r: Recipe, role: str, vi
     trials: list[list[int]] = [[] for _ in seeds]
 
     def clips() -> Iterator[np.ndarray]:
-        results = ordered_reads(readers, jobs, video_clips, video_set.array)
+        results = ordered_reads(readers, jobs, video_clips, video_set.array, options.batch)
         kept = 0
         try:
             for i, result in enumerate(results):
@@ -195,7 +197,7 @@ def set_activations(video_set: VideoSet, protocol: Protocol, plan: SetClips, emb
         clips = (c for batch in ordered_reads(readers, jobs, read_clips, video_set.array) for c in batch)
     else:
         jobs = [(video_set.items[k.video], k.frames, protocol.fps) for k in keys]
-        clips = ordered_reads(readers, jobs, read_pick, video_set.array)
+        clips = ordered_reads(readers, jobs, read_pick, video_set.array, options.batch)
     parts = []
     with tqdm(total=len(keys), desc=f"{label} {video_set.spec}".strip(), unit="clip", disable=not options.progress,
               dynamic_ncols=True) as bar:
@@ -271,9 +273,10 @@ def run_metrics(spec_a: str, spec_b: str | None, protocol: Protocol, options: Ru
         with full_float32():
             for i, video_set in sets.items():
                 if embedding is None:
+                    readers = ClipReaders(options.workers)  # first: the workers start while the model loads
                     embedding = Embedding(options.device, options.precision, options.compile, protocol.network,
                                           r.resize)
-                    path, readers = embedding.path, ClipReaders(options.workers)
+                    path = embedding.path
                     weights.add(embedding.weights_sha256)
                 label = "AB"[i] if len(specs) > 1 else "A"
                 if streams(protocol, r, ROLES[i], videos, len(video_set.items), shard):

@@ -8,10 +8,11 @@ by one seeded by (seed, role); role 0 is the real set (A), 1 the generated set (
 """
 from __future__ import annotations
 
-import logging
+import bisect
 import itertools
+import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,10 @@ from src.fvd.protocols import Recipe
 from src.media import FrameStream, VideoError, is_video_file
 
 log = logging.getLogger(__name__)
+# A declared frame count decides which windows' frames are converted to RGB, counting from the window a video of
+# that length, less this margin, would end with (headers estimated from the duration may be off by a frame or two).
+DECLARED_MARGIN = 2
+MAX_DECLARED = 1 << 24  # a larger count is not believed (checking it would draw that many numbers up front)
 
 
 @dataclass(frozen=True)
@@ -123,21 +128,21 @@ def warn_if_few_windows(spec: str, lengths: Sequence[int], frames: int, step: in
 
 
 def video_length(item: VideoEntry, fps: float | None, array: np.ndarray | None = None) -> int:
-    """The number of frames of one video (a video file is decoded to count them exactly)."""
+    """The number of frames of one video (a video file is decoded to count them exactly, none converted to RGB)."""
     if item.row is not None:
         return int(array.shape[1])
     if item.path.suffix.lower() in (".npy", ".npz"):
         return len(load_frames(item, Protocol(fps=fps)))
-    return sum(1 for _ in frame_stream(item, fps, None, None))
+    return sum(1 for _ in frame_stream(item, fps, None, None, lambda t: False))
 
 
 def read_pick(item: VideoEntry, frames: tuple[int, ...], fps: float | None,
               array: np.ndarray | None = None) -> np.ndarray:
     """The frames `frames` of one video, (n, H, W, 3) uint8 or float32 in [0, 255]."""
     wanted, kept, length = set(frames), {}, 0
-    for t, frame in enumerate(frame_stream(item, fps, array, frames[-1] + 1)):  # only the clip's frames are kept
+    for t, frame in enumerate(frame_stream(item, fps, array, frames[-1] + 1, wanted.__contains__)):
         length = t + 1
-        if t in wanted:
+        if t in wanted:  # only the clip's frames are converted and kept
             kept[t] = frame
     if length <= frames[-1]:
         raise InputError(f"{item.name}: {length} frames; the clip needs frame {frames[-1]}")
@@ -145,30 +150,48 @@ def read_pick(item: VideoEntry, frames: tuple[int, ...], fps: float | None,
 
 
 class Reservoir:
-    """One trial's offset draw over a video read frame by frame: the same numbers as offset_frames draws at once."""
+    """One trial's offset draw over a video read frame by frame: the same numbers as offset_frames draws at once.
+
+    Whether a window would replace the choice depends on its number alone, so it is known before the window's
+    frames arrive (accepts): frames no accepted window holds need not be converted."""
 
     CHUNK = 1024
 
     def __init__(self, seed: int, role: str, video: int):
         self.rng = np.random.default_rng([seed, role_id(role), video])
-        self.numbers = np.empty(0)
-        self.used = 0
+        self.accepted: list[int] = []  # windows among the first `known` whose number accepts them, ascending
+        self.known = 0
         self.windows = 0
         self.offset: int | None = None
         self.clip: np.ndarray | None = None
 
+    def accepts(self, window: int) -> bool:
+        """Whether window `window` (its first frame) replaces the choice when the video is long enough for it."""
+        while self.known <= window:
+            u = self.rng.random(self.CHUNK)
+            self.accepted += (np.flatnonzero(u * np.arange(self.known + 1, self.known + self.CHUNK + 1) < 1)
+                              + self.known).tolist()
+            self.known += self.CHUNK
+        i = bisect.bisect_left(self.accepted, window)
+        return i < len(self.accepted) and self.accepted[i] == window
+
+    def last_below(self, windows: int) -> int:
+        """The window a video of `windows` complete windows would end with (0 when it has none)."""
+        if windows <= 1:
+            return 0
+        self.accepts(windows - 1)
+        return self.accepted[bisect.bisect_left(self.accepted, windows) - 1]
+
     def draw(self) -> bool:
         """Whether the next complete window replaces the choice (probability 1 / windows so far)."""
-        if self.used == len(self.numbers):
-            self.numbers, self.used = self.rng.random(self.CHUNK), 0
-        u = self.numbers[self.used]
-        self.used += 1
         self.windows += 1
-        return bool(u * self.windows < 1)
+        return self.accepts(self.windows - 1)
 
 
-def frame_stream(item: VideoEntry, fps: float | None, array: np.ndarray | None, limit: int | None):
-    """The frames of one video one at a time (an array's rows, or decoded), at most `limit`."""
+def frame_stream(item: VideoEntry, fps: float | None, array: np.ndarray | None, limit: int | None,
+                 wanted: Callable[[int], bool] | None = None):
+    """The frames of one video one at a time (an array's rows, or decoded), at most `limit`; a decoded frame t
+    with wanted(t) false comes as None, unconverted (FrameStream.frames)."""
     if item.path.suffix.lower() in (".npy", ".npz"):
         yield from load_frames(item, Protocol(fps=fps), array)[:limit]
         return
@@ -176,9 +199,22 @@ def frame_stream(item: VideoEntry, fps: float | None, array: np.ndarray | None, 
         raise InputError(f"{item.name}: has no timestamps to resample; --fps applies to video files only "
                          "(use --fps native)")
     try:
-        yield from itertools.islice(FrameStream(item.path, fps=fps), limit)
+        yield from itertools.islice(FrameStream(item.path, fps=fps).frames(wanted), limit)
     except VideoError as exc:
         raise InputError(str(exc)) from None
+
+
+def declared_length(item: VideoEntry, fps: float | None) -> int | None:
+    """The frame count a video file's header declares (at `fps`), a frame folder's file count; None for an array,
+    an unreadable header or an implausible count. A hint only: it decides which frames are converted, never which
+    clip is taken."""
+    if item.path.suffix.lower() in (".npy", ".npz"):
+        return None
+    try:
+        count = FrameStream(item.path, fps=fps).estimated_frames()
+    except VideoError:
+        return None  # the decoding pass reports it
+    return count if 0 < count <= MAX_DECLARED else None
 
 
 def video_clips(item: VideoEntry, index: int, fps: float | None, role: str, seeds: Sequence[int], frames: int,
@@ -190,14 +226,31 @@ def video_clips(item: VideoEntry, index: int, fps: float | None, role: str, seed
     span = (frames - 1) * step + 1
     recent: deque = deque(maxlen=span)
     reservoirs = [Reservoir(seed, role, index) for seed in seeds]
+    # Windows before the one a video of the declared length would end with are never converted: the last
+    # accepted window is the choice, and the video is seldom shorter than declared (then its clip is re-read).
+    declared = declared_length(item, fps) if how == "offset" else None
+    first = [r.last_below(declared - span + 1 - DECLARED_MARGIN) if declared else 0 for r in reservoirs]
+    needed: set[int] = set()
+
+    def wanted(t: int) -> bool:  # asked for frame t once, in order: the windows starting at t are known by then
+        if how == "start":
+            return t % step == 0
+        if any(t >= start and r.accepts(t) for r, start in zip(reservoirs, first)):
+            needed.update(range(t, t + span, step))
+        if t in needed:
+            needed.discard(t)
+            return True
+        return False
+
     length = 0
-    for frame in frame_stream(item, fps, array, span if how == "start" else None):
+    for frame in frame_stream(item, fps, array, span if how == "start" else None, wanted):
         recent.append(frame)
         length += 1
         if len(recent) == span and how == "offset":
             taking = [r for r in reservoirs if r.draw()]  # a draw for every trial, a copy only when one is taken
             if taking:
-                clip = np.stack(list(recent)[::step])
+                chosen = list(recent)[::step]
+                clip = None if any(f is None for f in chosen) else np.stack(chosen)
                 for reservoir in taking:
                     reservoir.offset, reservoir.clip = length - span, clip
     if length < minimum:
@@ -210,4 +263,7 @@ def video_clips(item: VideoEntry, index: int, fps: float | None, role: str, seed
         return [first] * len(seeds), [(first, check_values(np.stack(list(recent)[::step]), item.name))]
     picks = [clip_frames(r.offset, frames, step) for r in reservoirs]
     distinct = {p: r.clip for p, r in zip(picks, reservoirs)}
+    for p, clip in distinct.items():
+        if clip is None:  # the video is shorter than its header declares: a second pass for this clip
+            distinct[p] = read_pick(item, p, fps, array)
     return picks, [(p, check_values(clip, item.name)) for p, clip in distinct.items()]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,6 +158,13 @@ class FrameStream:
         step = 1.0 / self.info.fps if self.info.fps > 0 else 1.0 / self.fps
         return resample(timed, self.fps, step)
 
+    def frames(self, wanted: Callable[[int], bool] | None) -> Iterator[np.ndarray | None]:
+        """The frames iterating yields, None in place of frame i where wanted(i) is false (asked once per frame, in
+        order); at a video file's native rate such a frame is decoded but never converted to RGB."""
+        if self.kind != "video" or self.fps:
+            return (f if wanted is None or wanted(i) else None for i, f in enumerate(iter(self)))
+        return (f for f, _ in _iter_video(self.path, self.info, wanted))
+
 
 def _probe_video(path: Path) -> VideoInfo:
     """Header facts of a video file (size upright, rotation, rate, declared frame count)."""
@@ -179,9 +186,17 @@ def _probe_video(path: Path) -> VideoInfo:
     return VideoInfo(Path(path), fps, count, count / fps if fps else 0.0, w, h, rotation, [])
 
 
-def _iter_video(path: Path, info: VideoInfo) -> Iterator[tuple[np.ndarray, float]]:
-    """Yield (RGB upright frame, presentation time in s from the first frame); finalise `info` at the end."""
-    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+def _iter_video(path: Path, info: VideoInfo, wanted: Callable[[int], bool] | None = None
+                ) -> Iterator[tuple[np.ndarray | None, float]]:
+    """Yield (RGB upright frame, presentation time in s from the first frame); finalise `info` at the end.
+
+    A frame i with wanted(i) false is yielded as None: decoded (grab) but not converted (retrieve, RGB), so its
+    size is not checked."""
+    # FFmpeg decodes with a thread per core unless told otherwise: a process limited to fewer OpenCV threads (a
+    # decoding worker beside the network, src.jobs.set_threads) decodes with that many (the frames are the same).
+    threads = cv2.getNumThreads()
+    params = [cv2.CAP_PROP_N_THREADS, threads] if 0 < threads < (os.cpu_count() or 1) else []
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, params)
     if not cap.isOpened():
         raise VideoError(f"{path}: cannot be opened as a video (unreadable, not a video, or an unsupported codec)")
     declared = info.frame_count
@@ -197,21 +212,24 @@ def _iter_video(path: Path, info: VideoInfo) -> Iterator[tuple[np.ndarray, float
     shape = None
     retimed = False
     try:
-        while True:
-            ok, frame = cap.read()
-            if not ok or frame is None:
-                break
+        while cap.grab():  # read() is grab() then retrieve()
+            frame = None
+            if wanted is None or wanted(n):
+                ok, frame = cap.retrieve()
+                if not ok or frame is None:
+                    break
             t = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-            if manual_rotation:
-                frame = _rotate(frame, manual_rotation)
-            if shape is None:
-                shape = frame.shape
-                info.height, info.width = shape[:2]
-            elif frame.shape != shape:
-                raise VideoError(
-                    f"{path}: frame size changes mid-stream at frame {n} ({frame.shape[1]}x{frame.shape[0]} after "
-                    f"{shape[1]}x{shape[0]}); re-encode it to one size"
-                )
+            if frame is not None:
+                if manual_rotation:
+                    frame = _rotate(frame, manual_rotation)
+                if shape is None:
+                    shape = frame.shape
+                    info.height, info.width = shape[:2]
+                elif frame.shape != shape:
+                    raise VideoError(
+                        f"{path}: frame size changes mid-stream at frame {n} ({frame.shape[1]}x{frame.shape[0]} "
+                        f"after {shape[1]}x{shape[0]}); re-encode it to one size"
+                    )
             if t0 is None:
                 t0 = t
             t -= t0
@@ -221,7 +239,7 @@ def _iter_video(path: Path, info: VideoInfo) -> Iterator[tuple[np.ndarray, float
                 t = last_t + (1.0 / src_fps if src_fps > 0 else 0.04)
             last_t = t
             n += 1
-            yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), t
+            yield (None if frame is None else cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)), t
     finally:
         cap.release()
     if n == 0:
