@@ -102,7 +102,7 @@ def main() -> int:
             check_trusted(args.model, args.trust_model)
         device = pick_device(args.device)
         check_precision(chosen_precision(args), device)
-    except (InputError, ValueError) as exc:
+    except (InputError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     try:

@@ -280,4 +280,7 @@ def test_pt2_archive_with_a_pickled_payload_is_refused_before_loading(tmp_path):
     except Exception:  # the payload is not a tensor, so the load fails, but only after running it
         pass
     assert marker.read_text() == "ran"
+    (tmp_path / "model.onnx").write_bytes(b"")
     check_trusted(tmp_path / "model.onnx")  # ONNX loads as data: no opt-in needed
+    with pytest.raises(FileNotFoundError, match="no such exported model"):  # not "the file is TorchScript"
+        check_trusted(tmp_path / "missing.pt")

@@ -19,8 +19,11 @@ class UntrustedModel(ValueError):
 
 
 def check_trusted(path: str | Path, trust: bool = False) -> None:
-    """Raise UntrustedModel unless `path` loads as data (ONNX) or the user trusts it (`trust`)."""
+    """Raise FileNotFoundError for a missing file, UntrustedModel unless `path` loads as data (ONNX) or the user
+    trusts it (`trust`)."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such exported model; create one with `python export.py`")
     if trust or path.suffix.lower() in SAFE_SUFFIXES:
         return
     kind = ("a torch.export program, whose loading unpickles objects that can run any code"
@@ -35,8 +38,6 @@ def load_exported(path: str | Path, trust: bool = False):
     Anything but ONNX is refused (UntrustedModel) unless `trust`: see the module's docstring.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such exported model; create one with `python export.py`")
     check_trusted(path, trust)
     if path.suffix == ".onnx":
         try:
