@@ -25,7 +25,7 @@ from src.device import machine_description, pick_device  # noqa: E402
 from src.fvd import Embedding, Protocol, RunOptions, open_set  # noqa: E402
 from src.fvd.clips import read_clips  # noqa: E402
 from src.fvd.pipeline import ClipReaders, compute_statistics  # noqa: E402
-from src.fvd.protocols import PROTOCOL_NAMES, recipe  # noqa: E402
+from src.fvd.recipes import PROTOCOL_NAMES, recipe  # noqa: E402
 from src.fvd.runs import plan_set, set_activations, stream_set, streams  # noqa: E402
 from src.measure.speed import load_average  # noqa: E402
 

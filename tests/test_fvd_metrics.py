@@ -1,4 +1,4 @@
-"""The sampled FVD protocols' rules (src/fvd/protocols.py, sampling.py, metrics.py) on hand-derivable cases: which
+"""The sampled FVD protocols' rules (src/fvd/recipes.py, sampling.py, metrics.py) on hand-derivable cases: which
 frames each protocol picks from numbered-frame videos, biased vs unbiased covariance by hand, constant, shifted and
 rank-deficient sets under each square root, and KVD and precision/recall against plain loops written from their
 definitions here."""
@@ -18,7 +18,7 @@ from src.fvd.metrics import (compute_metrics, frechet, fvd, kvd, manifold_covera
                              summarise)
 from src.fvd.preprocess import resize_for
 from src.fvd.protocol import Protocol
-from src.fvd.protocols import RECIPES, protocol_list, recipe
+from src.fvd.recipes import RECIPES, protocol_list, recipe
 from src.fvd.runs import streams
 from src.fvd.sampling import (Pick, clip_frames, offset_frames, pick_clips, read_pick, video_clips,
                               warn_if_few_windows)

@@ -8,7 +8,7 @@ from src.fvd.inputs import open_set
 from src.fvd.metrics import METRICS, compute_metrics, kvd, manifold_coverage, mean_covariance
 from src.fvd.pipeline import FVDResult, RunOptions, run_fvd
 from src.fvd.protocol import MIN_FRAMES, PROTOCOLS, Protocol
-from src.fvd.protocols import RECIPES, Recipe, protocol_list, recipe
+from src.fvd.recipes import RECIPES, Recipe, protocol_list, recipe
 from src.fvd.resize import resize_bilinear_tf1
 from src.fvd.runs import MetricsResult, run_metrics
 from src.fvd.sampling import Pick, pick_clips

@@ -5,14 +5,14 @@ TF1's resize_bilinear, 2x/255-1, the 400 time-averaged logits of DeepMind's rgb_
 TF-GAN's Fréchet distance in float64. The clip options say which frames of each video go in; the
 reference itself takes whatever (N, T, H, W, 3) batch it is given, so they are part of the protocol,
 and two sets' statistics are comparable only when all of it is the same. The other names are the sampled
-protocols of src/fvd/protocols.py: they choose their own clips (seed, --frames, --subsample), and every
+protocols of src/fvd/recipes.py: they choose their own clips (seed, --frames, --subsample), and every
 protocol records its network (the batch-norm epsilon).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from src.fvd.protocols import PROTOCOL_NAMES
+from src.fvd.recipes import PROTOCOL_NAMES
 from src.model import MIN_FRAMES
 
 PROTOCOLS = PROTOCOL_NAMES

@@ -23,7 +23,7 @@ from src.fvd.cdfvd import LABEL, open_cdfvd
 from src.fvd.metrics import DEFINITIONS, compute_metrics, frechet, mean_covariance, summarise
 from src.fvd.pipeline import ClipReaders, RunOptions
 from src.fvd.protocol import Protocol
-from src.fvd.protocols import Recipe, recipe
+from src.fvd.recipes import Recipe, recipe
 from src.fvd.sampling import (Pick, min_length, needs_lengths, pick_clips, read_pick, video_clips, video_length,
                               warn_if_few_windows, warn_if_small)
 from src.fvd.statistics import toolkit_version

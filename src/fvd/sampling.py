@@ -1,4 +1,4 @@
-"""Which frames of which videos each sampled protocol (src/fvd/protocols.py) feeds the network, seeded and repeatable.
+"""Which frames of which videos each sampled protocol (src/fvd/recipes.py) feeds the network, seeded and repeatable.
 
 A pick is (video index in its set, frame indices). Real clips start at frame 0 ('start'), at an offset drawn
 uniformly from [0, L - n*s + s - 1] ('offset'), or at a draw over every stride-1 window of every video
@@ -21,7 +21,7 @@ from src.clips import InputError
 from src.fvd.clips import check_values, load_frames
 from src.fvd.inputs import VideoEntry
 from src.fvd.protocol import Protocol
-from src.fvd.protocols import Recipe
+from src.fvd.recipes import Recipe
 from src.media import FrameStream, VideoError, is_video_file
 
 log = logging.getLogger(__name__)
