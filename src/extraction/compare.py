@@ -2,12 +2,13 @@
 row or two, which is what a different first frame or frame count gives)."""
 from __future__ import annotations
 
-import math
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from src.fvd.npzfile import member_info, parse_header
 
 SHIFTS = range(-2, 3)  # rows THEIRS may be offset by
 CROP_COUNTS = (5, 10)
@@ -16,16 +17,13 @@ CROP_COUNTS = (5, 10)
 _NPY_MAGIC, _ZIP_MAGIC = b"\x93NUMPY", b"PK"  # an empty .npz is a zip of the end record only: PK\x05\x06
 
 
-def _fits(member, available: int) -> None:
+def _fits(stream, available: int) -> None:
     """Refuse a .npy header whose declared array is larger than the `available` bytes behind it."""
-    version = np.lib.format.read_magic(member)
-    read_header = {(1, 0): np.lib.format.read_array_header_1_0}.get(version, np.lib.format.read_array_header_2_0)
-    shape, _, dtype = read_header(member)
-    declared = math.prod(shape) * dtype.itemsize
-    available -= member.tell()
-    if declared > available:
-        raise ValueError(f"declares a {dtype} array of shape {shape} ({declared:,} bytes) but holds only "
-                         f"{available:,}: truncated or crafted")
+    member = parse_header(stream, "features")
+    available -= stream.tell()
+    if member.nbytes > available:
+        raise ValueError(f"declares a {member.dtype} array of shape {member.shape} ({member.nbytes:,} bytes) but holds "
+                         f"only {available:,}: truncated or crafted")
 
 
 def _load(path: Path) -> np.ndarray:
@@ -40,8 +38,7 @@ def _load(path: Path) -> np.ndarray:
             if key is None:
                 raise ValueError(f"which array of {', '.join(keys)} holds the features? keep one, "
                                  "or name it 'feature'")
-            names = data.zip.namelist()
-            info = data.zip.getinfo(f"{key}.npy" if f"{key}.npy" in names else key)
+            info = member_info(data.zip, key, path)
             with data.zip.open(info) as member:
                 _fits(member, info.file_size)
             return np.asarray(data[key])
