@@ -229,6 +229,13 @@ def test_unit_slips_in_pixel_values_are_refused_early_or_warned(tmp_path: Path, 
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert [w for w in warnings if "binary.npy: every value of its 2 clips lies in [0, 1] (uint8)" in w], warnings
     assert not [w for w in warnings if "real.npy" in w]
+    caplog.clear()  # the sampled protocols' job warns the same
+    code, out, err = call_main("fvd.py", [str(tmp_path / "real.npy"), str(tmp_path / "binary.npy"), "--protocol",
+                                          "stylegan-v", "--frames", "9", "--workers", "0", "--quiet"], monkeypatch, capsys)
+    assert code == 0, err
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert [w for w in warnings if "binary.npy: every value of its 2 clips lies in [0, 1] (uint8)" in w], warnings
+    assert not [w for w in warnings if "real.npy: every value" in w]
 
 
 # ---------------------------------------------------------------------------------------------- bounded work

@@ -138,22 +138,28 @@ class ValueRange:
                         name, self.clips, self.low, self.high)
 
 
+def embed_clips(clips: Iterator[np.ndarray], embedding: Embedding, options: RunOptions, name: str,
+                total: int | None = None) -> np.ndarray:
+    """Activations (n, d) of the clips through the network in batches, with a progress bar named `name`; a
+    warning naming the set if its pixels look like a unit slip (ValueRange)."""
+    from tqdm import tqdm
+
+    parts = []
+    value_range = ValueRange()
+    with tqdm(total=total, desc=name, unit="clip", disable=not options.progress, dynamic_ncols=True) as bar:
+        for activations in batched_activations(value_range.track(clips), embedding, options.batch):
+            parts.append(activations)
+            bar.update(len(activations))
+    value_range.warn(name)
+    return np.concatenate(parts) if parts else np.zeros((0, 400), np.float32)
+
+
 def compute_statistics(video_set: VideoSet, protocol: Protocol, embedding: Embedding, decoders: ClipReaders,
                        options: RunOptions, label: str = "") -> Statistics:
     """Statistics of one set of videos: every clip through the network, then mean and covariance."""
-    from tqdm import tqdm
-
-    total = len(video_set.items) * protocol.clips_per_video
-    parts = []
-    with tqdm(total=total, desc=f"{label} {video_set.spec}".strip(), unit="clip", disable=not options.progress,
-              dynamic_ncols=True) as bar:
-        value_range = ValueRange()
-        clips = value_range.track(decoders.clips(video_set, protocol, options.batch))
-        for activations in batched_activations(clips, embedding, options.batch):
-            parts.append(activations)
-            bar.update(len(activations))
-    value_range.warn(f"{label} {video_set.spec}".strip())
-    return activation_statistics(np.concatenate(parts), protocol, embedding.weights_sha256, video_set.spec)
+    activations = embed_clips(decoders.clips(video_set, protocol, options.batch), embedding, options,
+                              f"{label} {video_set.spec}".strip(), len(video_set.items) * protocol.clips_per_video)
+    return activation_statistics(activations, protocol, embedding.weights_sha256, video_set.spec)
 
 
 def check_first_array(video_set: VideoSet, protocol: Protocol) -> None:

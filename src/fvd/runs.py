@@ -16,12 +16,12 @@ import numpy as np
 
 from src.clips import InputError
 from src.fvd.activation_files import ActivationSet, open_activations, save_activations
-from src.fvd.activations import Embedding, batched_activations, full_float32
+from src.fvd.activations import Embedding, full_float32
 from src.fvd.clips import read_clips
 from src.fvd.inputs import VideoSet, open_set
 from src.fvd.cdfvd import LABEL, open_cdfvd
 from src.fvd.metrics import DEFINITIONS, compute_metrics, frechet, mean_covariance, summarise
-from src.fvd.pipeline import ClipReaders, RunOptions
+from src.fvd.pipeline import ClipReaders, RunOptions, embed_clips
 from src.fvd.protocol import Protocol
 from src.fvd.recipes import Recipe, recipe
 from src.fvd.sampling import (Pick, min_length, needs_lengths, pick_clips, read_pick, video_clips, video_length,
@@ -134,8 +134,6 @@ def stream_set(video_set: VideoSet, protocol: Protocol, r: Recipe, role: str, vi
                embedding: Embedding, readers: ClipReaders, options: RunOptions, label: str
                ) -> tuple[np.ndarray, SetClips]:
     """Activations of one set's clips chosen as each video is decoded: the first N videos long enough."""
-    from tqdm import tqdm
-
     step = protocol.subsample or (r.subsample_real if role == "real" else r.subsample_generated)
     minimum = min_length(r, role, protocol.frames, step)
     how = r.real_clip if role == "real" else r.generated_clip
@@ -168,13 +166,7 @@ def stream_set(video_set: VideoSet, protocol: Protocol, r: Recipe, role: str, vi
             raise InputError(f"{video_set.spec}: every video is shorter than {minimum} frames ({protocol.frames} "
                              f"frames, step {step})")
 
-    parts = []
-    with tqdm(desc=f"{label} {video_set.spec}".strip(), unit="clip", disable=not options.progress,
-              dynamic_ncols=True) as bar:
-        for activations in batched_activations(clips(), embedding, options.batch):
-            parts.append(activations)
-            bar.update(len(activations))
-    acts = np.concatenate(parts) if parts else np.zeros((0, 400), np.float32)
+    acts = embed_clips(clips(), embedding, options, f"{label} {video_set.spec}".strip())
     return acts, SetClips(keys, trials, list(range(len(keys))))
 
 
@@ -188,8 +180,6 @@ def clip_name(video_set: VideoSet, key) -> list:
 def set_activations(video_set: VideoSet, protocol: Protocol, plan: SetClips, embedding: Embedding,
                     readers: ClipReaders, options: RunOptions, label: str) -> np.ndarray:
     """Activations (len(plan.mine), d) of this shard's clips of one set, in plan order."""
-    from tqdm import tqdm
-
     keys = [plan.keys[i] for i in plan.mine]
     if protocol.name == "tf":
         videos = sorted({k[0] for k in keys})
@@ -198,13 +188,7 @@ def set_activations(video_set: VideoSet, protocol: Protocol, plan: SetClips, emb
     else:
         jobs = [(video_set.items[k.video], k.frames, protocol.fps) for k in keys]
         clips = ordered_reads(readers, jobs, read_pick, video_set.array, options.batch)
-    parts = []
-    with tqdm(total=len(keys), desc=f"{label} {video_set.spec}".strip(), unit="clip", disable=not options.progress,
-              dynamic_ncols=True) as bar:
-        for activations in batched_activations(clips, embedding, options.batch):
-            parts.append(activations)
-            bar.update(len(activations))
-    return np.concatenate(parts) if parts else np.zeros((0, 400), np.float32)
+    return embed_clips(clips, embedding, options, f"{label} {video_set.spec}".strip(), len(keys))
 
 
 def check_loaded(data: ActivationSet, protocol: Protocol, role: str, trials: int, name: str) -> None:
